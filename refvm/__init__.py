@@ -1,0 +1,1 @@
+"""refvm: a reference hypervisor for Linux KVM."""
