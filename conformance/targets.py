@@ -1,0 +1,64 @@
+"""Targets: the implementations a conformance run judges, each a process started from an argv.
+
+A target is described only by how to start it (binary plus the arguments that select its accelerator), so
+the same test drives refvm and QEMU. QEMU on this kind of machine runs guests under TCG: its KVM path goes
+through SeaBIOS on a software KVM and is ~50x slower (see DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from conformance.drivers.console import SerialConsole
+
+#: Every guest run gets a hard limit, so a broken target can never hang the suite.
+GUEST_WATCHDOG_SECONDS = 120
+
+DEBUG_EXIT = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+
+
+@dataclass
+class Target:
+    """One implementation under test."""
+
+    name: str
+    kind: str  # "refvm" | "qemu"
+    binary: list[str]
+    accel_args: list[str] = field(default_factory=list)
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [*self.binary, *self.accel_args, *args]
+
+    def probe_argv(self, kernel: str, extra: Sequence[str] = ()) -> list[str]:
+        """Boot the probe guest with its serial port on stdio and the debug-exit device."""
+        return self.argv(["-nodefaults", "-display", "none", "-serial", "stdio", *DEBUG_EXIT, "-kernel", kernel, *extra])
+
+    def console(self, args: Sequence[str], timeout: float = 60.0) -> SerialConsole:
+        return SerialConsole(self.argv(args), timeout=timeout, name=self.name)
+
+
+def refvm_target(binary: str | None = None) -> Target:
+    cmd = [binary] if binary else [sys.executable, "-m", "refvm"]
+    return Target("refvm", "refvm", cmd, ["-accel", "kvm", "-watchdog-timeout", str(GUEST_WATCHDOG_SECONDS)])
+
+
+def qemu_target(binary: str | None = None) -> Target:
+    path = binary or shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    return Target("qemu", "qemu", [path], ["-accel", "tcg"])
+
+
+def qemu_available(target: Target) -> bool:
+    exe = target.binary[0]
+    return bool(shutil.which(exe)) or (os.path.isfile(exe) and os.access(exe, os.X_OK))
+
+
+def make_target(kind: str, qemu_binary: str | None = None, refvm_binary: str | None = None) -> Target:
+    if kind == "refvm":
+        return refvm_target(refvm_binary)
+    if kind == "qemu":
+        return qemu_target(qemu_binary)
+    raise ValueError(f"unknown target '{kind}' (expected refvm or qemu)")

@@ -1,0 +1,348 @@
+"""`refvm`: a QEMU-compatible subset of qemu-system-x86_64's command line.
+
+Users who know QEMU should be able to swap the binary name and keep their arguments, so option names,
+defaults (MiB for -m, COM1 for the first -serial) and the one-line `prog: -opt: message` error format follow
+QEMU. Everything refvm does not support fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from refvm.config import MIB, DeviceSpec, MachineConfig
+
+PROG = "refvm"
+VERSION = "0.1.0"
+MAX_SERIALS = 4
+
+#: Devices `-device` knows, with the properties each accepts (QEMU's names).
+DEVICE_PROPS: dict[str, tuple[str, ...]] = {
+    "isa-debug-exit": ("iobase", "iosize", "id"),
+}
+
+USAGE = f"""\
+usage: {PROG} [options]
+       {PROG} doctor          describe this host's KVM and what refvm needs from it
+
+A reference hypervisor for Linux KVM. Options use qemu-system-x86_64's spelling:
+
+Standard options:
+  -h, -help               show this help and exit
+  -version                show the version and exit
+  -name NAME              name the guest (used in messages and pty labels)
+  -machine, -M pc[,accel=kvm]
+                          the machine type (only 'pc')
+  -accel kvm              accelerator (only 'kvm'); -enable-kvm is accepted too
+  -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
+  -smp [cpus=]N           number of vCPUs (default 1)
+  -S                      do not start the vCPUs at startup
+  -no-reboot              exit instead of rebooting when the guest resets
+  -no-shutdown            accepted for compatibility; refvm always exits on guest shutdown
+  -nodefaults             create no default devices (no default serial port)
+
+Boot:
+  -kernel FILE            boot a Multiboot v1 ELF32 image or a Linux bzImage/vmlinux
+  -initrd FILE            initial ramdisk (Linux) or first module (Multiboot)
+  -append CMDLINE         kernel command line
+
+Devices and character backends:
+  -device DRIVER[,prop=value...]
+                          add a device; '-device help' lists them
+  -serial DEV             COM1..COM4 in order: stdio, null, none, pty, file:PATH,
+                          unix:PATH,server=on,wait=off, chardev:ID, mon:stdio
+  -chardev BACKEND,id=ID[,...]
+                          stdio | null | pty | file,path=P | socket,path=P,server=on,wait=off
+  -nographic              no display; the serial port goes to stdio
+  -display none           no display
+
+refvm extensions:
+  -watchdog-timeout SECS  stop the guest after SECS seconds (exit status 124)
+
+Exit status: 0 when the guest shuts down, (N << 1) | 1 when it writes N to isa-debug-exit,
+1 on errors, 124 when the watchdog fires.
+"""
+
+
+class UsageError(Exception):
+    """A bad command line; str() is the QEMU-style message without the program name."""
+
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT]?)[bB]?$")
+_SIZE_UNITS = {"": MIB, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
+
+
+def parse_size(opt: str, text: str) -> int:
+    value = text[5:] if text.startswith("size=") else text
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise UsageError(f"-{opt} {text}: invalid size: expected a number with an optional K, M, G or T suffix")
+    number, unit = match.groups()
+    size = int(float(number) * _SIZE_UNITS[unit.lower()])
+    if size < MIB:
+        raise UsageError(f"-{opt} {text}: guest RAM must be at least 1 MiB")
+    return size
+
+
+def parse_keyvals(opt: str, text: str, first_key: str | None = None) -> dict[str, str]:
+    """Parse QEMU's `a=b,c=d` (an unnamed first item goes to `first_key`)."""
+    result: dict[str, str] = {}
+    for i, item in enumerate(text.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            key, value = item.split("=", 1)
+        elif i == 0 and first_key:
+            key, value = first_key, item
+        else:
+            raise UsageError(f"-{opt} {text}: '{item}' is not of the form key=value")
+        if key in result:
+            raise UsageError(f"-{opt} {text}: '{key}' given twice")
+        result[key] = value
+    return result
+
+
+def parse_smp(text: str) -> int:
+    props = parse_keyvals("smp", text, "cpus")
+    for key in props:
+        if key not in ("cpus", "maxcpus", "sockets", "cores", "threads", "dies"):
+            raise UsageError(f"-smp {text}: Invalid parameter '{key}'")
+    try:
+        cpus = int(props.get("cpus", "1"), 0)
+    except ValueError:
+        raise UsageError(f"-smp {text}: Parameter 'cpus' expects a number") from None
+    if cpus < 1:
+        raise UsageError(f"-smp {text}: Invalid CPU topology: cpus must be at least 1")
+    return cpus
+
+
+def parse_device(text: str) -> DeviceSpec | None:
+    """Parse -device; returns None for `-device help` (the caller prints the list)."""
+    props = parse_keyvals("device", text, "driver")
+    driver = props.pop("driver", "")
+    if driver == "help":
+        return None
+    if driver not in DEVICE_PROPS:
+        raise UsageError(f"-device {text}: '{driver}' is not a valid device model name")
+    for key, value in props.items():
+        if key not in DEVICE_PROPS[driver]:
+            raise UsageError(f"-device {text}: Property '{driver}.{key}' not found")
+        if key in ("iobase", "iosize"):
+            try:
+                number = int(value, 0)
+            except ValueError:
+                raise UsageError(f"-device {text}: Property '{driver}.{key}' expects a number") from None
+            limit = 0xFFFF if key == "iobase" else 4
+            if not 0 <= number <= limit or (key == "iosize" and number not in (1, 2, 4)):
+                raise UsageError(f"-device {text}: Property '{driver}.{key}' value {value} is out of range")
+    return DeviceSpec(driver, props)
+
+
+@dataclass
+class Parsed:
+    """What main() needs besides the machine config."""
+
+    config: MachineConfig
+    action: str = "run"  # run | help | version | device-help
+
+
+def _chardev_module():  # imported lazily: `refvm -help` must work even if a device module is broken
+    from refvm.devices import chardev
+
+    return chardev
+
+
+def parse_args(argv: list[str]) -> Parsed:
+    """Translate QEMU-style argv into a MachineConfig; raises UsageError for anything wrong."""
+    cfg = MachineConfig()
+    parsed = Parsed(cfg)
+    serial_texts: list[str] = []
+    chardev_texts: list[str] = []
+    nographic = False
+    nodefaults = False
+
+    def set_machine(text: str) -> None:
+        props = parse_keyvals("machine", text, "type")
+        if props.get("type", "pc") not in ("pc", "pc-i440fx", "none"):
+            raise UsageError(f"-machine {text}: unsupported machine type '{props['type']}' (refvm has 'pc')")
+        if props.get("accel", "kvm") != "kvm":
+            raise UsageError(f"-machine {text}: only accel=kvm is supported")
+
+    def set_accel(text: str) -> None:
+        name = text.split(",", 1)[0]
+        if name != "kvm":
+            raise UsageError(f"-accel {text}: unsupported accelerator '{name}' (refvm has 'kvm')")
+
+    def set_display(text: str) -> None:
+        if text.split(",", 1)[0] != "none":
+            raise UsageError(f"-display {text}: refvm has no graphical display: use -display none")
+
+    def set_name(text: str) -> None:
+        cfg.name = parse_keyvals("name", text, "guest").get("guest", "")
+
+    def set_watchdog(text: str) -> None:
+        try:
+            cfg.watchdog_seconds = float(text)
+        except ValueError:
+            raise UsageError(f"-watchdog-timeout {text}: expects a number of seconds") from None
+        if cfg.watchdog_seconds <= 0:
+            raise UsageError(f"-watchdog-timeout {text}: must be greater than 0")
+
+    def add_device(text: str) -> None:
+        spec = parse_device(text)
+        if spec is None:
+            parsed.action = "device-help"
+        else:
+            cfg.devices.append(spec)
+
+    with_arg: dict[str, Callable[[str], None]] = {
+        "m": lambda t: setattr(cfg, "memory_bytes", parse_size("m", t)),
+        "smp": lambda t: setattr(cfg, "smp", parse_smp(t)),
+        "kernel": lambda t: setattr(cfg, "kernel", t),
+        "initrd": lambda t: setattr(cfg, "initrd", t),
+        "append": lambda t: setattr(cfg, "append", t),
+        "serial": serial_texts.append,
+        "chardev": chardev_texts.append,
+        "device": add_device,
+        "machine": set_machine,
+        "M": set_machine,
+        "accel": set_accel,
+        "display": set_display,
+        "name": set_name,
+        "watchdog-timeout": set_watchdog,
+    }
+
+    def set_flag(field: str) -> Callable[[], None]:
+        return lambda: setattr(cfg, field, True)
+
+    flags: dict[str, Callable[[], None]] = {
+        "no-reboot": set_flag("no_reboot"),
+        "no-shutdown": set_flag("no_shutdown"),
+        "S": set_flag("start_paused"),
+        "enable-kvm": lambda: None,
+        "h": lambda: setattr(parsed, "action", "help"),
+        "help": lambda: setattr(parsed, "action", "help"),
+        "version": lambda: setattr(parsed, "action", "version"),
+    }
+
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            raise UsageError(f"{arg}: invalid option (refvm takes no disk image argument; use -kernel)")
+        opt = arg[2:] if arg.startswith("--") else arg[1:]
+        if opt == "nographic":
+            nographic = True
+        elif opt == "nodefaults":
+            nodefaults = True
+        elif opt in flags:
+            flags[opt]()
+        elif opt in with_arg:
+            if i >= len(argv):
+                raise UsageError(f"-{opt}: requires an argument")
+            with_arg[opt](argv[i])
+            i += 1
+        else:
+            raise UsageError(f"-{opt}: invalid option")
+
+    if parsed.action != "run":
+        return parsed
+    if len(serial_texts) > MAX_SERIALS:
+        raise UsageError(f"-serial {serial_texts[-1]}: too many serial ports (at most {MAX_SERIALS})")
+    chardev = _chardev_module()
+    try:
+        for text in chardev_texts:
+            spec = chardev.parse_chardev_option(text)
+            if spec.id in cfg.chardevs:
+                raise UsageError(f"-chardev {text}: duplicate chardev ID '{spec.id}'")
+            cfg.chardevs[spec.id] = spec
+        for text in serial_texts:
+            cfg.serials.append(_serial_spec(chardev, text, cfg.chardevs))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not serial_texts and not nodefaults:
+        # refvm has no graphical console: the first serial port goes to stdio as with -nographic.
+        cfg.serials.append(chardev.parse_serial_option("mon:stdio" if nographic else "stdio"))
+    if cfg.kernel is None:
+        raise UsageError("-kernel: no kernel given (refvm has no firmware and boots only -kernel images)")
+    return parsed
+
+
+def _serial_spec(chardev, text: str, chardevs: dict[str, object]) -> object | None:  # noqa: ANN001
+    if text == "none":
+        return None
+    if text.startswith("chardev:"):
+        ident = text.split(":", 1)[1]
+        if ident not in chardevs:
+            raise UsageError(f"-serial {text}: chardev '{ident}' not found")
+        return chardevs[ident]
+    return chardev.parse_serial_option(text)
+
+
+def _print_devices() -> None:
+    print("Available devices (refvm):")
+    for name, props in DEVICE_PROPS.items():
+        print(f'name "{name}", bus ISA, props: {", ".join(props)}')
+
+
+def run_machine(config: MachineConfig) -> int:
+    from refvm.machine import Machine, MachineError
+
+    try:
+        machine = Machine(config)
+    except (MachineError, ValueError, OSError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: object) -> None:
+        machine.interrupt(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        outcome = machine.run()
+    except MachineError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    if outcome.message and outcome.kind in ("error", "watchdog", "signal"):
+        print(f"{PROG}: {outcome.message}", file=sys.stderr)
+    return outcome.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["doctor"]:
+        from refvm.kvm import doctor
+
+        if len(args) > 1 and args[1] in ("-h", "--help", "-help"):
+            print(f"usage: {PROG} doctor\n\nDescribe this host's /dev/kvm and the capabilities refvm needs.")
+            return 0
+        print(doctor.report())
+        return doctor.doctor_exit_status()
+    try:
+        parsed = parse_args(args)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    if parsed.action == "help":
+        print(USAGE, end="")
+        return 0
+    if parsed.action == "version":
+        print(f"{PROG} version {VERSION} (QEMU-compatible command line subset)")
+        return 0
+    if parsed.action == "device-help":
+        _print_devices()
+        return 0
+    status = run_machine(parsed.config)
+    sys.stdout.flush()
+    os._exit(status & 0xFF)  # vCPU threads may still sit in KVM_RUN; do not wait for them
+
+
+if __name__ == "__main__":
+    sys.exit(main())

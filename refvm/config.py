@@ -1,0 +1,40 @@
+"""The machine description the CLI builds and the Machine consumes.
+
+Kept separate from both so that the management layer and tests can build a machine without going through
+argv, and so that the CLI stays a pure translation of QEMU's spelling into these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class DeviceSpec:
+    """One `-device DRIVER,key=value,...` as given, with its properties still strings."""
+
+    driver: str
+    props: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MachineConfig:
+    """Everything needed to build and boot one VM."""
+
+    memory_bytes: int = 128 * MIB
+    smp: int = 1
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str = ""
+    #: One chardev spec per COM port, in order (COM1 first); None entries mean "no device on this port".
+    serials: list[object] = field(default_factory=list)
+    chardevs: dict[str, object] = field(default_factory=dict)
+    devices: list[DeviceSpec] = field(default_factory=list)
+    name: str = ""
+    no_reboot: bool = False
+    no_shutdown: bool = False
+    start_paused: bool = False
+    #: Seconds after which the guest is stopped no matter what (None: never). Every test sets one.
+    watchdog_seconds: float | None = None

@@ -1,0 +1,107 @@
+"""The vCPU thread: KVM_RUN in a loop, each exit dispatched to the buses.
+
+This loop is the hot path of the whole VMM (every port access of the guest passes through it), so it
+binds what it needs to locals once and branches on the exit's type with identity checks.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import traceback
+from typing import TYPE_CHECKING
+
+from refvm.kvm import exits
+
+if TYPE_CHECKING:
+    from refvm.kvm import Vcpu
+    from refvm.machine import Machine
+
+
+class VcpuRunner(threading.Thread):
+    """Runs one vCPU until the machine ends or `stop()` is called."""
+
+    #: Signal used to kick a thread out of KVM_RUN (its handler does nothing; EINTR is the point).
+    KICK_SIGNAL = signal.SIGUSR1
+
+    def __init__(self, machine: Machine, vcpu: Vcpu, index: int) -> None:
+        super().__init__(name=f"vcpu{index}", daemon=True)
+        self.machine = machine
+        self.vcpu = vcpu
+        self.index = index
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Make run() return at once, and kick the thread if it sits inside KVM_RUN."""
+        self._stopping = True
+        self.vcpu.immediate_exit = 1
+        if self.ident is not None and self.is_alive():
+            try:
+                signal.pthread_kill(self.ident, self.KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as err:  # noqa: BLE001 - any failure must end the machine, not hang it
+            detail = traceback.format_exc(limit=4)
+            self.machine.request_error(f"vCPU {self.index}: {err}\n{detail}")
+
+    def _loop(self) -> None:
+        machine = self.machine
+        pio = machine.pio
+        mmio = machine.mmio
+        run = self.vcpu.run
+        IoExit, MmioExit, Interrupted = exits.IoExit, exits.MmioExit, exits.InterruptedExit  # noqa: N806
+        while not self._stopping:
+            ex = run()
+            kind = type(ex)
+            if kind is IoExit:
+                if ex.count == 1:
+                    if ex.is_write:
+                        pio.write(ex.port, ex.size, ex.value)
+                    else:
+                        ex.set_value(pio.read(ex.port, ex.size))
+                else:
+                    _string_io(pio, ex)
+            elif kind is MmioExit:
+                if ex.is_write:
+                    mmio.write(ex.phys_addr, ex.length, int.from_bytes(ex.data[: ex.length], "little"))
+                else:
+                    value = mmio.read(ex.phys_addr, ex.length)
+                    ex.data[: ex.length] = value.to_bytes(ex.length, "little")
+            elif kind is Interrupted:
+                continue
+            else:
+                self._other_exit(ex)
+                return
+
+    def _other_exit(self, ex: object) -> None:
+        """Exits that end this vCPU's run: each becomes a machine outcome."""
+        machine = self.machine
+        if isinstance(ex, exits.ShutdownExit):
+            # A triple fault: a real PC resets; QEMU does too unless -no-reboot.
+            machine.request_reset()
+        elif isinstance(ex, exits.HltExit):
+            machine.request_shutdown("guest halted with no interrupt controller to wake it")
+        elif isinstance(ex, exits.SystemEventExit):
+            if getattr(ex, "type", None) == 2:  # KVM_SYSTEM_EVENT_RESET
+                machine.request_reset()
+            else:
+                machine.request_shutdown()
+        else:
+            regs = self.vcpu.get_regs()
+            machine.request_error(f"vCPU {self.index}: KVM exit {ex!r} at rip={regs.rip:#x}")
+
+
+def _string_io(bus: object, ex: exits.IoExit) -> None:
+    """`rep ins/outs`: count items of `size` bytes in the run page's data area."""
+    size = ex.size
+    data = ex.data
+    for i in range(ex.count):
+        chunk = slice(i * size, (i + 1) * size)
+        if ex.is_write:
+            bus.write(ex.port, size, int.from_bytes(data[chunk], "little"))  # type: ignore[attr-defined]
+        else:
+            data[chunk] = bus.read(ex.port, size).to_bytes(size, "little")  # type: ignore[attr-defined]

@@ -1,0 +1,94 @@
+"""Bridges the boot loaders (which only know guest memory) and the KVM vCPU.
+
+Loaders return a BootCpuState; this module picks the loader for an image, writes that state into the
+boot vCPU's registers, and gives every vCPU a CPUID table with its own APIC id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from refvm.boot.cpu_state import BootCpuState, Segment
+from refvm.boot.linux import load_linux
+from refvm.boot.multiboot import load_multiboot
+from refvm.memory import GuestMemory
+
+#: "HdrS" at offset 0x202 marks a Linux bzImage (QEMU checks it before trying Multiboot, and so do we).
+LINUX_MAGIC_OFFSET = 0x202
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS64 = 2
+
+
+def is_linux_image(image: bytes) -> bool:
+    if image[LINUX_MAGIC_OFFSET : LINUX_MAGIC_OFFSET + 4] == b"HdrS":
+        return True
+    return image[:4] == ELF_MAGIC and len(image) > 4 and image[4] == ELFCLASS64 and not _has_multiboot(image)
+
+
+def _has_multiboot(image: bytes) -> bool:
+    head = image[:8192]
+    for off in range(0, len(head) - 11, 4):
+        if head[off : off + 4] == b"\x02\xb0\xad\x1b":
+            return True
+    return False
+
+
+def load_kernel(
+    memory: GuestMemory, image: bytes, path: str, cmdline: str, initrd: bytes | None
+) -> BootCpuState:
+    """Load a bzImage/vmlinux with the Linux boot protocol, anything else as Multiboot v1."""
+    if is_linux_image(image):
+        return load_linux(memory, image, cmdline=cmdline, initrd=initrd)
+    modules = [(initrd, "initrd")] if initrd is not None else []
+    return load_multiboot(memory, image, cmdline=cmdline, modules=modules, name=path)
+
+
+def _kvm_segment(template: Any, seg: Segment) -> Any:
+    return dataclasses.replace(
+        template,
+        selector=seg.selector,
+        base=seg.base,
+        limit=seg.limit,
+        type=seg.type,
+        present=seg.present,
+        dpl=seg.dpl,
+        db=seg.db,
+        s=seg.s,
+        l=seg.l,
+        g=seg.g,
+        unusable=0,
+    )
+
+
+def apply_boot_state(vcpu: Any, state: BootCpuState) -> None:
+    """Put the boot vCPU into the mode and registers the loader asked for."""
+    sregs = vcpu.get_sregs()
+    sregs.cs = _kvm_segment(sregs.cs, state.cs)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(sregs, name, _kvm_segment(getattr(sregs, name), state.ds))
+    sregs.gdt = dataclasses.replace(sregs.gdt, base=state.gdt_base, limit=state.gdt_limit)
+    sregs.cr0 = state.cr0
+    sregs.cr3 = state.cr3
+    sregs.cr4 = state.cr4
+    sregs.efer = state.efer
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    for name, value in state.regs.items():
+        setattr(regs, name, value)
+    regs.rip = state.rip
+    regs.rflags = state.rflags
+    vcpu.set_regs(regs)
+
+
+def set_cpuid(vcpu: Any, supported: list[Any], apic_id: int) -> None:
+    """Give a vCPU the host's supported CPUID with its own initial APIC id (leaf 1 EBX[31:24], leaf 0xB)."""
+    entries = []
+    for entry in supported:
+        e = dataclasses.replace(entry)
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FF_FFFF) | (apic_id << 24)
+        elif e.function in (0xB, 0x1F):
+            e.edx = apic_id
+        entries.append(e)
+    vcpu.set_cpuid2(entries)
