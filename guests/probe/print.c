@@ -1,0 +1,41 @@
+#include "print.h"
+#include "serial.h"
+#include "util.h"
+
+void print(const char *s)
+{
+    while (*s)
+        serial_putc(*s++);
+}
+
+void print_nl(void)
+{
+    serial_putc('\r');
+    serial_putc('\n');
+}
+
+void println(const char *s)
+{
+    print(s);
+    print_nl();
+}
+
+void print_hex_raw(uint32_t v, int digits)
+{
+    char buf[12];
+    fmt_hex(buf, v, digits);
+    print(buf);
+}
+
+void print_hex(uint32_t v, int digits)
+{
+    print("0x");
+    print_hex_raw(v, digits);
+}
+
+void print_dec(uint32_t v)
+{
+    char buf[12];
+    fmt_dec(buf, v);
+    print(buf);
+}

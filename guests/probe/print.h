@@ -1,0 +1,16 @@
+/* Console output helpers on top of the serial driver. Line ends are \r\n. */
+#ifndef PROBE_PRINT_H
+#define PROBE_PRINT_H
+
+#include <stdint.h>
+
+void print(const char *s);
+void print_nl(void);
+void println(const char *s);
+/* "0x" + exactly `digits` lowercase hex digits */
+void print_hex(uint32_t v, int digits);
+/* exactly `digits` hex digits, no prefix */
+void print_hex_raw(uint32_t v, int digits);
+void print_dec(uint32_t v);
+
+#endif

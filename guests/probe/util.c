@@ -1,0 +1,121 @@
+#include "util.h"
+
+void *memset(void *d, int c, size_t n)
+{
+    unsigned char *p = d;
+    while (n--)
+        *p++ = (unsigned char)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+    unsigned char *dp = d;
+    const unsigned char *sp = s;
+    while (n--)
+        *dp++ = *sp++;
+    return d;
+}
+
+void *memmove(void *d, const void *s, size_t n)
+{
+    unsigned char *dp = d;
+    const unsigned char *sp = s;
+    if (dp < sp) {
+        while (n--)
+            *dp++ = *sp++;
+    } else {
+        while (n--)
+            dp[n] = sp[n];
+    }
+    return d;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const unsigned char *pa = a, *pb = b;
+    for (size_t i = 0; i < n; i++)
+        if (pa[i] != pb[i])
+            return pa[i] < pb[i] ? -1 : 1;
+    return 0;
+}
+
+size_t str_len(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+int str_eq(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+void fmt_hex(char *buf, uint32_t v, int digits)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (digits < 1)
+        digits = 1;
+    if (digits > 8)
+        digits = 8;
+    for (int i = digits - 1; i >= 0; i--) {
+        buf[i] = hex[v & 0xf];
+        v >>= 4;
+    }
+    buf[digits] = '\0';
+}
+
+void fmt_dec(char *buf, uint32_t v)
+{
+    char tmp[11];
+    int n = 0;
+    /* 32-bit division is a native instruction; no libgcc helper needed. */
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (int i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = '\0';
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+enum parse_result parse_u32(const char *s, uint32_t *out)
+{
+    uint32_t base = 10;
+    uint32_t v = 0;
+
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        base = 16;
+        s += 2;
+    }
+    if (!*s)
+        return PARSE_EMPTY;
+    for (; *s; s++) {
+        int d = hex_digit(*s);
+        if (d < 0 || (uint32_t)d >= base)
+            return PARSE_BAD_DIGIT;
+        /* overflow check without 64-bit arithmetic */
+        if (v > (0xFFFFFFFFu - (uint32_t)d) / base)
+            return PARSE_OVERFLOW;
+        v = v * base + (uint32_t)d;
+    }
+    *out = v;
+    return PARSE_OK;
+}
