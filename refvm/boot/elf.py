@@ -40,8 +40,11 @@ class ElfImage:
     segments: list[LoadSegment]
 
     def entry_physical(self) -> int:
-        """The entry point as a physical address: e_entry translated through the segment that
-        holds it when that segment's vaddr differs from its paddr (otherwise e_entry as is)."""
+        """The entry point as a physical address. e_entry is taken as physical when it lies in a
+        segment's physical range (Linux' vmlinux and identity-linked kernels); otherwise it is
+        translated through the segment whose virtual range holds it."""
+        if any(s.paddr <= self.entry < s.paddr + s.memsz for s in self.segments):
+            return self.entry
         for seg in self.segments:
             if seg.vaddr <= self.entry < seg.vaddr + seg.memsz:
                 return self.entry - seg.vaddr + seg.paddr
