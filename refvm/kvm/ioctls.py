@@ -1,0 +1,102 @@
+"""KVM ioctl request numbers, computed from the asm-generic _IO/_IOR/_IOW/_IOWR encoding.
+
+Computing them (rather than pasting hex constants) keeps each number tied to the struct size declared
+in ``_ffi.py``: if a struct is declared with the wrong size, the request number changes and
+``tests/test_kvm_ioctls.py`` (which compares against the C headers) names the ioctl that broke.
+"""
+
+from __future__ import annotations
+
+from ._ffi import ffi
+
+# asm-generic/ioctl.h layout (x86): nr 8 bits, type 8 bits, size 14 bits, dir 2 bits.
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = 8
+_IOC_SIZESHIFT = 16
+_IOC_DIRSHIFT = 30
+_IOC_NONE = 0
+_IOC_WRITE = 1
+_IOC_READ = 2
+
+KVMIO = 0xAE
+
+
+def _ioc(direction: int, typ: int, nr: int, size: int) -> int:
+    """Encode one request number exactly as the kernel's _IOC() macro does."""
+    if size >= 1 << 14:
+        raise ValueError(f"ioctl argument size {size} does not fit in 14 bits")
+    return (
+        (direction << _IOC_DIRSHIFT)
+        | (typ << _IOC_TYPESHIFT)
+        | (nr << _IOC_NRSHIFT)
+        | (size << _IOC_SIZESHIFT)
+    )
+
+
+def _io(nr: int) -> int:
+    return _ioc(_IOC_NONE, KVMIO, nr, 0)
+
+
+def _ior(nr: int, ctype: str) -> int:
+    return _ioc(_IOC_READ, KVMIO, nr, ffi.sizeof(ctype))
+
+
+def _iow(nr: int, ctype: str) -> int:
+    return _ioc(_IOC_WRITE, KVMIO, nr, ffi.sizeof(ctype))
+
+
+def _iowr(nr: int, ctype: str) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, KVMIO, nr, ffi.sizeof(ctype))
+
+
+# /dev/kvm (system) ioctls
+KVM_GET_API_VERSION = _io(0x00)
+KVM_CREATE_VM = _io(0x01)
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, "struct kvm_cpuid2")
+
+# VM ioctls
+KVM_CREATE_VCPU = _io(0x41)
+KVM_GET_DIRTY_LOG = _iow(0x42, "struct kvm_dirty_log")
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, "struct kvm_userspace_memory_region")
+KVM_SET_TSS_ADDR = _io(0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, "uint64_t")
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
+KVM_SET_GSI_ROUTING = _iow(0x6A, "struct kvm_irq_routing")
+KVM_IRQFD = _iow(0x76, "struct kvm_irqfd")
+KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
+KVM_IOEVENTFD = _iow(0x79, "struct kvm_ioeventfd")
+KVM_SIGNAL_MSI = _iow(0xA5, "struct kvm_msi")
+KVM_ENABLE_CAP = _iow(0xA3, "struct kvm_enable_cap")  # also a vCPU ioctl
+
+# vCPU ioctls
+KVM_RUN = _io(0x80)
+KVM_GET_REGS = _ior(0x81, "struct kvm_regs")
+KVM_SET_REGS = _iow(0x82, "struct kvm_regs")
+KVM_GET_SREGS = _ior(0x83, "struct kvm_sregs")
+KVM_SET_SREGS = _iow(0x84, "struct kvm_sregs")
+KVM_GET_MSRS = _iowr(0x88, "struct kvm_msrs")
+KVM_SET_MSRS = _iow(0x89, "struct kvm_msrs")
+KVM_GET_FPU = _ior(0x8C, "struct kvm_fpu")
+KVM_SET_FPU = _iow(0x8D, "struct kvm_fpu")
+KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
+KVM_GET_CPUID2 = _iowr(0x91, "struct kvm_cpuid2")
+
+#: name -> number, for error messages and for the header cross-check test.
+IOCTLS: dict[str, int] = {k: v for k, v in globals().items() if k.startswith("KVM_") and isinstance(v, int)}
+NAMES: dict[int, str] = {v: k for k, v in IOCTLS.items()}
+
+# Flag bits used with the ioctls above.
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+KVM_PIT_SPEAKER_DUMMY = 1
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
