@@ -21,6 +21,8 @@ import mmap
 import os
 import signal
 import struct
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -277,6 +279,34 @@ def test_signal_interrupts_run(guest: Guest) -> None:
         signal.signal(signal.SIGALRM, old)
 
 
+def test_kick_from_another_thread(guest: Guest) -> None:
+    """The Machine's stop pattern: set immediate_exit, then pthread_kill the vCPU thread out of KVM_RUN."""
+    guest.real_mode(bytes.fromhex("ebfe"))  # jmp $
+    result: list[object] = []
+    started = threading.Event()
+
+    def vcpu_thread() -> None:
+        started.set()
+        while not result:
+            e = guest.cpu.run()
+            if isinstance(e, exits.InterruptedExit):
+                result.append(e)
+
+    old = signal.signal(signal.SIGUSR1, lambda *_: None)
+    t = threading.Thread(target=vcpu_thread, daemon=True)
+    try:
+        t.start()
+        started.wait(5)
+        deadline = time.monotonic() + 5
+        while t.is_alive() and time.monotonic() < deadline:
+            guest.cpu.immediate_exit = 1
+            signal.pthread_kill(t.ident or 0, signal.SIGUSR1)
+            t.join(0.05)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert not t.is_alive() and isinstance(result[0], exits.InterruptedExit)
+
+
 def test_error_messages_name_the_ioctl(kvm: Kvm, guest: Guest) -> None:
     with pytest.raises(KvmError) as ei:
         guest.vm.set_user_memory_region(1, 0x8000, 0x10000, host_addr(guest.mem))
@@ -336,3 +366,33 @@ def test_dirty_log(kvm: Kvm) -> None:
     finally:
         vm.close()
         mem.close()
+
+
+def test_exit_decoders_agree_with_cdef(guest: Guest) -> None:
+    """The hot path decodes kvm_run with hand-written struct formats; check them against the cffi
+    layout (itself checked against <linux/kvm.h>) for exits a tiny guest cannot easily produce."""
+    run = guest.cpu.kvm_run
+    decode = guest.cpu._decode_other
+    run.internal.suberror, run.internal.ndata = 1, 3
+    run.internal.data[0:3] = [7, 8, 9]
+    e = decode(exits.KVM_EXIT_INTERNAL_ERROR)
+    assert isinstance(e, exits.InternalErrorExit) and (e.suberror, e.data) == (1, (7, 8, 9))
+    run.fail_entry.hardware_entry_failure_reason, run.fail_entry.cpu = 0x80000021, 1
+    e = decode(exits.KVM_EXIT_FAIL_ENTRY)
+    assert isinstance(e, exits.FailEntryExit) and (e.hardware_entry_failure_reason, e.cpu) == (0x80000021, 1)
+    run.system_event.type, run.system_event.ndata, run.system_event.data[0] = 2, 1, 5
+    e = decode(exits.KVM_EXIT_SYSTEM_EVENT)
+    assert isinstance(e, exits.SystemEventExit) and (e.type, e.flags) == (2, 5)
+    run.debug.arch.exception, run.debug.arch.pc, run.debug.arch.dr6, run.debug.arch.dr7 = 3, 0x1000, 6, 7
+    e = decode(exits.KVM_EXIT_DEBUG)
+    assert isinstance(e, exits.DebugExit) and (e.exception, e.pc, e.dr6, e.dr7) == (3, 0x1000, 6, 7)
+    run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0xFED00000, 4, 1
+    run.mmio.data[0:4] = [1, 2, 3, 4]
+    e = decode(exits.KVM_EXIT_MMIO)
+    assert isinstance(e, exits.MmioExit) and (e.phys_addr, e.length, e.is_write) == (0xFED00000, 4, True)
+    assert e.value == 0x04030201
+    run.hw.hardware_exit_reason = 42
+    e = decode(99)
+    assert isinstance(e, exits.UnknownExit) and (e.exit_reason, e.hardware_exit_reason) == (99, 42)
+    for reason, cls in ((exits.KVM_EXIT_HLT, exits.HltExit), (exits.KVM_EXIT_SHUTDOWN, exits.ShutdownExit)):
+        assert isinstance(decode(reason), cls)
