@@ -37,6 +37,7 @@ __all__ = [
 
 Receiver = Callable[[bytes], None]
 _PENDING_LIMIT = 1 << 20  # bytes of early input kept before a receiver exists
+_SEND_TIMEOUT = 2.0  # seconds a socket client may stall guest output before bytes are dropped
 _MUX_HELP = b"\r\nC-a h    print this help\r\nC-a x    exit emulator\r\nC-a C-a  send C-a\r\n"
 # Input flags QEMU's stdio backend clears: raw bytes in, no flow control, no CR/NL mapping.
 _RAW_IFLAGS = termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
@@ -106,16 +107,9 @@ class Chardev:
 class _FdReader:
     """A daemon thread that reads an fd and forwards bytes; a self-pipe makes stop() prompt."""
 
-    def __init__(
-        self,
-        fd: int,
-        on_data: Callable[[bytes], None],
-        name: str,
-        on_eof: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, fd: int, on_data: Callable[[bytes], None], name: str) -> None:
         self.fd = fd
         self._on_data = on_data
-        self._on_eof = on_eof
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -123,19 +117,17 @@ class _FdReader:
     def _run(self) -> None:
         try:
             while True:
-                r, _, _ = select.select([self.fd, self._wake_r], [], [])
-                if self._wake_r in r:
-                    return
                 try:
+                    r, _, _ = select.select([self.fd, self._wake_r], [], [])
+                    if self._wake_r in r:
+                        return
                     data = os.read(self.fd, 4096)
                 except BlockingIOError:
                     continue
-                except OSError:
-                    data = b""  # EIO on a pty master whose slave side went away, EBADF...
+                except (OSError, ValueError):
+                    return  # EBADF (stdin closed), EIO (pty slave gone): no more input
                 if not data:
-                    if self._on_eof is not None:
-                        self._on_eof()
-                    return
+                    return  # EOF: the host side will never send more
                 self._on_data(data)
         finally:
             os.close(self._wake_r)
@@ -387,6 +379,7 @@ class SocketChardev(Chardev):
     def _set_client(self, conn: socket.socket) -> None:
         if self.nodelay and conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(_SEND_TIMEOUT)  # a client that stops reading must not wedge the vCPU
         with self._tx_lock:
             self._client = conn
 
@@ -410,7 +403,10 @@ class SocketChardev(Chardev):
             if self._wake_r in r:
                 return
             if client is None:
-                conn, _ = self._listener.accept()  # type: ignore[union-attr]
+                try:
+                    conn, _ = self._listener.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue  # the client gave up between select and accept
                 self._set_client(conn)
                 continue
             try:
@@ -638,16 +634,8 @@ def open_chardev(
     if b == "pty":
         return PtyChardev(label, spec.logfile)
     if b == "socket":
-        return SocketChardev(
-            path=spec.path,
-            host=spec.host,
-            port=spec.port,
-            server=spec.server,
-            wait=spec.wait,
-            nodelay=spec.nodelay,
-            label=label,
-            logfile=spec.logfile,
-        )
+        sock_args = {k: getattr(spec, k) for k in ("path", "host", "port", "server", "wait", "nodelay")}
+        return SocketChardev(**sock_args, label=label, logfile=spec.logfile)
     if b == "chardev":
         if registry is None or label not in registry:
             raise ValueError(f"chardev '{label}' not found")
