@@ -145,6 +145,7 @@ def qemu_cmd(probe_elf: Path) -> list[str]:
     return [
         QEMU, "-kernel", str(probe_elf), "-display", "none", "-serial", "stdio",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-accel", "tcg", "-no-reboot",
+        "-append", "probe-test=1 quiet",
     ]  # fmt: skip
 
 
@@ -190,6 +191,22 @@ def test_echo_and_backspace(shell: Shell) -> None:
     shell.child.send("echo abX\x7fc\r")
     shell.child.expect_exact(PROMPT)
     assert shell.child.before.endswith("\r\nabc\r\n")
+
+
+@pytest.mark.qemu
+@pytest.mark.guest
+def test_burst_of_many_words(shell: Shell) -> None:
+    words = " ".join(f"w{i:02d}" for i in range(30))  # 30 words, well past the 16-byte FIFO
+    assert shell.run(f"echo {words}") == words + "\r\n"
+
+
+@pytest.mark.qemu
+@pytest.mark.guest
+def test_info_shows_cmdline_and_image(shell: Shell) -> None:
+    out = shell.run("info")
+    # QEMU puts the kernel's path in front of -append (as GRUB does); refvm passes -append alone.
+    assert re.search(r"^cmdline=(\S+ )?probe-test=1 quiet\r$", out, re.M), out
+    assert re.search(r"^image=0x00100000-0x[0-9a-f]{8} stack=0x[0-9a-f]{8}-0x[0-9a-f]{8}\r$", out, re.M)
 
 
 @pytest.mark.qemu

@@ -405,7 +405,7 @@ static void cmd_help(int argc, char **argv)
         }
         do
             print(" ");
-        while (++n < 22);
+        while (++n < 24);
         println(c->help);
     }
     println("numbers: decimal or 0x-hex");

@@ -31,7 +31,10 @@ void serial_init(void)
     outb(COM1 + REG_DATA, 0x01);  /* divisor 1 = 115200 baud */
     outb(COM1 + REG_IER, 0x00);
     outb(COM1 + REG_LCR, 0x03);   /* 8N1, DLAB off */
-    outb(COM1 + REG_FCR, 0x07);   /* enable FIFOs and clear both */
+    /* Enable and clear the FIFOs. This drops anything typed before the first
+     * prompt; rescuing it would race with bytes still arriving, so drivers
+     * wait for "probe> " before typing. */
+    outb(COM1 + REG_FCR, 0x07);
     outb(COM1 + REG_MCR, 0x03);   /* DTR + RTS; OUT2 off (it gates the IRQ line) */
     tx_depth = ((inb(COM1 + REG_FCR) & IIR_FIFO) == IIR_FIFO) ? 16 : 1;
     tx_room = 0;
