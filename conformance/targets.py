@@ -40,6 +40,20 @@ class Target:
     def console(self, args: Sequence[str], timeout: float = 60.0) -> SerialConsole:
         return SerialConsole(self.argv(args), timeout=timeout, name=self.name)
 
+    def qtest_argv(self, socket_path: str, extra: Sequence[str] = ()) -> list[str]:
+        """Start the target with no vCPU running, driven over qtest; the test side listens on socket_path.
+
+        QEMU's `-qtest unix:PATH` (no `server=on`) makes QEMU connect to PATH as a client, as libqtest does.
+        Debian's QEMU has no qtest accelerator, so it runs TCG stopped (`-S`) instead (DESIGN.md §3).
+        """
+        common = ["-qtest", f"unix:{socket_path}"]
+        if self.kind == "qemu":
+            accel = self.accel_args or ["-accel", "tcg"]
+            common = [*accel, "-S", *common, "-qtest-log", "/dev/null"]
+        else:
+            common = ["-accel", "qtest", *common]
+        return [*self.binary, *common, "-nodefaults", "-display", "none", "-M", "pc", *extra]
+
 
 def refvm_target(binary: str | None = None) -> Target:
     cmd = [binary] if binary else [sys.executable, "-m", "refvm"]
