@@ -285,3 +285,49 @@ def test_with_file_chardev(tmp_path) -> None:
         uart.write(0, 1, ch)
     chardev.close()
     assert path.read_bytes() == b"Linux version\r\n"
+
+
+def test_state_roundtrip_for_migration(u: Uart) -> None:
+    u.w(FCR, 0x41)
+    u.w(IER, 0x01)
+    u.w(LCR, 0x03)
+    u.w(SCR, 0x77)
+    u.chr.inject(bytes(range(20)))
+    state = u.dev.get_state()
+    other = Uart()
+    other.dev.set_state(state)
+    assert other.irq.level
+    assert (other.r(IER), other.r(LCR), other.r(SCR), other.r(IIR)) == (0x01, 0x03, 0x77, 0xC4)
+    assert [other.r(RBR) for _ in range(20)] == list(range(20))
+
+
+def test_linux_8250_autoconfig_sees_a_16550a(u: Uart) -> None:
+    """The probe steps Linux' 8250 driver takes, in order, must classify us as a 16550A."""
+    u.w(IER, 0x00)
+    assert u.r(IER) & 0x0F == 0
+    u.w(IER, 0x0F)
+    assert u.r(IER) & 0x0F == 0x0F  # a UART is there
+    u.w(IER, 0x00)
+    u.w(MCR, 0x10 | 0x0A)  # loopback test
+    assert u.r(MSR) & 0xF0 == 0x90
+    u.w(MCR, 0x00)
+    u.w(FCR, 0x01)
+    assert u.r(IIR) >> 6 == 3  # FIFO present: 16550A family
+    u.w(LCR, 0xBF)  # 16650 EFR probe: offset 2 must not read 0
+    assert u.r(IIR) != 0
+    u.w(LCR, 0x00)
+    u.w(FCR, 0x21)  # 16750 probe: 64-byte FIFO bit must not stick in IIR bit 5
+    assert u.r(IIR) & 0xE0 == 0xC0
+    u.w(LCR, 0x80)
+    u.w(FCR, 0x21)
+    u.w(LCR, 0x00)
+    assert u.r(IIR) & 0xE0 == 0xC0
+    u.w(IER, 0x40)  # XScale UUE bit does not stick
+    assert u.r(IER) == 0
+    # UART_BUG_THRE check in serial8250_do_startup: re-enabling THRI must raise again
+    u.w(IER, 0x02)
+    assert u.r(IIR) & 0x0F == 0x02
+    u.w(IER, 0x00)
+    u.w(IER, 0x02)
+    assert not u.r(IIR) & 0x01
+    u.w(IER, 0x00)

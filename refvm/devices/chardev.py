@@ -61,7 +61,10 @@ class Chardev:
         """Send guest output to the host side; never raises for a vanished peer."""
         if self.closed or not data:
             return
-        self._write(bytes(data))
+        try:
+            self._write(bytes(data))
+        except OSError:
+            return  # closed under us or host side gone: guest output is dropped, as in QEMU
         if self._log is not None:
             self._log.write(data)
 

@@ -308,6 +308,28 @@ class Serial16550:
         self.trigger = TRIGGER_LEVELS[value >> 6]
         self._fill_rx()
 
+    # ------------------------------------------------------------------ migration
+    _STATE_FIELDS = ("ier", "lcr", "mcr", "lsr", "msr", "scr", "divisor", "fifo_enabled", "trigger", "rbr")
+
+    def get_state(self) -> dict[str, object]:
+        """Guest-visible state as plain values (for migration/snapshots); the backlog is host
+        input not yet seen by the guest and travels too so nothing typed is lost."""
+        with self._lock:
+            state: dict[str, object] = {k: getattr(self, k) for k in self._STATE_FIELDS}
+            state["thr_ipending"] = self._thr_ipending
+            state["rx"] = bytes(self._rx)
+            state["backlog"] = bytes(self._backlog)
+            return state
+
+    def set_state(self, state: dict[str, object]) -> None:
+        with self._lock:
+            for k in self._STATE_FIELDS:
+                setattr(self, k, state[k])
+            self._thr_ipending = bool(state["thr_ipending"])
+            self._rx = deque(state["rx"])  # type: ignore[arg-type]
+            self._backlog = deque(state["backlog"])  # type: ignore[arg-type]
+            self._update_irq()
+
     def __repr__(self) -> str:
         return (
             f"<Serial16550 ier={self.ier:#x} lcr={self.lcr:#x} mcr={self.mcr:#x} lsr={self.lsr:#x} "
