@@ -115,10 +115,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for (spec, label), verdicts in sorted(results.items()):
         counts = {v: sum(1 for _, x in verdicts if x == v) for v in ("passed", "failed", "skipped", "xfail")}
         status = "fail" if counts["failed"] else "pass" if counts["passed"] else "skip"
-        rows.append({"spec": spec, "clause": label, "target": target, "status": status, **counts,
-                     "tests": [t for t, _ in verdicts]})
+        rows.append(
+            {
+                "spec": spec,
+                "clause": label,
+                "target": target,
+                "status": status,
+                **counts,
+                "tests": [t for t, _ in verdicts],
+            }
+        )
     (out / f"clauses-{target}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = [f"# Clause report: {target}", "", "| spec | clause | status | pass | fail | skip |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Clause report: {target}",
+        "",
+        "| spec | clause | status | pass | fail | skip |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']} |")
+        lines.append(
+            f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']} |"
+        )
     (out / f"clauses-{target}.md").write_text("\n".join(lines) + "\n")

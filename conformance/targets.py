@@ -35,7 +35,9 @@ class Target:
 
     def probe_argv(self, kernel: str, extra: Sequence[str] = ()) -> list[str]:
         """Boot the probe guest with its serial port on stdio and the debug-exit device."""
-        return self.argv(["-nodefaults", "-display", "none", "-serial", "stdio", *DEBUG_EXIT, "-kernel", kernel, *extra])
+        return self.argv(
+            ["-nodefaults", "-display", "none", "-serial", "stdio", *DEBUG_EXIT, "-kernel", kernel, *extra]
+        )
 
     def console(self, args: Sequence[str], timeout: float = 60.0) -> SerialConsole:
         return SerialConsole(self.argv(args), timeout=timeout, name=self.name)

@@ -39,7 +39,7 @@ def load_kernel(
 ) -> BootCpuState:
     """Load a bzImage/vmlinux with the Linux boot protocol, anything else as Multiboot v1."""
     if is_linux_image(image):
-        return load_linux(memory, image, cmdline=cmdline, initrd=initrd)
+        return load_linux(memory, image, cmdline=cmdline, initrd=initrd, name=path)
     modules = [(initrd, "initrd")] if initrd is not None else []
     return load_multiboot(memory, image, cmdline=cmdline, modules=modules, name=path)
 

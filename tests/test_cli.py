@@ -13,7 +13,11 @@ from refvm.config import MIB
 
 def run_refvm(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "refvm", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "refvm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -50,8 +54,22 @@ def test_bad_command_lines_fail_with_one_line(args: list[str], message: str) -> 
 def test_help_and_version() -> None:
     proc = run_refvm("-help")
     assert proc.returncode == 0
-    for opt in ("-m ", "-smp", "-kernel", "-initrd", "-append", "-serial", "-chardev", "-device", "-nographic",
-                "-nodefaults", "-accel", "-name", "-no-reboot", "-S"):
+    for opt in (
+        "-m ",
+        "-smp",
+        "-kernel",
+        "-initrd",
+        "-append",
+        "-serial",
+        "-chardev",
+        "-device",
+        "-nographic",
+        "-nodefaults",
+        "-accel",
+        "-name",
+        "-no-reboot",
+        "-S",
+    ):
         assert opt in proc.stdout
     assert run_refvm("--version").stdout.startswith("refvm version ")
 
@@ -62,18 +80,48 @@ def test_device_help_lists_debug_exit() -> None:
     assert '"isa-debug-exit"' in proc.stdout
 
 
-@pytest.mark.parametrize("text,size", [("128", 128 * MIB), ("64M", 64 * MIB), ("1G", 1024 * MIB),
-                                        ("size=256M", 256 * MIB), ("2048k", 2 * MIB), ("1.5G", 1536 * MIB)])
+@pytest.mark.parametrize(
+    "text,size",
+    [
+        ("128", 128 * MIB),
+        ("64M", 64 * MIB),
+        ("1G", 1024 * MIB),
+        ("size=256M", 256 * MIB),
+        ("2048k", 2 * MIB),
+        ("1.5G", 1536 * MIB),
+    ],
+)
 def test_memory_sizes_use_qemu_units(text: str, size: int) -> None:
     assert parse_size("m", text) == size
 
 
 def test_qemu_spelling_parses_into_config() -> None:
-    parsed = parse_args([
-        "-m", "256", "-smp", "cpus=2", "-kernel", "k.elf", "-initrd", "i.img", "-append", "a b",
-        "-nographic", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "--no-reboot", "-name", "guest=vm1",
-        "-accel", "kvm", "-enable-kvm", "-M", "pc,accel=kvm", "-S",
-    ])
+    parsed = parse_args(
+        [
+            "-m",
+            "256",
+            "-smp",
+            "cpus=2",
+            "-kernel",
+            "k.elf",
+            "-initrd",
+            "i.img",
+            "-append",
+            "a b",
+            "-nographic",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "--no-reboot",
+            "-name",
+            "guest=vm1",
+            "-accel",
+            "kvm",
+            "-enable-kvm",
+            "-M",
+            "pc,accel=kvm",
+            "-S",
+        ]
+    )
     cfg = parsed.config
     assert (cfg.memory_bytes, cfg.smp, cfg.kernel, cfg.initrd, cfg.append) == (256 * MIB, 2, "k.elf", "i.img", "a b")
     assert cfg.no_reboot and cfg.start_paused and cfg.name == "vm1"

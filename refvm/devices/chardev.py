@@ -140,6 +140,8 @@ class _FdReader:
             return
         try:
             os.write(self._wake_w, b"x")
+        except BrokenPipeError:
+            pass  # the reader already ended (EOF on its fd) and closed the other end
         finally:
             if threading.current_thread() is not self._thread:
                 self._thread.join(timeout=2)
