@@ -44,12 +44,14 @@ class QtestError(AssertionError):
 class QtestStartError(QtestError):
     """The target exited (or never connected) before the qtest session was up.
 
-    `stderr_line` is the line in which the target says why, for capability probes that turn it into a skip.
+    `stderr_line` is the line in which the target says why, for capability probes that turn it into a skip;
+    `exited` tells a target that refused to start from one that hung (never a skip).
     """
 
-    def __init__(self, message: str, stderr_line: str) -> None:
+    def __init__(self, message: str, stderr_line: str, exited: bool) -> None:
         super().__init__(message)
         self.stderr_line = stderr_line
+        self.exited = exited
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,12 @@ class QtestSession:
                 err = self.stderr
                 self.close()
                 what = f"target exited with status {self.proc.returncode} before connecting"
-                raise QtestStartError(self._describe(what, err), _reason_line(err))
+                raise QtestStartError(self._describe(what, err), _reason_line(err), exited=True)
             if time.monotonic() > deadline:
                 err = self.stderr
                 self.close()
-                raise QtestStartError(self._describe(f"target did not connect within {timeout:.0f}s", err),
-                                      _reason_line(err) or "no connection")
+                what = f"target did not connect within {timeout:.0f}s"
+                raise QtestStartError(self._describe(what, err), _reason_line(err), exited=False)
 
     def close(self) -> None:
         """Drop the socket and stop the process: QEMU keeps running after its qtest socket closes."""
