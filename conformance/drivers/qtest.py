@@ -65,8 +65,9 @@ class IrqEvent:
 class QtestSession:
     """One target process driven over qtest. Use as a context manager; `start()` launches and connects."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, name: str = "target") -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, name: str = "target", term_grace: float = 3.0) -> None:
         self.timeout = timeout
+        self.term_grace = term_grace
         self.name = name
         self.argv: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,7 +132,7 @@ class QtestSession:
         if proc is not None and proc.poll() is None:
             _signal(proc, signal.SIGTERM)
             try:
-                proc.wait(timeout=3)
+                proc.wait(timeout=self.term_grace)
             except subprocess.TimeoutExpired:
                 _signal(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
