@@ -221,6 +221,8 @@ class Machine:
         for runner in self._runners:
             runner.stop()
         for runner in self._runners:
+            if runner.ident is None:
+                continue  # never started (-S)
             runner.join(timeout=5)
             if runner.is_alive():
                 print(f"refvm: vCPU {runner.index} did not stop", file=sys.stderr)

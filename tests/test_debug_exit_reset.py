@@ -25,8 +25,8 @@ def test_debug_exit_wide_write_and_read() -> None:
     bus.register(0xF4, 4, DebugExit(got.append))
     bus.write(0xF4, 4, 0x12345678)
     assert got == [(0x12345678 << 1) | 1]
-    assert bus.read(0xF4, 1) == 0xFF
-    assert bus.read(0xF4, 4) == 0xFFFFFFFF
+    assert bus.read(0xF4, 1) == 0  # as QEMU 7.2
+    assert bus.read(0xF4, 4) == 0
 
 
 def test_kbd_reset_pulse_and_status() -> None:
