@@ -32,7 +32,7 @@ def _fields(ctype: object, prefix: str = "", base: int = 0) -> list[tuple[str, i
         path = prefix + name
         try:
             size: int | None = ffi.sizeof(f.type)
-        except (ValueError, TypeError):  # flexible array: no size
+        except (ValueError, TypeError, ffi.error):  # flexible array: no size
             size = None
         out.append((path, base + f.offset, size))
         if f.type.kind in ("struct", "union"):
