@@ -1,9 +1,9 @@
-"""Machine: builds guest memory, buses and devices from a MachineConfig and runs the vCPUs.
+"""Machine: builds guest memory, buses and devices from a MachineConfig and runs it under an accelerator.
 
-A machine run ends in exactly one Outcome (shutdown, debug-exit status, error, watchdog). A guest reset is
-done by tearing the VM down and building it again from the same config: that is the simplest way to get
-every device, every vCPU register and all of RAM back to power-on state, and chardevs are kept across it
-so a console session survives a reboot.
+RAM, buses and devices are built once and live as long as the machine; a guest reset resets every device
+in place and keeps RAM (as a real PC and QEMU do), while the KVM VM and its vCPUs are created anew: KVM
+has no "reset this vCPU" call, and a fresh VM is the one way to get every register, the in-kernel irqchip
+and the PIT back to power-on state exactly. A machine run ends in exactly one Outcome.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from refvm import vcpu_setup as cpu_setup
+from refvm import vcpu_setup
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
@@ -22,7 +23,6 @@ from refvm.devices.debug_exit import DebugExit
 from refvm.devices.irq import IrqLine
 from refvm.devices.reset import KbdReset, ResetControl
 from refvm.devices.serial import Serial16550
-from refvm.kvm import Kvm, KvmError, Vm
 from refvm.memory import GuestMemory
 from refvm.vcpu_runner import VcpuRunner
 
@@ -34,6 +34,8 @@ LOW_RAM_LIMIT = 0xC000_0000
 #: Addresses KVM needs for its real-mode TSS and identity map on Intel; placed just below the BIOS ROM.
 TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
+#: Writes to this window are MSIs to the local APICs, not memory.
+MSI_WINDOW = range(0xFEE0_0000, 0xFEF0_0000)
 
 #: Exit status the CLI uses when the watchdog fires (as timeout(1)).
 WATCHDOG_STATUS = 124
@@ -47,29 +49,44 @@ class MachineError(Exception):
 class Outcome:
     """How a machine run ended."""
 
-    kind: str  # "shutdown" | "debug-exit" | "reset" | "error" | "watchdog" | "signal"
+    kind: str  # "shutdown" | "debug-exit" | "error" | "watchdog" | "signal"
     status: int = 0
     message: str = ""
 
 
+class Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
 class Machine:
-    """A PC-like machine (pc: COM ports, debug-exit, reset ports) driven by KVM vCPU threads."""
+    """A PC-like machine (pc: COM ports, debug-exit, reset ports) run by KVM vCPU threads."""
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
         self._kernel_image = self._read_file(config.kernel, "kernel") if config.kernel else None
         self._initrd_image = self._read_file(config.initrd, "initrd") if config.initrd else None
-        self.chardevs = self._open_chardevs()
         self._outcome: Outcome | None = None
         self._outcome_lock = threading.Lock()
         self._ended = threading.Event()
-        self._paused = threading.Event()
+        self._reset_requested = threading.Event()
+        self._state_lock = threading.RLock()
         self._runners: list[VcpuRunner] = []
-        self.kvm: Kvm | None = None
-        self.vm: Vm | None = None
-        self.memory: GuestMemory | None = None
+        self._state = "prelaunch" if config.start_paused else "running"
+        self.kvm = None
+        self.vm = None
+        #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
+        self.event_listeners: list = []
+        self.memory = self._build_memory()
         self.pio = PioBus()
         self.mmio = MmioBus()
+        self._resettables: list[Resettable] = []
+        self.chardevs: list[Chardev | None] = []
+        try:
+            self.chardevs = [None if spec is None else open_chardev(spec) for spec in config.serials]
+            self._add_platform_devices()
+        except Exception:
+            self._close_chardevs()
+            raise
 
     # ---- construction -------------------------------------------------------------------------------
 
@@ -80,85 +97,100 @@ class Machine:
         except OSError as err:
             raise MachineError(f"could not load {what} '{path}': {err.strerror}") from None
 
-    def _open_chardevs(self) -> list[Chardev | None]:
-        opened: list[Chardev | None] = []
-        for spec in self.config.serials:
-            opened.append(None if spec is None else open_chardev(spec))
-        return opened
+    def _build_memory(self) -> GuestMemory:
+        memory = GuestMemory()
+        low = min(self.config.memory_bytes, LOW_RAM_LIMIT)
+        memory.add_ram(0, low)
+        if self.config.memory_bytes > low:
+            memory.add_ram(1 << 32, self.config.memory_bytes - low)
+        return memory
 
-    def _build(self) -> None:
-        """Create the VM, RAM, devices and vCPUs in power-on state."""
-        cfg = self.config
-        try:
-            self.kvm = Kvm()
-        except KvmError as err:
-            raise MachineError(str(err)) from None
-        max_vcpus = self.kvm.check_extension(_cap("KVM_CAP_MAX_VCPUS")) or self.kvm.check_extension(
-            _cap("KVM_CAP_NR_VCPUS")
-        )
-        if max_vcpus and cfg.smp > max_vcpus:
-            raise MachineError(f"Number of SMP CPUs requested ({cfg.smp}) exceeds the maximum ({max_vcpus})")
-        vm = self.kvm.create_vm()
-        self.vm = vm
-        vm.set_tss_addr(TSS_ADDR)
-        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        vm.create_irqchip()
-        vm.create_pit2()
-        self.memory = GuestMemory()
-        low = min(cfg.memory_bytes, LOW_RAM_LIMIT)
-        regions = [self.memory.add_ram(0, low)]
-        if cfg.memory_bytes > low:
-            regions.append(self.memory.add_ram(1 << 32, cfg.memory_bytes - low))
-        for slot, region in enumerate(regions):
-            vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
-        self.pio = PioBus()
-        self.mmio = MmioBus()
-        self._add_platform_devices()
-        self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
-        cpuid = self.kvm.supported_cpuid()
-        for runner in self._runners:
-            cpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
-        self._load_kernel()
+    def irq_sink(self, line: int, level: int) -> None:
+        """Where devices' interrupt lines end: the in-kernel irqchip."""
+        vm = self.vm
+        if vm is not None:
+            vm.irq_line(line, level)
+
+    def msi_sink(self, address: int, data: int) -> None:
+        """A bus-master write of an MSI message: to the APICs inside the MSI window, else to RAM (as DMA)."""
+        if address in MSI_WINDOW:
+            vm = self.vm
+            if vm is not None:
+                vm.signal_msi(address, data)
+        elif self.memory.is_ram(address, 4):
+            self.memory.write_u32(address, data)
 
     def _irq_line(self, irq: int) -> IrqLine:
-        vm = self.vm
-        assert vm is not None
-        return IrqLine(lambda line, level: vm.irq_line(line, level), irq)
+        return IrqLine(self.irq_sink, irq)
+
+    def _register(self, base: int, length: int, device: object, name: str) -> None:
+        self.pio.register(base, length, device, name)
+        if hasattr(device, "reset"):
+            self._resettables.append(device)  # type: ignore[arg-type]
 
     def _add_platform_devices(self) -> None:
         for (base, irq), chardev in zip(COM_PORTS, self.chardevs, strict=False):
             if chardev is not None:
-                self.pio.register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
-        self.pio.register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
-        self.pio.register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
+                self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
+        self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
+        self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
         for dev in self.config.devices:
             if dev.driver == "isa-debug-exit":
                 base = int(dev.props.get("iobase", "0x501"), 0)
                 size = int(dev.props.get("iosize", "0x02"), 0)
-                self.pio.register(base, size, DebugExit(self.request_debug_exit), "isa-debug-exit")
+                self._register(base, size, DebugExit(self.request_debug_exit), "isa-debug-exit")
+
+    def _build_vm(self) -> None:
+        """Create the KVM VM and its vCPUs in power-on state and load the kernel."""
+        from refvm.kvm import Kvm, KvmError, caps
+
+        cfg = self.config
+        try:
+            self.kvm = kvm = Kvm()
+        except KvmError as err:
+            raise MachineError(str(err)) from None
+        max_vcpus = kvm.check_extension(caps.KVM_CAP_MAX_VCPUS) or kvm.check_extension(caps.KVM_CAP_NR_VCPUS)
+        if max_vcpus and cfg.smp > max_vcpus:
+            raise MachineError(f"Number of SMP CPUs requested ({cfg.smp}) exceeds the maximum ({max_vcpus})")
+        vm = kvm.create_vm()
+        vm.set_tss_addr(TSS_ADDR)
+        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+        for slot, region in enumerate(self.memory.regions):
+            vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
+        self.vm = vm
+        self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
+        cpuid = kvm.supported_cpuid()
+        for runner in self._runners:
+            vcpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
+        self._load_kernel()
 
     def _load_kernel(self) -> None:
         if self._kernel_image is None:
             raise MachineError("no kernel given: refvm has no firmware, use -kernel FILE")
-        assert self.memory is not None
-        state = cpu_setup.load_kernel(
+        state = vcpu_setup.load_kernel(
             self.memory, self._kernel_image, self.config.kernel or "", self.config.append, self._initrd_image
         )
-        cpu_setup.apply_boot_state(self._runners[0].vcpu, state)
+        vcpu_setup.apply_boot_state(self._runners[0].vcpu, state)
 
-    def _teardown(self) -> None:
+    def _teardown_vm(self) -> None:
         for runner in self._runners:
             runner.vcpu.close()
         self._runners = []
         if self.vm is not None:
-            self.vm.close()
-            self.vm = None
+            vm, self.vm = self.vm, None
+            vm.close()
         if self.kvm is not None:
-            self.kvm.close()
-            self.kvm = None
-        self.memory = None
+            kvm, self.kvm = self.kvm, None
+            kvm.close()
 
-    # ---- requests from devices and vCPU threads (any thread) ---------------------------------------
+    def _close_chardevs(self) -> None:
+        for chardev in self.chardevs:
+            if chardev is not None:
+                chardev.close()
+
+    # ---- requests from devices, monitors and vCPU threads (any thread) -------------------------------
 
     def _end(self, outcome: Outcome) -> None:
         with self._outcome_lock:
@@ -166,20 +198,62 @@ class Machine:
                 self._outcome = outcome
         self._ended.set()
 
+    def _emit(self, event: str, data: dict | None = None) -> None:
+        for listener in list(self.event_listeners):
+            listener(event, data or {})
+
     def request_debug_exit(self, status: int) -> None:
         self._end(Outcome("debug-exit", status))
 
-    def request_shutdown(self, message: str = "") -> None:
+    def request_shutdown(self, message: str = "", reason: str = "guest-shutdown") -> None:
+        self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
         self._end(Outcome("shutdown", 0, message))
 
-    def request_reset(self) -> None:
+    def request_reset(self, reason: str = "guest-reset") -> None:
         if self.config.no_reboot:
-            self._end(Outcome("shutdown", 0, "guest asked for a reset and -no-reboot is set"))
+            self.request_shutdown("guest asked for a reset and -no-reboot is set", reason)
         else:
-            self._end(Outcome("reset"))
+            self._emit("RESET", {"guest": reason.startswith("guest"), "reason": reason})
+            self._reset_requested.set()
+            self._ended.set()
 
     def request_error(self, message: str) -> None:
         self._end(Outcome("error", 1, message))
+
+    def interrupt(self, signum: int) -> None:
+        """Called from a signal handler in the main thread: end the run as QEMU does on SIGTERM."""
+        self._emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+        self._end(Outcome("signal", 0, f"terminating on signal {signum}"))
+
+    # ---- run state, as the QMP monitor sees it -------------------------------------------------------
+
+    def status(self) -> str:
+        """QEMU's RunState name: prelaunch (-S, never run), running, paused."""
+        return self._state
+
+    def pause(self) -> None:
+        with self._state_lock:
+            if self._state != "running":
+                return
+            for runner in self._runners:
+                runner.pause()
+            self._state = "paused"
+        self._emit("STOP")
+
+    def resume(self) -> None:
+        with self._state_lock:
+            if self._state == "running":
+                return
+            self._state = "running"
+            self._start_or_resume_vcpus()
+        self._emit("RESUME")
+
+    def _start_or_resume_vcpus(self) -> None:
+        for runner in self._runners:
+            if runner.ident is None:
+                runner.start()
+            else:
+                runner.resume()
 
     # ---- running -------------------------------------------------------------------------------------
 
@@ -188,34 +262,25 @@ class Machine:
         _install_kick_handler()
         try:
             while True:
-                self._outcome = None
+                self._reset_requested.clear()
                 self._ended.clear()
-                self._build()
-                outcome = self._run_once()
-                self._teardown()
-                if outcome.kind != "reset":
-                    return outcome
+                self._build_vm()
+                if self._state == "running":
+                    self._start_or_resume_vcpus()
+                ended = self._ended.wait(self.config.watchdog_seconds)
+                self._stop_vcpus()
+                self._teardown_vm()
+                if not ended:
+                    limit = self.config.watchdog_seconds
+                    self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: guest still running after {limit:g} s"))
+                if self._outcome is not None:
+                    return self._outcome
+                if self._reset_requested.is_set():
+                    for device in self._resettables:
+                        device.reset()
         finally:
-            self._teardown()
-            for chardev in self.chardevs:
-                if chardev is not None:
-                    chardev.close()
-
-    def _run_once(self) -> Outcome:
-        if not self.config.start_paused:
-            self.cont()
-        timeout = self.config.watchdog_seconds
-        if not self._ended.wait(timeout):
-            self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: guest still running after {timeout:g} s"))
-        self._stop_vcpus()
-        assert self._outcome is not None
-        return self._outcome
-
-    def cont(self) -> None:
-        """Start (or, after -S, release) the vCPU threads."""
-        for runner in self._runners:
-            if not runner.is_alive() and runner.ident is None:
-                runner.start()
+            self._teardown_vm()
+            self._close_chardevs()
 
     def _stop_vcpus(self) -> None:
         for runner in self._runners:
@@ -226,16 +291,6 @@ class Machine:
             runner.join(timeout=5)
             if runner.is_alive():
                 print(f"refvm: vCPU {runner.index} did not stop", file=sys.stderr)
-
-    def interrupt(self, signum: int) -> None:
-        """Called from a signal handler in the main thread: end the run like QEMU does on SIGTERM."""
-        self._end(Outcome("signal", 0, f"terminating on signal {signum}"))
-
-
-def _cap(name: str) -> int:
-    from refvm.kvm import caps
-
-    return int(getattr(caps, name))
 
 
 _kick_installed = False

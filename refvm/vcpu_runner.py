@@ -30,10 +30,31 @@ class VcpuRunner(threading.Thread):
         self.vcpu = vcpu
         self.index = index
         self._stopping = False
+        self._pause_requested = False
+        self._resumed = threading.Event()
+        self._parked = threading.Event()
 
     def stop(self) -> None:
-        """Make run() return at once, and kick the thread if it sits inside KVM_RUN."""
+        """End the thread: make KVM_RUN return at once, and kick the thread if it sits inside it."""
         self._stopping = True
+        self._resumed.set()
+        self._kick()
+
+    def pause(self, timeout: float = 2.0) -> None:
+        """Park the vCPU outside KVM_RUN and wait until it is (QMP `stop` is synchronous in QEMU too)."""
+        self._resumed.clear()
+        self._parked.clear()
+        self._pause_requested = True
+        self._kick()
+        if self.ident is not None and self.is_alive():
+            self._parked.wait(timeout)
+
+    def resume(self) -> None:
+        self._pause_requested = False
+        self.vcpu.immediate_exit = 0
+        self._resumed.set()
+
+    def _kick(self) -> None:
         self.vcpu.immediate_exit = 1
         if self.ident is not None and self.is_alive():
             try:
@@ -55,6 +76,10 @@ class VcpuRunner(threading.Thread):
         run = self.vcpu.run
         IoExit, MmioExit, Interrupted = exits.IoExit, exits.MmioExit, exits.InterruptedExit  # noqa: N806
         while not self._stopping:
+            if self._pause_requested:
+                self._parked.set()
+                self._resumed.wait()
+                continue
             ex = run()
             kind = type(ex)
             if kind is IoExit:
