@@ -10,7 +10,7 @@
 
 #define DEBUG_EXIT_PORT 0xf4
 
-static void error(const char *msg)
+void error(const char *msg)
 {
     print("error: ");
     println(msg);
@@ -18,7 +18,7 @@ static void error(const char *msg)
 
 /* Parses argument `s` for parameter `what`; prints an error and returns 0 on
  * failure. */
-static int arg_u32(const char *what, const char *s, uint32_t *out)
+int arg_u32(const char *what, const char *s, uint32_t *out)
 {
     const char *why;
     switch (parse_u32(s, out)) {
@@ -41,7 +41,7 @@ static int arg_u32(const char *what, const char *s, uint32_t *out)
 }
 
 /* WIDTH argument: 1, 2 or 4 bytes. */
-static int arg_width(const char *s, uint32_t *out)
+int arg_width(const char *s, uint32_t *out)
 {
     if (!arg_u32("WIDTH", s, out))
         return 0;
@@ -55,7 +55,7 @@ static int arg_width(const char *s, uint32_t *out)
 }
 
 /* VALUE argument that must fit in `width` bytes. */
-static int arg_value(const char *s, uint32_t width, uint32_t *out)
+int arg_value(const char *s, uint32_t width, uint32_t *out)
 {
     if (!arg_u32("VALUE", s, out))
         return 0;

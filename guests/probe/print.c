@@ -39,3 +39,20 @@ void print_dec(uint32_t v)
     fmt_dec(buf, v);
     print(buf);
 }
+
+void print_hex_min(uint32_t v)
+{
+    int digits = 1;
+    while (digits < 8 && (v >> (digits * 4)))
+        digits++;
+    print_hex(v, digits);
+}
+
+void print_bytes(const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (i)
+            serial_putc(' ');
+        print_hex_raw(p[i], 2);
+    }
+}
