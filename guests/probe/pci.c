@@ -78,7 +78,10 @@ int pci_next(pci_bdf *bdf)
     for (; dev < 32; dev++, fn = 0) {
         for (; fn < 8; fn++) {
             pci_bdf x = PCI_BDF(0, dev, fn);
-            if ((pci_read(x, PCI_VENDOR, 2)) == 0xffff) {
+            uint32_t vendor = pci_read(x, PCI_VENDOR, 2);
+            /* 0xffff: nothing answered; 0x0000 is no valid vendor either
+             * (and what a bus without a host bridge might return). */
+            if (vendor == 0xffff || vendor == 0) {
                 if (fn == 0)
                     break;       /* no device here */
                 continue;
