@@ -49,9 +49,7 @@ def _missing(reason: str) -> None:
 def _multilib_present() -> bool:
     if shutil.which("gcc") is None:
         return False
-    res = subprocess.run(
-        ["gcc", "-m32", "-print-libgcc-file-name"], capture_output=True, text=True, check=False
-    )
+    res = subprocess.run(["gcc", "-m32", "-print-libgcc-file-name"], capture_output=True, text=True, check=False)
     return res.returncode == 0 and Path(res.stdout.strip()).is_file()
 
 
@@ -61,9 +59,7 @@ def probe_elf() -> Path:
         _missing("make is not installed")
     if not _multilib_present():
         _missing("gcc with 32-bit support is not installed (apt-get install gcc gcc-multilib)")
-    res = subprocess.run(
-        ["make", "-C", str(PROBE_DIR)], capture_output=True, text=True, timeout=60, check=False
-    )
+    res = subprocess.run(["make", "-C", str(PROBE_DIR)], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, f"make failed:\n{res.stdout}\n{res.stderr}"
     assert PROBE_ELF.is_file()
     return PROBE_ELF
@@ -74,9 +70,7 @@ def test_make_tracks_sources(probe_elf: Path) -> None:
     res = subprocess.run(["make", "-q", "-C", str(PROBE_DIR)], capture_output=True, check=False)
     assert res.returncode == 0
     # ... and out of date if a header changed (-W: "what if this file were new", touches nothing).
-    res = subprocess.run(
-        ["make", "-q", "-C", str(PROBE_DIR), "-W", "shell.h"], capture_output=True, check=False
-    )
+    res = subprocess.run(["make", "-q", "-C", str(PROBE_DIR), "-W", "shell.h"], capture_output=True, check=False)
     assert res.returncode == 1
 
 
@@ -85,8 +79,8 @@ def test_elf_is_i386_loaded_above_1mib(probe_elf: Path) -> None:
     assert data[:4] == b"\x7fELF"
     assert data[4] == 1, "EI_CLASS must be ELFCLASS32"
     assert data[5] == 1, "EI_DATA must be little-endian"
-    (e_type, e_machine, _ver, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum) = (
-        struct.unpack_from("<HHIIIIIHHH", data, 16)
+    (e_type, e_machine, _ver, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum) = struct.unpack_from(
+        "<HHIIIIIHHH", data, 16
     )
     assert e_type == 2, "ET_EXEC"
     assert e_machine == 3, "EM_386"
@@ -179,7 +173,8 @@ def test_banner(shell: Shell) -> None:
 @pytest.mark.guest
 def test_help_lists_commands(shell: Shell) -> None:
     out = shell.run("help")
-    for name in ("help", "echo", "cpuid", "peek", "poke", "memtest", "inb", "outl", "exit", "info"):
+    names = "help echo cpuid peek poke memtest inb outl exit info lspci pciassign pcicfg virtio blk rng console balloon"
+    for name in names.split():
         assert re.search(rf"^  {name}\b", out, re.M), f"{name} missing from help"
 
 
@@ -207,14 +202,19 @@ def test_info_shows_cmdline_and_image(shell: Shell) -> None:
     # QEMU puts the kernel's path in front of -append (as GRUB does); refvm passes -append alone.
     assert re.search(r"^cmdline=(\S+ )?probe-test=1 quiet\r$", out, re.M), out
     assert re.search(r"^image=0x00100000-0x[0-9a-f]{8} stack=0x[0-9a-f]{8}-0x[0-9a-f]{8}\r$", out, re.M)
+    m = re.search(r"^dma=0x([0-9a-f]{8})-0x([0-9a-f]{8}) balloon=0x([0-9a-f]{8})-0x([0-9a-f]{8})\r$", out, re.M)
+    assert m, out
+    dma_start, dma_end, bal_start, bal_end = (int(x, 16) for x in m.groups())
+    image_end = int(re.search(r"^image=0x00100000-0x([0-9a-f]{8})", out, re.M).group(1), 16)
+    # Device-shared memory is page aligned and inside the image, which memtest/poke refuse.
+    assert dma_start % 4096 == 0 and bal_start % 4096 == 0
+    assert ONE_MIB <= dma_start < dma_end <= bal_start < bal_end <= image_end
 
 
 @pytest.mark.qemu
 @pytest.mark.guest
 def test_cpuid(shell: Shell) -> None:
-    assert re.fullmatch(
-        r"eax=[0-9a-f]{8} ebx=[0-9a-f]{8} ecx=[0-9a-f]{8} edx=[0-9a-f]{8}\r\n", shell.run("cpuid 0")
-    )
+    assert re.fullmatch(r"eax=[0-9a-f]{8} ebx=[0-9a-f]{8} ecx=[0-9a-f]{8} edx=[0-9a-f]{8}\r\n", shell.run("cpuid 0"))
 
 
 @pytest.mark.qemu

@@ -349,6 +349,17 @@ static void cmd_info(int argc, char **argv)
     print("-");
     print_hex(mem_stack_top(), 8);
     print_nl();
+    /* Where devices read and write: virtqueue rings and request buffers,
+     * and the pages lent to virtio-balloon. Both inside the image. */
+    print("dma=");
+    print_hex(mem_dma_start(), 8);
+    print("-");
+    print_hex(mem_dma_end(), 8);
+    print(" balloon=");
+    print_hex(mem_balloon_start(), 8);
+    print("-");
+    print_hex(mem_balloon_end(), 8);
+    print_nl();
 }
 
 static const struct command command_table[] = {

@@ -3,6 +3,7 @@
 
 extern char _image_start[], _image_end[];
 extern char stack_bottom[], stack_top[];
+extern char _dma_start[], _dma_end[], _balloon_start[], _balloon_end[];
 
 #define ONE_MIB 0x100000ull
 
@@ -10,6 +11,10 @@ uint32_t mem_image_start(void) { return (uint32_t)_image_start; }
 uint32_t mem_image_end(void) { return (uint32_t)_image_end; }
 uint32_t mem_stack_bottom(void) { return (uint32_t)stack_bottom; }
 uint32_t mem_stack_top(void) { return (uint32_t)stack_top; }
+uint32_t mem_dma_start(void) { return (uint32_t)_dma_start; }
+uint32_t mem_dma_end(void) { return (uint32_t)_dma_end; }
+uint32_t mem_balloon_start(void) { return (uint32_t)_balloon_start; }
+uint32_t mem_balloon_end(void) { return (uint32_t)_balloon_end; }
 
 /* 64-bit end addresses so a range reaching 4 GiB cannot wrap; comparisons
  * only, so no libgcc division helpers are pulled in. */

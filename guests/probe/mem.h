@@ -24,5 +24,9 @@ uint32_t mem_image_start(void);
 uint32_t mem_image_end(void);
 uint32_t mem_stack_bottom(void);
 uint32_t mem_stack_top(void);
+uint32_t mem_dma_start(void);      /* virtqueue rings and buffers (.bss.dma) */
+uint32_t mem_dma_end(void);
+uint32_t mem_balloon_start(void);  /* pages reserved for virtio-balloon */
+uint32_t mem_balloon_end(void);
 
 #endif

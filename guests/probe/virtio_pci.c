@@ -176,6 +176,7 @@ int vp_open(struct vp_dev *d, uint32_t type, int nth, const char *name)
             d->common = p;
         } else if (cfg_type == CAP_NOTIFY && !d->notify) {
             d->notify = p;
+            d->notify_len = len;
             d->notify_mult = pci_read32(bdf, pos + 16);
         } else if (cfg_type == CAP_ISR && !d->isr) {
             d->isr = p;
@@ -260,7 +261,18 @@ int vp_setup_queue(struct vp_dev *d, struct virtq *vq, struct virtq_ring *ring, 
     w64(d->common, CC_Q_DRIVER, (uint32_t)&ring->avail);
     w64(d->common, CC_Q_DEVICE, (uint32_t)&ring->used);
     uint16_t noff = r16(d->common, CC_Q_NOFF);
-    vq->notify = (volatile uint16_t *)(d->notify + (uint32_t)noff * d->notify_mult);
+    uint32_t where = (uint32_t)noff * d->notify_mult;
+    if (where + 2 > d->notify_len) {   /* §4.1.4.4: must lie inside the capability */
+        print("error: ");
+        print_bdf(d->bdf);
+        print(" queue ");
+        print_dec(index);
+        print(" notify offset ");
+        print_hex_min(where);
+        println(" outside the notify region");
+        return 0;
+    }
+    vq->notify = (volatile uint16_t *)(d->notify + where);
     w16(d->common, CC_Q_ENABLE, 1);
     return 1;
 }
@@ -271,11 +283,29 @@ void vp_driver_ok(struct vp_dev *d)
        VIRTIO_ACKNOWLEDGE | VIRTIO_DRIVER | VIRTIO_FEATURES_OK | VIRTIO_DRIVER_OK);
 }
 
-uint8_t vp_cfg8(struct vp_dev *d, uint32_t off) { return r8(d->device, off); }
-uint16_t vp_cfg16(struct vp_dev *d, uint32_t off) { return r16(d->device, off); }
-uint32_t vp_cfg32(struct vp_dev *d, uint32_t off) { return r32(d->device, off); }
-void vp_cfg_write32(struct vp_dev *d, uint32_t off, uint32_t v) { w32(d->device, off, v); }
-void vp_cfg_write8(struct vp_dev *d, uint32_t off, uint8_t v) { w8(d->device, off, v); }
+/* Accesses outside the device-specific window the capability announced
+ * would hit whatever else is mapped there: they read as all ones and writes
+ * are dropped. */
+static int cfg_ok(struct vp_dev *d, uint32_t off, uint32_t width)
+{
+    return d->device && off + width <= d->device_len;
+}
+
+uint8_t vp_cfg8(struct vp_dev *d, uint32_t off) { return cfg_ok(d, off, 1) ? r8(d->device, off) : 0xff; }
+uint16_t vp_cfg16(struct vp_dev *d, uint32_t off) { return cfg_ok(d, off, 2) ? r16(d->device, off) : 0xffff; }
+uint32_t vp_cfg32(struct vp_dev *d, uint32_t off) { return cfg_ok(d, off, 4) ? r32(d->device, off) : 0xffffffffu; }
+
+void vp_cfg_write32(struct vp_dev *d, uint32_t off, uint32_t v)
+{
+    if (cfg_ok(d, off, 4))
+        w32(d->device, off, v);
+}
+
+void vp_cfg_write8(struct vp_dev *d, uint32_t off, uint8_t v)
+{
+    if (cfg_ok(d, off, 1))
+        w8(d->device, off, v);
+}
 
 void vp_cfg64(struct vp_dev *d, uint32_t off, uint32_t *lo, uint32_t *hi)
 {
@@ -283,8 +313,8 @@ void vp_cfg64(struct vp_dev *d, uint32_t off, uint32_t *lo, uint32_t *hi)
      * did not change across it; a few retries, then take what we have. */
     for (int tries = 0; tries < 4; tries++) {
         uint8_t g = r8(d->common, CC_GENERATION);
-        *lo = r32(d->device, off);
-        *hi = r32(d->device, off + 4);
+        *lo = vp_cfg32(d, off);
+        *hi = vp_cfg32(d, off + 4);
         if (r8(d->common, CC_GENERATION) == g)
             return;
     }

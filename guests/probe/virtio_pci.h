@@ -32,6 +32,7 @@ struct vp_dev {
     volatile uint8_t *common;    /* struct virtio_pci_common_cfg */
     volatile uint8_t *notify;    /* notify region base */
     uint32_t notify_mult;
+    uint32_t notify_len;
     volatile uint8_t *isr;
     volatile uint8_t *device;    /* device-specific configuration */
     uint32_t device_len;
