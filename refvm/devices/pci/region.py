@@ -4,7 +4,8 @@ A BAR is mapped on the bus as a single range; what lies inside is the device's b
 MSI-X BAR holds the MSI-X table and the PBA, its modern BAR holds four configuration structures. The
 region dispatches an access at BAR-relative ``offset`` to the sub-device covering it, with an offset
 relative to that sub-range. Accesses that straddle sub-ranges are split into bytes; bytes nobody claims
-read as all-ones (refvm's rule for unclaimed bus cycles) and writes to them are dropped.
+read as ``fill`` bytes -- all-ones by default, refvm's rule for unclaimed bus cycles (QEMU reads 0 in
+such holes) -- and writes to them are dropped.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class SubRange:
 class BarRegion:
     """A BAR-sized container dispatching to sub-devices (each with read(offset,size)/write(offset,size,value))."""
 
-    def __init__(self, size: int, name: str = "") -> None:
+    def __init__(self, size: int, name: str = "", fill: int = 0xFF) -> None:
         if size <= 0:
             raise ValueError(f"BarRegion size must be positive, not {size}")
         self.size = size
         self.name = name
+        self.fill = fill & 0xFF
         self._starts: list[int] = []
         self._subs: list[SubRange] = []
 
@@ -69,7 +71,7 @@ class BarRegion:
         value = 0
         for i in range(size):
             byte_sub = self._find(offset + i)
-            byte = 0xFF if byte_sub is None else byte_sub.device.read(offset + i - byte_sub.offset, 1) & 0xFF
+            byte = self.fill if byte_sub is None else byte_sub.device.read(offset + i - byte_sub.offset, 1) & 0xFF
             value |= byte << (8 * i)
         return value
 
