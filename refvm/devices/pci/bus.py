@@ -227,8 +227,9 @@ class PciBus:
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:
         """System reset: every function resets, then (as firmware would) Interrupt Line is set again."""
-        with self._lock:
-            for _, _, device in self.devices():
-                device.reset()
-                self._assign_line(device)
-            self.update_mappings()
+        # No bus lock around device resets: devices take their own lock first and then the bus's
+        # (config writes, INTx), so holding ours here would invert that order.
+        for _, _, device in self.devices():
+            device.reset()
+            self._assign_line(device)
+        self.update_mappings()
