@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,16 @@ RAM_SIZE = 16 << 20
 MMIO_BASE = 0xFE00_0000
 PIO_BASE = 0x500
 IRQ = 5
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """close() must join every service thread it started."""
+    yield
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("refvm-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("refvm-")] == []
 
 
 class QtestClient:
@@ -215,7 +226,7 @@ def test_pio_commands_reach_the_device(qt: QtestClient, rig: Rig) -> None:
     assert ("w", 0, 1, 0xFF) in rig.pio_dev.accesses
     assert qt.cmd("inl 0xfffe") == "OK 0xffffffff"  # crosses the end of port space: no crash
     assert qt.cmd("outw 0xffff 1") == "OK"
-    assert qt.cmd("inb 0x10000") .startswith("ERR ")
+    assert qt.cmd("inb 0x10000").startswith("ERR ")
 
 
 def test_memory_commands_on_ram(qt: QtestClient, rig: Rig) -> None:

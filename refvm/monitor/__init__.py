@@ -4,6 +4,14 @@ Both speak QEMU's wire formats exactly, so the same test clients (libqtest-style
 the ``qemu.qmp`` library) drive refvm and a real QEMU.
 """
 
+from refvm.monitor.qmp import QmpError, QmpMachineCommands, QmpServer
 from refvm.monitor.qtest import QtestAddress, QtestServer, parse_qtest_address
 
-__all__ = ["QtestAddress", "QtestServer", "parse_qtest_address"]
+__all__ = [
+    "QmpError",
+    "QmpMachineCommands",
+    "QmpServer",
+    "QtestAddress",
+    "QtestServer",
+    "parse_qtest_address",
+]
