@@ -37,7 +37,8 @@ Standard options:
   -name NAME              name the guest (used in messages and pty labels)
   -machine, -M pc[,accel=kvm]
                           the machine type (only 'pc')
-  -accel kvm              accelerator (only 'kvm'); -enable-kvm is accepted too
+  -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
+                          qtest client drive the machine (-enable-kvm is accepted too)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
   -smp [cpus=]N           number of vCPUs (default 1)
   -S                      do not start the vCPUs at startup
@@ -59,6 +60,11 @@ Devices and character backends:
                           stdio | null | pty | file,path=P | socket,path=P,server=on,wait=off
   -nographic              no display; the serial port goes to stdio
   -display none           no display
+
+Testing:
+  -qtest unix:PATH[,server=on]
+                          speak QEMU's qtest protocol on PATH (connect to it; listen with server=on)
+  -qtest-log FILE         log the qtest conversation to FILE
 
 refvm extensions:
   -watchdog-timeout SECS  stop the guest after SECS seconds (exit status 124)
@@ -169,13 +175,23 @@ def parse_args(argv: list[str]) -> Parsed:
         props = parse_keyvals("machine", text, "type")
         if props.get("type", "pc") not in ("pc", "pc-i440fx", "none"):
             raise UsageError(f"-machine {text}: unsupported machine type '{props['type']}' (refvm has 'pc')")
-        if props.get("accel", "kvm") != "kvm":
-            raise UsageError(f"-machine {text}: only accel=kvm is supported")
+        if "accel" in props:
+            set_accel(props["accel"])
 
     def set_accel(text: str) -> None:
         name = text.split(",", 1)[0]
-        if name != "kvm":
-            raise UsageError(f"-accel {text}: unsupported accelerator '{name}' (refvm has 'kvm')")
+        if name not in ("kvm", "qtest"):
+            raise UsageError(f"-accel {text}: unsupported accelerator '{name}' (refvm has 'kvm' and 'qtest')")
+        cfg.accel = name
+
+    def set_qtest(text: str) -> None:
+        from refvm.monitor.qtest import parse_qtest_address
+
+        try:
+            parse_qtest_address(text)
+        except ValueError as err:
+            raise UsageError(f"-qtest {text}: {err}") from None
+        cfg.qtest = text
 
     def set_display(text: str) -> None:
         if text.split(",", 1)[0] != "none":
@@ -214,6 +230,8 @@ def parse_args(argv: list[str]) -> Parsed:
         "display": set_display,
         "name": set_name,
         "watchdog-timeout": set_watchdog,
+        "qtest": set_qtest,
+        "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
     }
 
     def set_flag(field: str) -> Callable[[], None]:
@@ -268,7 +286,11 @@ def parse_args(argv: list[str]) -> Parsed:
     if not serial_texts and not nodefaults:
         # refvm has no graphical console: the first serial port goes to stdio as with -nographic.
         cfg.serials.append(chardev.parse_serial_option("mon:stdio" if nographic else "stdio"))
-    if cfg.kernel is None:
+    if cfg.qtest and cfg.accel != "qtest":
+        cfg.accel = "qtest"  # as QEMU: -qtest selects the qtest accelerator unless another is forced
+    if cfg.accel == "qtest" and not cfg.qtest:
+        raise UsageError("-accel qtest: needs -qtest ADDRESS (e.g. -qtest unix:/tmp/q.sock)")
+    if cfg.kernel is None and cfg.accel == "kvm":
         raise UsageError("-kernel: no kernel given (refvm has no firmware and boots only -kernel images)")
     return parsed
 

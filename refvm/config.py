@@ -38,3 +38,8 @@ class MachineConfig:
     start_paused: bool = False
     #: Seconds after which the guest is stopped no matter what (None: never). Every test sets one.
     watchdog_seconds: float | None = None
+    #: "kvm" runs vCPUs; "qtest" runs none and lets a qtest client drive ports, memory and the clock.
+    accel: str = "kvm"
+    #: QEMU's -qtest address (e.g. "unix:PATH" to connect, "unix:PATH,server=on" to listen) and -qtest-log.
+    qtest: str | None = None
+    qtest_log: str | None = None

@@ -21,6 +21,7 @@ from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
 from refvm.devices.debug_exit import DebugExit
 from refvm.devices.irq import IrqLine
+from refvm.devices.pci.pc import build_pc_pci
 from refvm.devices.reset import KbdReset, ResetControl
 from refvm.devices.serial import Serial16550
 from refvm.memory import GuestMemory
@@ -74,6 +75,7 @@ class Machine:
         self._state = "prelaunch" if config.start_paused else "running"
         self.kvm = None
         self.vm = None
+        self.qtest = None
         #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
         self.event_listeners: list = []
         self.memory = self._build_memory()
@@ -106,10 +108,12 @@ class Machine:
         return memory
 
     def irq_sink(self, line: int, level: int) -> None:
-        """Where devices' interrupt lines end: the in-kernel irqchip."""
+        """Where devices' interrupt lines end: the in-kernel irqchip, or the qtest client's intercept."""
         vm = self.vm
         if vm is not None:
             vm.irq_line(line, level)
+        elif self.qtest is not None:
+            self.qtest.irq_sink(line, level)
 
     def msi_sink(self, address: int, data: int) -> None:
         """A bus-master write of an MSI message: to the APICs inside the MSI window, else to RAM (as DMA)."""
@@ -134,6 +138,17 @@ class Machine:
                 self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
         self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
+        # The PCI config ports chain the reset-control register at 0xCF9, so they come after it. Without
+        # firmware under qtest, Interrupt Line stays 0 as on QEMU; under KVM refvm plays the firmware.
+        self.pci, _ = build_pc_pci(
+            self.pio,
+            self.mmio,
+            self.msi_sink,
+            self.irq_sink,
+            ram_size=self.config.memory_bytes,
+            assign_irq_lines=self.config.accel == "kvm",
+        )
+        self._resettables.append(self.pci)
         for dev in self.config.devices:
             if dev.driver == "isa-debug-exit":
                 base = int(dev.props.get("iobase", "0x501"), 0)
@@ -258,6 +273,51 @@ class Machine:
     # ---- running -------------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
+        """Run until the machine ends, under the configured accelerator."""
+        if self.config.accel == "qtest":
+            return self._run_qtest()
+        return self._run_kvm()
+
+    def _run_qtest(self) -> Outcome:
+        """No vCPUs: a qtest client drives ports, memory and the virtual clock until it goes away.
+
+        QEMU keeps running when its qtest client disconnects; refvm ends with status 0 instead, since
+        nothing can drive the machine any more (a deliberate difference, listed in the README).
+        """
+        from refvm.clock import VirtualClock
+        from refvm.monitor.qtest import QtestServer
+
+        self.clock = VirtualClock()
+        try:
+            self.qtest = QtestServer(
+                self.config.qtest or "",
+                memory=self.memory,
+                pio=self.pio,
+                mmio=self.mmio,
+                clock=self.clock,
+                on_disconnect=lambda: self.request_shutdown("qtest client disconnected", "host-qmp-quit"),
+                log=self.config.qtest_log,
+            )
+            self.qtest.start()
+        except (OSError, ValueError) as err:
+            self._close_chardevs()
+            raise MachineError(f"-qtest {self.config.qtest}: {err}") from None
+        try:
+            while True:
+                self._reset_requested.clear()
+                self._ended.clear()
+                if not self._ended.wait(self.config.watchdog_seconds):
+                    limit = self.config.watchdog_seconds
+                    self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
+                if self._outcome is not None:
+                    return self._outcome
+                for device in self._resettables:
+                    device.reset()
+        finally:
+            self.qtest.close()
+            self._close_chardevs()
+
+    def _run_kvm(self) -> Outcome:
         """Boot and run the guest until it ends; resets rebuild the VM and keep going."""
         _install_kick_handler()
         try:

@@ -39,6 +39,8 @@ def run_refvm(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
         (["-nographic"], "refvm: -kernel: no kernel given"),
         (["-kernel", "/nonexistent/k.elf", "-nodefaults"], "could not load kernel '/nonexistent/k.elf'"),
         (["disk.img"], "refvm: disk.img: invalid option"),
+        (["-accel", "qtest"], "refvm: -accel qtest: needs -qtest ADDRESS"),
+        (["-qtest", "tcp:1234"], "refvm: -qtest tcp:1234:"),
     ],
 )
 def test_bad_command_lines_fail_with_one_line(args: list[str], message: str) -> None:

@@ -24,15 +24,16 @@ DISK_BYTES = 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def qtest_target(target: Target) -> Target:
-    """The target, once it has shown that it starts under qtest (probed once per session)."""
+def qtest_target(target: Target, machine_args: list[str]) -> Target:
+    """The target, once it has shown that it starts under qtest with the devices under test (probed once
+    per session: a target that refuses the accelerator or a device model is skipped with its reason)."""
     session = QtestSession(name=target.name)
     try:
-        session.start(target)
+        session.start(target, machine_args)
         session.endianness()
     except QtestStartError as err:
         if target.kind == "refvm" and err.exited:
-            pytest.skip(f"target lacks the qtest accelerator: {err.stderr_line}")
+            pytest.skip(f"target lacks the qtest accelerator or a device under test: {err.stderr_line}")
         raise
     finally:
         session.close()
