@@ -1,6 +1,7 @@
 /* PCI on bus 0 through configuration mechanism #1, plus the lspci, pciassign
  * and pcicfg commands. */
 #include "pci.h"
+#include "bootinfo.h"
 #include "commands.h"
 #include "io.h"
 #include "print.h"
@@ -306,9 +307,23 @@ static uint32_t align_up(uint32_t v, uint32_t a)
     return (v + a - 1) & ~(a - 1);
 }
 
+/* Start of the memory window: 0xe0000000, or above RAM if the loader
+ * reported RAM reaching into it (then 16 MiB aligned). */
+static uint32_t mem_window_start(void)
+{
+    if (!bootinfo.have_mem)
+        return MEM_WINDOW_START;
+    uint64_t ram_end = 0x100000ull + (uint64_t)bootinfo.mem_upper * 1024;
+    if (ram_end <= MEM_WINDOW_START)
+        return MEM_WINDOW_START;
+    ram_end = (ram_end + 0xffffff) & ~0xffffffull;
+    return ram_end < MEM_WINDOW_END ? (uint32_t)ram_end : MEM_WINDOW_END;
+}
+
 int pci_assign(int verbose)
 {
-    uint32_t io_next = IO_WINDOW_START, mem_next = MEM_WINDOW_START;
+    uint32_t mem_start = mem_window_start();
+    uint32_t io_next = IO_WINDOW_START, mem_next = mem_start;
     int failed = 0, nbars = 0;
     pci_bdf bdf = PCI_ITER_START;
     struct pci_bar bars[6];
@@ -400,8 +415,8 @@ int pci_assign(int verbose)
             print("none");
         }
         print(" mem ");
-        if (mem_next > MEM_WINDOW_START) {
-            print_hex(MEM_WINDOW_START, 8);
+        if (mem_next > mem_start) {
+            print_hex(mem_start, 8);
             print("-");
             print_hex(mem_next - 1, 8);
         } else {
