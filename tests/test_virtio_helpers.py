@@ -74,10 +74,8 @@ class EchoDevice(VirtioDevice):
             super().write_config(offset, data)
 
     def handle_queue(self, queue: Virtqueue) -> None:
-        for _ in range(queue.size + 1):
-            chain = queue.pop()
-            if chain is None:
-                return
+        # Unbounded on purpose: the queue must stop yielding chains by itself (pending <= size).
+        while (chain := queue.pop()) is not None:
             self.handled += 1
             data = chain.read_all()
             if self.negotiated(0):

@@ -267,7 +267,7 @@ def test_ring_outside_ram_and_bad_size() -> None:
         dev = EchoDevice(mem)
         drv = SplitDriver(mem, 8)
 
-        def configure(d, mutate=mutate):
+        def configure(d, mutate=mutate, drv=drv):
             drv.configure(d)
             mutate(d.queues[0])
 

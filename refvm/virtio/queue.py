@@ -197,8 +197,8 @@ class Virtqueue:
 
     @property
     def ready(self) -> bool:
-        """Enabled and usable (size nonzero)."""
-        return self._enabled and self.size > 0
+        """Enabled by the driver (the configuration is validated when the ring is first used)."""
+        return self._enabled
 
     def _drop_views(self) -> None:
         self._desc: memoryview | None = None
