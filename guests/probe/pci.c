@@ -390,7 +390,9 @@ int pci_assign(int verbose)
             }
         }
         if (enable) {
-            cmd = (cmd & ~(uint32_t)(PCI_CMD_IO | PCI_CMD_MEM)) | enable | PCI_CMD_MASTER;
+            /* Exactly these bits, as after reset: firmware leftovers (QEMU's
+             * SeaBIOS sets SERR#) would make the output differ between VMMs. */
+            cmd = enable | PCI_CMD_MASTER;
             pci_write(bdf, PCI_COMMAND, cmd, 2);
             if (verbose) {
                 print_bdf(bdf);
