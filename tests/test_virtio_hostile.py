@@ -365,3 +365,35 @@ def test_packed_write_to_readonly_buffer() -> None:
         drv.add([(0x1000, 4, False)], buf_id=1)
 
     run_packed(build, "2.7.5.1")
+
+
+def test_guest_memory_error_in_handler_sets_needs_reset() -> None:
+    mem = make_mem()
+    dev = EchoDevice(mem)
+    drv = SplitDriver(mem, 8)
+    assert bring_up(dev, MODERN, configure=drv.configure)
+    dev.handle_queue = lambda q: mem.read(RAM_SIZE, 1)  # type: ignore[method-assign]
+    dev.queue_notify(0)
+    assert dev.status & S.DEVICE_NEEDS_RESET and "outside guest RAM" in (dev.error or "")
+
+
+def test_async_completion_after_reset_is_dropped() -> None:
+    mem = make_mem()
+    dev = EchoDevice(mem)
+    drv = SplitDriver(mem, 8)
+    assert bring_up(dev, MODERN, configure=drv.configure)
+    drv.publish(drv.chain(0, [(0x2000, 4, True)]))
+    q = dev.queues[0]
+    chain = q.pop()
+    assert chain is not None
+    dev.write_status(0)  # 2.4: no queue access after reset
+    dev.complete(q, chain, 4)
+    assert drv.used_idx() == 0
+    assert bring_up(dev, MODERN, configure=drv.configure)
+    q = dev.queues[0]
+    drv.publish(0)
+    chain = q.pop()
+    irqs: list[int] = []
+    dev.on_used_buffer = irqs.append
+    dev.complete(q, chain, 4)  # type: ignore[arg-type]
+    assert drv.used_idx() == 1 and irqs == [0]

@@ -242,7 +242,11 @@ class VirtioDevice:
         self.queues = [SplitQueue(self.mem, i, n) for i, n in enumerate(self.queue_max_sizes)]
 
     def reset_device(self) -> None:
-        """Device-specific reset hook (called with the lock held, after the core state was reset)."""
+        """Device-specific reset hook (called with the lock held, after the core state was reset).
+
+        If it changes configuration contents it calls :meth:`config_changed` (no interrupt is sent:
+        DRIVER_OK is clear), so the driver sees a new generation.
+        """
 
     def driver_ok(self) -> None:
         """Hook: the device went live (DRIVER_OK accepted). Called with the lock held."""
