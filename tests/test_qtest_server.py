@@ -402,3 +402,34 @@ def test_parse_address_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_qtest_address(text)
     assert str(info.value) == message
+
+
+class BrokenDevice:
+    """A device model with a bug: the session must survive it."""
+
+    def read(self, offset: int, size: int) -> int:
+        raise RuntimeError("model bug")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        raise RuntimeError("model bug")
+
+
+def test_device_bug_does_not_kill_the_session(qt: QtestClient, rig: Rig) -> None:
+    rig.pio.register(0x600, 4, BrokenDevice(), "broken")
+    assert qt.cmd("inb 0x600") == "FAIL RuntimeError: model bug"
+    assert qt.cmd("outb 0x600 1") == "FAIL RuntimeError: model bug"
+    assert qt.cmd("endianness") == "OK little"
+
+
+def test_rebind_after_machine_rebuild(qt: QtestClient, rig: Rig) -> None:
+    assert qt.cmd("writel 0x100 0x55") == "OK"
+    fresh = GuestMemory()
+    fresh.add_ram(0, 0x10000)
+    rig.server.rebind(memory=fresh, pio=PioBus(), mmio=MmioBus())
+    try:
+        assert qt.cmd("readl 0x100") == "OK 0x0000000000000000"
+        assert qt.cmd(f"inl {PIO_BASE:#x}") == "OK 0xffffffff"
+        assert qt.cmd("readl 0x20000") == "OK 0x00000000ffffffff"
+    finally:
+        rig.server.rebind(memory=rig.memory)
+        fresh.close()

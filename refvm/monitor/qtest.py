@@ -350,6 +350,8 @@ class QtestServer:
             return str(err)
         except (GuestMemoryError, BusError, ValueError, OverflowError) as err:
             return f"ERR {err}"
+        except Exception as err:  # a device model bug: report it, keep the session alive
+            return f"FAIL {type(err).__name__}: {err}"
 
     def close(self) -> None:
         self._service.close()
@@ -383,7 +385,7 @@ class QtestServer:
                 return
             raw = bytes(session.buf[:nl])
             del session.buf[: nl + 1]
-            if session.discarding:
+            if session.discarding or nl > MAX_LINE:
                 session.discarding = False
                 reply = f"ERR line too long (limit {MAX_LINE} bytes)"
             else:
