@@ -285,6 +285,19 @@ def test_blk_errors(vm: Vm) -> None:
     assert vm.run("blk use 0") == "using 00:02.0"
 
 
+def test_blk_timeout_then_recovery(vm: Vm) -> None:
+    assert status_of(vm.run("blk read 0")) == 0
+    # Move BAR4 behind the driver's back (raw CF8/CFC; `pcicfg write` would make the drivers remap): the
+    # notify write now goes nowhere, and the bounded wait (~2^31 TSC ticks) must say so.
+    bdf_bar4 = 0x80000000 | (2 << 11) | 0x20
+    assert vm.run(f"outl 0xcf8 {bdf_bar4:#x}") == "ok"
+    assert vm.run("outl 0xcfc 0xd000000c") == "ok"
+    assert vm.run("blk read 0") == "error: timeout waiting for virtio-blk request"
+    # pciassign puts the BAR back; the driver notices, resets the device and starts over.
+    assert vm.run("pciassign").splitlines()[-1].startswith("pciassign: ")
+    assert status_of(vm.run("blk read 0")) == 0
+
+
 # ------------------------------------------------------------------------------------- rng, console, balloon
 
 

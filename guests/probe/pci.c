@@ -301,6 +301,7 @@ void cmd_lspci(int argc, char **argv)
 /* ---- BAR assignment ---- */
 
 static int assigned;
+uint32_t pci_generation;
 
 static uint32_t align_up(uint32_t v, uint32_t a)
 {
@@ -427,6 +428,7 @@ int pci_assign(int verbose)
         print_nl();
     }
     assigned = !failed;
+    pci_generation++;
     return failed ? -1 : 0;
 }
 
@@ -523,6 +525,8 @@ void cmd_pcicfg(int argc, char **argv)
         if (!arg_value(argv[4], width, &value))
             return;
         pci_write(bdf, off, value, width);
+        if (off < 0x28)
+            pci_generation++;
         println("ok");
         return;
     }

@@ -69,4 +69,9 @@ void pci_ensure_assigned(void);
 
 void print_bdf(pci_bdf bdf);
 
+/* Bumped whenever BARs or COMMAND may have changed (pciassign, pcicfg
+ * writes below 0x28): virtio drivers then map and initialise again instead
+ * of using stale addresses. */
+extern uint32_t pci_generation;
+
 #endif

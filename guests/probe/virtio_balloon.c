@@ -35,7 +35,7 @@ static uint32_t bal_pages(void)
 
 static int bal_ready(void)
 {
-    if (bal.ready)
+    if (bal.ready && vp_current(&bal.dev))
         return 1;
     if (!vp_open(&bal.dev, VIRTIO_ID_BALLOON, 0, "balloon") || !vp_negotiate(&bal.dev, 0, 0) ||
         !vp_setup_queue(&bal.dev, &bal.inflate, &bal_inflate_ring, 0) ||
@@ -46,7 +46,10 @@ static int bal_ready(void)
         return 0;
     }
     vp_driver_ok(&bal.dev);
+    /* After a reset the balloon is empty; QEMU keeps the old `actual`
+     * across a device reset, so say so explicitly. */
     bal.inflated = 0;
+    vp_cfg_write32(&bal.dev, BAL_CFG_ACTUAL, 0);
     bal.ready = 1;
     return 1;
 }
@@ -64,7 +67,7 @@ static void print_config(const char *when)
 void cmd_balloon(int argc, char **argv)
 {
     int inflate = str_eq(argv[1], "inflate"), deflate = str_eq(argv[1], "deflate");
-    uint32_t n = 0, id, len;
+    uint32_t n = 0, len;
     if (!((inflate || deflate) && argc == 3) && !(str_eq(argv[1], "info") && argc == 2)) {
         error("usage: balloon inflate N | balloon deflate N | balloon info");
         return;
@@ -100,13 +103,16 @@ void cmd_balloon(int argc, char **argv)
         bal_pfns[i] = pfn0 + i;
     struct virtq *vq = inflate ? &bal.inflate : &bal.deflate;
     struct vq_buf b = { bal_pfns, n * 4, 0 };
-    if (virtq_add(vq, &b, 1) < 0) {
+    int head = virtq_add(vq, &b, 1);
+    if (head < 0) {
         error("virtio-balloon queue full");
         return;
     }
     virtq_kick(vq);
-    if (!virtq_wait(vq, &id, &len, VQ_POLL_REQUEST, inflate ? "balloon inflate" : "balloon deflate"))
+    if (!virtq_wait(vq, head, &len, inflate ? "balloon inflate" : "balloon deflate")) {
+        bal.ready = 0;       /* the next command resets: the balloon starts empty */
         return;
+    }
     bal.inflated = inflate ? bal.inflated + n : bal.inflated - n;
     /* As Linux does: tell the host how many pages the balloon now holds. */
     vp_cfg_write32(&bal.dev, BAL_CFG_ACTUAL, bal.inflated);

@@ -47,7 +47,7 @@ static int bit(const uint32_t f[2], int n)
 
 static int blk_ready(void)
 {
-    if (blk.ready)
+    if (blk.ready && vp_current(&blk.dev))
         return 1;
     if (!vp_open(&blk.dev, VIRTIO_ID_BLK, blk.nth, "blk"))
         return 0;
@@ -68,7 +68,6 @@ static int blk_request(uint32_t type, uint32_t sector, void *data, uint32_t len,
 {
     struct vq_buf bufs[3];
     int n = 0;
-    uint32_t id;
 
     blk_hdr.type = type;
     blk_hdr.reserved = 0;
@@ -78,13 +77,16 @@ static int blk_request(uint32_t type, uint32_t sector, void *data, uint32_t len,
     if (len)
         bufs[n++] = (struct vq_buf){ data, len, device_writes };
     bufs[n++] = (struct vq_buf){ &blk_status, 1, 1 };
-    if (virtq_add(&blk.vq, bufs, n) < 0) {
+    int head = virtq_add(&blk.vq, bufs, n);
+    if (head < 0) {
         error("virtio-blk queue full");
         return -1;
     }
     virtq_kick(&blk.vq);
-    if (!virtq_wait(&blk.vq, &id, used_len, VQ_POLL_REQUEST, "virtio-blk request"))
+    if (!virtq_wait(&blk.vq, head, used_len, "virtio-blk request")) {
+        blk.ready = 0;       /* the next command resets and starts over */
         return -1;
+    }
     return *(volatile uint8_t *)&blk_status;
 }
 

@@ -34,7 +34,7 @@ static int post_rx(int i)
 
 static int con_ready(void)
 {
-    if (con.ready)
+    if (con.ready && vp_current(&con.dev))
         return 1;
     if (!vp_open(&con.dev, VIRTIO_ID_CONSOLE, 0, "console") || !vp_negotiate(&con.dev, 0, 0) ||
         !vp_setup_queue(&con.dev, &con.rx, &con_rx_ring, 0) ||
@@ -64,7 +64,7 @@ static void print_escaped(const uint8_t *p, uint32_t n)
 
 static void con_echo(int argc, char **argv)
 {
-    uint32_t n = 0, id, len;
+    uint32_t n = 0, len;
     for (int i = 2; i < argc; i++) {
         uint32_t l = str_len(argv[i]);
         if (n + l + 2 > TX_LEN) {
@@ -78,13 +78,16 @@ static void con_echo(int argc, char **argv)
     }
     con_tx[n++] = '\n';      /* line-oriented on the host side */
     struct vq_buf b = { con_tx, n, 0 };
-    if (virtq_add(&con.tx, &b, 1) < 0) {
+    int head = virtq_add(&con.tx, &b, 1);
+    if (head < 0) {
         error("virtio-console transmit queue full");
         return;
     }
     virtq_kick(&con.tx);
-    if (!virtq_wait(&con.tx, &id, &len, VQ_POLL_REQUEST, "virtio-console transmit"))
+    if (!virtq_wait(&con.tx, head, &len, "virtio-console transmit")) {
+        con.ready = 0;       /* the next command resets and starts over */
         return;
+    }
     print("sent ");
     print_dec(n);
     println(" bytes");
@@ -95,7 +98,9 @@ static void con_read(void)
     uint32_t id, len, total = 0;
     volatile uint16_t *used_idx = &con.rx.ring->used.idx;
     /* Wait (bounded) for the first buffer, then take whatever else is there. */
-    for (uint32_t i = 0; i < VQ_POLL_INPUT && *used_idx == con.rx.last_used; i++)
+    struct poll_bound pb;
+    poll_start(&pb, VQ_INPUT_TICKS, VQ_INPUT_POLLS);
+    while (*used_idx == con.rx.last_used && !poll_expired(&pb))
         ;
     print("read \"");
     while (virtq_get_used(&con.rx, &id, &len)) {

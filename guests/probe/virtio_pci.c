@@ -29,7 +29,8 @@
 #define CC_Q_DRIVER     40
 #define CC_Q_DEVICE     48
 
-/* A reset that has not finished after this many reads is reported. */
+/* A reset that has not finished after this many reads (each an exit) or
+ * VQ_REQUEST_TICKS is reported. */
 #define RESET_POLLS 100000u
 
 static inline void w8(volatile uint8_t *b, uint32_t o, uint8_t v) { *(volatile uint8_t *)(b + o) = v; }
@@ -155,6 +156,7 @@ int vp_open(struct vp_dev *d, uint32_t type, int nth, const char *name)
     }
     d->bdf = bdf;
     d->type = type;
+    d->pci_gen = pci_generation;
 
     /* The first capability of each type is the one to use (§4.1.4). */
     int count;
@@ -205,9 +207,12 @@ int vp_reset(struct vp_dev *d)
 {
     w8(d->common, CC_STATUS, 0);
     /* The reset is complete when device_status reads back 0 (§4.1.4.3.2). */
-    for (uint32_t i = 0; i < RESET_POLLS; i++)
+    struct poll_bound b;
+    poll_start(&b, VQ_REQUEST_TICKS, RESET_POLLS);
+    do {
         if (r8(d->common, CC_STATUS) == 0)
             return 1;
+    } while (!poll_expired(&b));
     vp_error(d, "timeout waiting for reset (device_status != 0)");
     return 0;
 }

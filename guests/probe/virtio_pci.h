@@ -38,7 +38,11 @@ struct vp_dev {
     uint32_t device_len;
     uint32_t offered[2];         /* device features, words 0 and 1 */
     uint32_t accepted[2];        /* what we wrote back */
+    uint32_t pci_gen;            /* pci_generation when mapped */
 };
+
+/* The mapping is still valid (no BAR/COMMAND change since vp_open). */
+static inline int vp_current(const struct vp_dev *d) { return d->pci_gen == pci_generation; }
 
 /* Virtio device type of a PCI function, or 0 if it is not a virtio device. */
 uint32_t vp_type_of(pci_bdf bdf);

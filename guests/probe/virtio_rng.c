@@ -17,7 +17,7 @@ static struct {
 
 static int rng_ready(void)
 {
-    if (rng.ready)
+    if (rng.ready && vp_current(&rng.dev))
         return 1;
     if (!vp_open(&rng.dev, VIRTIO_ID_RNG, 0, "rng") || !vp_negotiate(&rng.dev, 0, 0) ||
         !vp_setup_queue(&rng.dev, &rng.vq, &rng_ring, 0))
@@ -29,7 +29,7 @@ static int rng_ready(void)
 
 void cmd_rng(int argc, char **argv)
 {
-    uint32_t n, id, len;
+    uint32_t n, len;
     if (argc != 3 || !str_eq(argv[1], "read")) {
         error("usage: rng read N");
         return;
@@ -44,13 +44,16 @@ void cmd_rng(int argc, char **argv)
         return;
     memset(rng_buf, 0, RNG_MAX);
     struct vq_buf b = { rng_buf, n, 1 };
-    if (virtq_add(&rng.vq, &b, 1) < 0) {
+    int head = virtq_add(&rng.vq, &b, 1);
+    if (head < 0) {
         error("virtio-rng queue full");
         return;
     }
     virtq_kick(&rng.vq);
-    if (!virtq_wait(&rng.vq, &id, &len, VQ_POLL_REQUEST, "virtio-rng data"))
+    if (!virtq_wait(&rng.vq, head, &len, "virtio-rng data")) {
+        rng.ready = 0;       /* the next command resets and starts over */
         return;
+    }
     /* The device may return fewer bytes than asked for; print what it says
      * it wrote (capped at the buffer). */
     print("data ");

@@ -1,4 +1,5 @@
 #include "virtq.h"
+#include "io.h"
 #include "print.h"
 #include "util.h"
 
@@ -80,13 +81,36 @@ int virtq_get_used(struct virtq *vq, uint32_t *id, uint32_t *len)
     return 1;
 }
 
-int virtq_wait(struct virtq *vq, uint32_t *id, uint32_t *len, uint32_t max_polls, const char *what)
+void poll_start(struct poll_bound *b, uint32_t ticks, uint32_t max_polls)
+{
+    b->start = rdtsc_lo();
+    b->polls = 0;
+    b->max_polls = max_polls;
+    b->ticks = ticks;
+}
+
+int poll_expired(struct poll_bound *b)
+{
+    if (++b->polls >= b->max_polls)
+        return 1;
+    /* unsigned difference: correct across one wrap of the low half */
+    return (b->polls & 255) == 0 && rdtsc_lo() - b->start > b->ticks;
+}
+
+int virtq_wait(struct virtq *vq, int head, uint32_t *len, const char *what)
 {
     volatile uint16_t *used_idx = &vq->ring->used.idx;
-    for (uint32_t i = 0; i < max_polls; i++) {
-        if (*used_idx != vq->last_used)
-            return virtq_get_used(vq, id, len);
-    }
+    struct poll_bound b;
+    uint32_t id;
+    poll_start(&b, VQ_REQUEST_TICKS, VQ_REQUEST_POLLS);
+    do {
+        if (*used_idx == vq->last_used)
+            continue;
+        /* A completion of some earlier request that timed out is only
+         * freed; we wait for our own chain's head. */
+        if (virtq_get_used(vq, &id, len) && id == (uint32_t)head)
+            return 1;
+    } while (!poll_expired(&b));
     print("error: timeout waiting for ");
     println(what);
     return 0;

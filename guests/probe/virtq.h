@@ -67,17 +67,28 @@ void virtq_kick(struct virtq *vq);
 /* Takes one used element if there is one: 1 with id/len set and the
  * chain's descriptors freed, else 0. Never waits. */
 int virtq_get_used(struct virtq *vq, uint32_t *id, uint32_t *len);
-/* Polls for a used element at most `max_polls` times. Returns 1 with
- * id/len, or 0 after printing "error: timeout waiting for WHAT". */
-int virtq_wait(struct virtq *vq, uint32_t *id, uint32_t *len, uint32_t max_polls, const char *what);
+/* Polls (bounded by VQ_REQUEST_*) until the chain starting at `head` comes
+ * back: returns 1 with *len, or 0 after printing "error: timeout waiting for
+ * WHAT". Other completions met meanwhile are freed. */
+int virtq_wait(struct virtq *vq, int head, uint32_t *len, const char *what);
 
-/* Poll bounds, ~5 instructions per poll. A device that completes requests
- * while handling the notify (refvm) is seen on the first poll. QEMU finishes
- * file I/O on another thread in real time: under TCG a poll is ~25 ns, so
- * 4M polls allow ~100 ms (a flush takes ~2 ms here); on a software KVM at
- * ~1 us per instruction a dead device costs ~20 s before the error. */
-#define VQ_POLL_REQUEST  4000000u
-/* `console read`: host input normally arrived before the command. */
-#define VQ_POLL_INPUT    100000u
+/* Bounded polling: a wait ends after `ticks` TSC ticks (checked every 256
+ * polls) or `max_polls` polls, whichever comes first; the poll cap only
+ * matters if the TSC does not advance. */
+struct poll_bound {
+    uint32_t start, polls, max_polls, ticks;
+};
+void poll_start(struct poll_bound *b, uint32_t ticks, uint32_t max_polls);
+int poll_expired(struct poll_bound *b);
+
+/* A request: 2^31 ticks (0.4-2 s at 1-5 GHz). A device that completes it
+ * while handling the notify (refvm) is seen on the first poll; QEMU finishes
+ * file I/O on another thread in real time. */
+#define VQ_REQUEST_TICKS 0x80000000u
+#define VQ_REQUEST_POLLS 0x10000000u
+/* `console read`: host input normally arrived before the command: 2^26
+ * ticks (13-67 ms). */
+#define VQ_INPUT_TICKS   0x04000000u
+#define VQ_INPUT_POLLS   0x00800000u
 
 #endif
