@@ -68,6 +68,8 @@ int pci_assign(int verbose);
 void pci_ensure_assigned(void);
 
 void print_bdf(pci_bdf bdf);
+/* "io", "mem32" or "mem64", plus " pref" if prefetchable */
+void pci_print_bar_kind(const struct pci_bar *b);
 
 /* Bumped whenever BARs or COMMAND may have changed (pciassign, pcicfg
  * writes below 0x28): virtio drivers then map and initialise again instead
