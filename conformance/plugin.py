@@ -17,6 +17,7 @@ import pytest
 
 from conformance.drivers.console import SerialConsole
 from conformance.drivers.guests import GuestBuildError, probe_elf
+from conformance.target_file import NamedTarget, TargetsFileError, load_targets_file
 from conformance.targets import Target, make_target, qemu_available
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -33,7 +34,15 @@ def require(condition: bool, reason: str) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "refvm conformance suites")
-    group.addoption("--target", choices=("refvm", "qemu"), default="refvm", help="implementation under test")
+    group.addoption(
+        "--target", default="refvm", help="implementation under test: refvm, qemu, or a name from --targets-file"
+    )
+    group.addoption("--targets-file", default=None, help="YAML file of named targets (binary, args, deviations)")
+    group.addoption(
+        "--baseline",
+        default=None,
+        help="clause report JSON of an earlier run: fail this run if any clause got worse than there",
+    )
     group.addoption("--qemu-binary", default=None, help="QEMU binary for --target=qemu")
     group.addoption("--refvm-binary", default=None, help="refvm binary for --target=refvm (default: python -m refvm)")
     group.addoption("--report-dir", default="reports", help="where the clause report is written")
@@ -42,13 +51,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(spec, label): the spec clause this test checks")
     config._clause_results = defaultdict(list)  # type: ignore[attr-defined]
+    config._named_target = _resolve_target(config)  # type: ignore[attr-defined]
+
+
+def _resolve_target(config: pytest.Config) -> NamedTarget:
+    """--target names refvm, qemu, or an entry of --targets-file; errors are usage errors, not tracebacks."""
+    opt = config.getoption
+    name = opt("--target")
+    if opt("--targets-file"):
+        try:
+            named = load_targets_file(opt("--targets-file"))
+        except TargetsFileError as err:
+            raise pytest.UsageError(str(err)) from None
+        if name in named:
+            return named[name]
+    if name not in ("refvm", "qemu"):
+        known = "refvm, qemu" + (", " + ", ".join(named) if opt("--targets-file") else "")
+        raise pytest.UsageError(f"--target {name}: unknown target (known: {known})")
+    return NamedTarget(make_target(name, opt("--qemu-binary"), opt("--refvm-binary")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Known deviations of the chosen target become strict xfails carrying their documented reason."""
+    named: NamedTarget = config._named_target  # type: ignore[attr-defined]
+    for item in items:
+        reason = named.deviation_for(item.nodeid)
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=f"known deviation of {named.target.name}: {reason}", strict=True))
 
 
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
-    """The implementation under test, as chosen with --target."""
-    opt = pytestconfig.getoption
-    tgt = make_target(opt("--target"), opt("--qemu-binary"), opt("--refvm-binary"))
+    """The implementation under test, as chosen with --target (and --targets-file)."""
+    tgt = pytestconfig._named_target.target  # type: ignore[attr-defined]
     if tgt.kind == "qemu":
         require(qemu_available(tgt), f"QEMU binary {tgt.binary[0]} not found (apt-get install qemu-system-x86)")
     else:

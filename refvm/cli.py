@@ -66,6 +66,12 @@ Testing:
                           speak QEMU's qtest protocol on PATH (connect to it; listen with server=on)
   -qtest-log FILE         log the qtest conversation to FILE
 
+Monitor:
+  -qmp unix:PATH,server=on,wait=off
+                          a QMP monitor on a unix socket (qemu.qmp works unchanged)
+  -mon chardev=ID,mode=control
+                          a QMP monitor on a -chardev socket,id=ID,path=PATH,server=on,wait=off
+
 refvm extensions:
   -watchdog-timeout SECS  stop the guest after SECS seconds (exit status 124)
 
@@ -168,6 +174,8 @@ def parse_args(argv: list[str]) -> Parsed:
     parsed = Parsed(cfg)
     serial_texts: list[str] = []
     chardev_texts: list[str] = []
+    qmp_texts: list[str] = []
+    mon_texts: list[str] = []
     nographic = False
     nodefaults = False
 
@@ -232,6 +240,8 @@ def parse_args(argv: list[str]) -> Parsed:
         "watchdog-timeout": set_watchdog,
         "qtest": set_qtest,
         "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
+        "qmp": qmp_texts.append,
+        "mon": mon_texts.append,
     }
 
     def set_flag(field: str) -> Callable[[], None]:
@@ -281,6 +291,10 @@ def parse_args(argv: list[str]) -> Parsed:
             cfg.chardevs[spec.id] = spec
         for text in serial_texts:
             cfg.serials.append(_serial_spec(chardev, text, cfg.chardevs))
+        for text in qmp_texts:
+            cfg.qmp.append(_qmp_socket("qmp", text, chardev.parse_serial_option(text)))
+        for text in mon_texts:
+            cfg.qmp.append(_monitor_chardev(text, cfg.chardevs))
     except ValueError as err:
         raise UsageError(str(err)) from None
     if not serial_texts and not nodefaults:
@@ -304,6 +318,25 @@ def _serial_spec(chardev, text: str, chardevs: dict[str, object]) -> object | No
             raise UsageError(f"-serial {text}: chardev '{ident}' not found")
         return chardevs[ident]
     return chardev.parse_serial_option(text)
+
+
+def _qmp_socket(opt: str, text: str, spec) -> tuple[str, bool]:  # noqa: ANN001
+    if spec.backend != "socket" or not spec.path:
+        raise UsageError(f"-{opt} {text}: refvm's QMP monitor needs a unix socket (unix:PATH,server=on,wait=off)")
+    return spec.path, spec.server
+
+
+def _monitor_chardev(text: str, chardevs: dict[str, object]) -> tuple[str, bool]:
+    props = parse_keyvals("mon", text, "chardev")
+    unknown = set(props) - {"chardev", "mode", "pretty", "id"}
+    if unknown:
+        raise UsageError(f"-mon {text}: Invalid parameter '{sorted(unknown)[0]}'")
+    if props.get("mode", "readline") != "control":
+        raise UsageError(f"-mon {text}: refvm has no human monitor: use mode=control (QMP)")
+    ident = props.get("chardev", "")
+    if ident not in chardevs:
+        raise UsageError(f"-mon {text}: chardev '{ident}' not found")
+    return _qmp_socket("mon", text, chardevs.pop(ident))
 
 
 def _print_devices() -> None:

@@ -43,3 +43,5 @@ class MachineConfig:
     #: QEMU's -qtest address (e.g. "unix:PATH" to connect, "unix:PATH,server=on" to listen) and -qtest-log.
     qtest: str | None = None
     qtest_log: str | None = None
+    #: QMP monitors: (unix socket path, listen?) from -qmp or -chardev socket + -mon mode=control.
+    qmp: list[tuple[str, bool]] = field(default_factory=list)

@@ -221,16 +221,19 @@ class Machine:
         self._end(Outcome("debug-exit", status))
 
     def request_shutdown(self, message: str = "", reason: str = "guest-shutdown") -> None:
-        self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
+        if not reason.startswith("host-qmp"):  # QMP-initiated events are emitted by the monitor
+            self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
         self._end(Outcome("shutdown", 0, message))
 
     def request_reset(self, reason: str = "guest-reset") -> None:
         if self.config.no_reboot:
-            self.request_shutdown("guest asked for a reset and -no-reboot is set", reason)
-        else:
+            self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
+            self._end(Outcome("shutdown", 0, "reset requested and -no-reboot is set"))
+            return
+        if not reason.startswith("host-qmp"):
             self._emit("RESET", {"guest": reason.startswith("guest"), "reason": reason})
-            self._reset_requested.set()
-            self._ended.set()
+        self._reset_requested.set()
+        self._ended.set()
 
     def request_error(self, message: str) -> None:
         self._end(Outcome("error", 1, message))
@@ -246,22 +249,34 @@ class Machine:
         """QEMU's RunState name: prelaunch (-S, never run), running, paused."""
         return self._state
 
+    @property
+    def name(self) -> str:
+        return self.config.name
+
     def pause(self) -> None:
+        """QMP `stop` (the monitor emits STOP itself, as it does for every command it runs)."""
         with self._state_lock:
             if self._state != "running":
                 return
             for runner in self._runners:
                 runner.pause()
             self._state = "paused"
-        self._emit("STOP")
 
     def resume(self) -> None:
+        """QMP `cont`: start the vCPUs after -S, or release them after `stop`."""
         with self._state_lock:
             if self._state == "running":
                 return
             self._state = "running"
             self._start_or_resume_vcpus()
-        self._emit("RESUME")
+
+    def reset(self) -> None:
+        """QMP `system_reset`."""
+        self.request_reset("host-qmp-system-reset")
+
+    def quit(self) -> None:
+        """QMP `quit`."""
+        self._end(Outcome("shutdown", 0, "quit requested over QMP"))
 
     def _start_or_resume_vcpus(self) -> None:
         for runner in self._runners:
@@ -273,10 +288,34 @@ class Machine:
     # ---- running -------------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
-        """Run until the machine ends, under the configured accelerator."""
-        if self.config.accel == "qtest":
-            return self._run_qtest()
-        return self._run_kvm()
+        """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
+        monitors = self._start_qmp()
+        try:
+            if self.config.accel == "qtest":
+                return self._run_qtest()
+            return self._run_kvm()
+        finally:
+            for server in monitors:
+                server.close()
+
+    def _start_qmp(self) -> list:
+        from refvm.monitor.qmp import QmpMachineCommands, QmpServer
+
+        servers = []
+        try:
+            for path, listen in self.config.qmp:
+                server = QmpServer(path, server=listen)
+                QmpMachineCommands(server, self)
+                server.start()
+                servers.append(server)
+        except OSError as err:
+            for server in servers:
+                server.close()
+            self._close_chardevs()
+            raise MachineError(f"-qmp {path}: {err.strerror or err}") from None
+        for server in servers:
+            self.event_listeners.append(server.emit_event)
+        return servers
 
     def _run_qtest(self) -> Outcome:
         """No vCPUs: a qtest client drives ports, memory and the virtual clock until it goes away.
@@ -324,12 +363,14 @@ class Machine:
             while True:
                 self._reset_requested.clear()
                 self._ended.clear()
-                self._build_vm()
-                if self._state == "running":
-                    self._start_or_resume_vcpus()
+                with self._state_lock:  # a QMP `cont` must not start vCPUs that are half set up
+                    self._build_vm()
+                    if self._state == "running":
+                        self._start_or_resume_vcpus()
                 ended = self._ended.wait(self.config.watchdog_seconds)
-                self._stop_vcpus()
-                self._teardown_vm()
+                with self._state_lock:
+                    self._stop_vcpus()
+                    self._teardown_vm()
                 if not ended:
                     limit = self.config.watchdog_seconds
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: guest still running after {limit:g} s"))
