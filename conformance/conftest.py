@@ -5,8 +5,10 @@ from conformance.plugin import (  # noqa: F401 - pytest finds hooks and fixtures
     probe,
     probe_kernel,
     pytest_addoption,
+    pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_makereport,
     pytest_sessionfinish,
+    pytest_terminal_summary,
     target,
 )

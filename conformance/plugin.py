@@ -139,23 +139,49 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             item.config._clause_results[(spec, label)].append((item.nodeid, verdict))  # type: ignore[attr-defined]
 
 
+#: How good a clause verdict is; a clause whose rank drops against the baseline is a regression.
+STATUS_RANK = {"fail": 0, "skip": 1, "deviation": 2, "pass": 3}
+
+
+def clause_status(counts: dict[str, int]) -> str:
+    if counts["failed"]:
+        return "fail"
+    if counts["passed"]:
+        return "pass"
+    if counts["xfail"]:
+        return "deviation"
+    return "skip"
+
+
+def compare_with_baseline(rows: list[dict], baseline: list[dict]) -> list[str]:
+    """Clauses that got worse than in the baseline (or vanished), as one line each."""
+    now = {(r["spec"], r["clause"]): r["status"] for r in rows}
+    worse = []
+    for old in baseline:
+        key = (old["spec"], old["clause"])
+        status = now.get(key, "missing")
+        if status == "missing" or STATUS_RANK[status] < STATUS_RANK[old["status"]]:
+            worse.append(f"{old['spec']} {old['clause']}: {old['status']} -> {status}")
+    return worse
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    results = getattr(session.config, "_clause_results", None)
+    config = session.config
+    results = getattr(config, "_clause_results", None)
     if not results:
         return
-    target = session.config.getoption("--target")
-    out = Path(session.config.getoption("--report-dir"))
+    target = config._named_target.target.name  # type: ignore[attr-defined]
+    out = Path(config.getoption("--report-dir"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for (spec, label), verdicts in sorted(results.items()):
         counts = {v: sum(1 for _, x in verdicts if x == v) for v in ("passed", "failed", "skipped", "xfail")}
-        status = "fail" if counts["failed"] else "pass" if counts["passed"] else "skip"
         rows.append(
             {
                 "spec": spec,
                 "clause": label,
                 "target": target,
-                "status": status,
+                "status": clause_status(counts),
                 **counts,
                 "tests": [t for t, _ in verdicts],
             }
@@ -164,11 +190,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines = [
         f"# Clause report: {target}",
         "",
-        "| spec | clause | status | pass | fail | skip |",
-        "|---|---|---|---|---|---|",
+        "| spec | clause | status | pass | fail | skip | deviation |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']} |"
+            f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']}"
+            f" | {r['xfail']} |"
         )
     (out / f"clauses-{target}.md").write_text("\n".join(lines) + "\n")
+    config._clause_report = out / f"clauses-{target}.md"  # type: ignore[attr-defined]
+    baseline_path = config.getoption("--baseline")
+    if baseline_path:
+        try:
+            baseline = json.loads(Path(baseline_path).read_text())
+        except (OSError, ValueError) as err:
+            raise pytest.UsageError(f"--baseline {baseline_path}: cannot read a clause report: {err}") from None
+        config._regressions = compare_with_baseline(rows, baseline)  # type: ignore[attr-defined]
+        if config._regressions:  # type: ignore[attr-defined]
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    report = getattr(config, "_clause_report", None)
+    if report is not None:
+        terminalreporter.write_line(f"clause report: {report}")
+    regressions = getattr(config, "_regressions", None)
+    if regressions is not None:
+        if regressions:
+            terminalreporter.write_sep("=", f"{len(regressions)} clause(s) worse than the baseline", red=True)
+            for line in regressions:
+                terminalreporter.write_line(line)
+        else:
+            terminalreporter.write_line("baseline: no clause got worse")
