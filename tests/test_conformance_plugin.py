@@ -56,7 +56,10 @@ def test_targets_file_loads_deviations(tmp_path: Path) -> None:
         ("targets: 3\n", "expected a mapping with a 'targets' mapping"),
         ("targets:\n  t: {kind: bochs}\n", "targets.t.kind: must be 'refvm' or 'qemu'"),
         ("targets:\n  t: {kind: qemu, color: red}\n", "targets.t: unknown key(s) color"),
-        ("targets:\n  t: {kind: qemu, deviations: [{test: x}]}\n", "targets.t.deviations[0]: needs 'test' and 'reason'"),
+        (
+            "targets:\n  t: {kind: qemu, deviations: [{test: x}]}\n",
+            "targets.t.deviations[0]: needs 'test' and 'reason'",
+        ),
     ],
 )
 def test_targets_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
