@@ -38,6 +38,11 @@ SCRIPT = [
     "outb 0x3ff 0x5a",
     "inb 0x3ff",
     "inl 0xf4",  # isa-debug-exit reads
+    "lspci",  # the chipset functions (host bridge, PIIX3 ISA/IDE, PIIX4 PM) with IDs, BARs, capabilities
+    "pciassign",
+    "pcicfg read 00:00.0 0x0",
+    "pcicfg read 00:01.0 0xe",  # header type: multi-function
+    "pcicfg read 00:1f.0 0x0",  # absent: all-ones
     "x" * 140,
 ]
 
