@@ -20,10 +20,25 @@ PROG = "refvm"
 VERSION = "0.1.0"
 MAX_SERIALS = 4
 
-#: Devices `-device` knows, with the properties each accepts (QEMU's names).
+#: Platform devices `-device` knows, with the properties each accepts (QEMU's names). PCI devices come
+#: from refvm.virtio.devices.DEVICE_MODELS, which validate their own properties.
 DEVICE_PROPS: dict[str, tuple[str, ...]] = {
     "isa-debug-exit": ("iobase", "iosize", "id"),
 }
+
+DRIVE_KEYS = {"file", "if", "id", "format", "readonly", "cache", "discard", "aio", "media", "serial", "detect-zeroes"}
+DRIVE_PREFIXES = ("throttling.",)
+NETDEV_KEYS = {"tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"}}
+OBJECT_KEYS = {"rng-random": {"id", "filename"}, "rng-builtin": {"id"}}
+
+
+def pci_device_models() -> dict[str, object]:
+    """QEMU -device names of the PCI device models refvm has (empty until they are importable)."""
+    try:
+        from refvm.virtio.devices import DEVICE_MODELS
+    except ImportError:
+        return {}
+    return dict(DEVICE_MODELS)
 
 USAGE = f"""\
 usage: {PROG} [options]
@@ -51,9 +66,17 @@ Boot:
   -initrd FILE            initial ramdisk (Linux) or first module (Multiboot)
   -append CMDLINE         kernel command line
 
-Devices and character backends:
+Devices and backends:
   -device DRIVER[,prop=value...]
-                          add a device; '-device help' lists them
+                          add a device; '-device help' lists them (isa-debug-exit, virtio-*-pci, ...)
+  -drive file=F,if=none|virtio,id=ID,format=raw|qcow2[,readonly=on][,cache=MODE][,throttling.*=N]
+                          a disk image for -device virtio-blk-pci,drive=ID
+  -netdev tap,id=ID,ifname=TAP,script=no,downscript=no
+                          a tap network backend for -device virtio-net-pci,netdev=ID
+  -object rng-random,id=ID,filename=/dev/urandom
+                          an entropy source for -device virtio-rng-pci,rng=ID
+  -global DRIVER.PROP=VALUE
+                          default property for every device of DRIVER
   -serial DEV             COM1..COM4 in order: stdio, null, none, pty, file:PATH,
                           unix:PATH,server=on,wait=off, chardev:ID, mon:stdio
   -chardev BACKEND,id=ID[,...]
@@ -139,6 +162,8 @@ def parse_device(text: str) -> DeviceSpec | None:
     if driver == "help":
         return None
     if driver not in DEVICE_PROPS:
+        if driver in pci_device_models():
+            return DeviceSpec(driver, props, text)  # the device model validates its own properties
         raise UsageError(f"-device {text}: '{driver}' is not a valid device model name")
     for key, value in props.items():
         if key not in DEVICE_PROPS[driver]:
@@ -151,7 +176,44 @@ def parse_device(text: str) -> DeviceSpec | None:
             limit = 0xFFFF if key == "iobase" else 4
             if not 0 <= number <= limit or (key == "iosize" and number not in (1, 2, 4)):
                 raise UsageError(f"-device {text}: Property '{driver}.{key}' value {value} is out of range")
-    return DeviceSpec(driver, props)
+    return DeviceSpec(driver, props, text)
+
+
+def parse_drive(text: str) -> dict[str, str]:
+    props = parse_keyvals("drive", text, "file")
+    for key in props:
+        if key not in DRIVE_KEYS and not key.startswith(DRIVE_PREFIXES):
+            raise UsageError(f"-drive {text}: Invalid parameter '{key}'")
+    if "file" not in props:
+        raise UsageError(f"-drive {text}: Parameter 'file' is missing (refvm has no empty drives)")
+    if props.get("if", "none") not in ("none", "virtio"):
+        raise UsageError(f"-drive {text}: if={props['if']} is not supported by refvm (use if=none or if=virtio)")
+    if props.get("format", "raw") not in ("raw", "qcow2"):
+        raise UsageError(f"-drive {text}: Unknown driver '{props['format']}'")
+    return props
+
+
+def parse_typed(opt: str, text: str, table: dict[str, set[str]]) -> tuple[str, dict[str, str]]:
+    """-netdev TYPE,id=...,... and -object TYPE,id=...,...: the type, then its checked properties."""
+    props = parse_keyvals(opt, text, "type")
+    kind = props.pop("type", "")
+    if kind not in table:
+        known = ", ".join(sorted(table))
+        raise UsageError(f"-{opt} {text}: type '{kind}' is not supported by refvm (supported: {known})")
+    for key in props:
+        if key not in table[kind]:
+            raise UsageError(f"-{opt} {text}: Invalid parameter '{key}'")
+    if not props.get("id"):
+        raise UsageError(f"-{opt} {text}: Parameter 'id' is missing")
+    return kind, props
+
+
+def parse_global(text: str) -> tuple[str, str, str]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UsageError(f"-global {text}: Invalid format: expected DRIVER.PROPERTY=VALUE")
+    name, value = text.split("=", 1)
+    driver, prop = name.split(".", 1)
+    return driver, prop, value
 
 
 @dataclass
@@ -216,6 +278,33 @@ def parse_args(argv: list[str]) -> Parsed:
         if cfg.watchdog_seconds <= 0:
             raise UsageError(f"-watchdog-timeout {text}: must be greater than 0")
 
+    def add_drive(text: str) -> None:
+        props = parse_drive(text)
+        ident = props.get("id") or f"drive{len(cfg.drives)}"
+        if ident in cfg.drives:
+            raise UsageError(f"-drive {text}: Duplicate ID '{ident}' for drive")
+        cfg.drives[ident] = props
+        if props.get("if") == "virtio":
+            cfg.devices.append(DeviceSpec("virtio-blk-pci", {"drive": ident}, f"virtio-blk-pci,drive={ident}"))
+
+    def add_netdev(text: str) -> None:
+        kind, props = parse_typed("netdev", text, NETDEV_KEYS)
+        if props["id"] in cfg.netdevs:
+            raise UsageError(f"-netdev {text}: Duplicate ID '{props['id']}' for netdev")
+        if props.get("vhost") == "on":
+            raise UsageError(f"-netdev {text}: vhost-net requested but could not be initialized (refvm has no vhost)")
+        cfg.netdevs[props["id"]] = {"type": kind, **props}
+
+    def add_object(text: str) -> None:
+        kind, props = parse_typed("object", text, OBJECT_KEYS)
+        if props["id"] in cfg.objects:
+            raise UsageError(f"-object {text}: attempt to add duplicate property '{props['id']}' to object")
+        cfg.objects[props["id"]] = {"type": kind, **props}
+
+    def add_global(text: str) -> None:
+        driver, prop, value = parse_global(text)
+        cfg.globals.setdefault(driver, {})[prop] = value
+
     def add_device(text: str) -> None:
         spec = parse_device(text)
         if spec is None:
@@ -241,6 +330,10 @@ def parse_args(argv: list[str]) -> Parsed:
         "qtest": set_qtest,
         "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
         "qmp": qmp_texts.append,
+        "drive": add_drive,
+        "netdev": add_netdev,
+        "object": add_object,
+        "global": add_global,
         "mon": mon_texts.append,
     }
 
@@ -343,6 +436,8 @@ def _print_devices() -> None:
     print("Available devices (refvm):")
     for name, props in DEVICE_PROPS.items():
         print(f'name "{name}", bus ISA, props: {", ".join(props)}')
+    for name in sorted(pci_device_models()):
+        print(f'name "{name}", bus PCI')
 
 
 def run_machine(config: MachineConfig) -> int:

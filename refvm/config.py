@@ -17,6 +17,8 @@ class DeviceSpec:
 
     driver: str
     props: dict[str, str] = field(default_factory=dict)
+    #: The argument as the user wrote it, so errors can quote it as QEMU does ("-device TEXT: ...").
+    text: str = ""
 
 
 @dataclass
@@ -45,3 +47,9 @@ class MachineConfig:
     qtest_log: str | None = None
     #: QMP monitors: (unix socket path, listen?) from -qmp or -chardev socket + -mon mode=control.
     qmp: list[tuple[str, bool]] = field(default_factory=list)
+    #: -drive, -netdev and -object by id, with their properties as given (backends validate them).
+    drives: dict[str, dict[str, str]] = field(default_factory=dict)
+    netdevs: dict[str, dict[str, str]] = field(default_factory=dict)
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: -global DRIVER.PROP=VALUE: default properties for every device of that driver (or its base type).
+    globals: dict[str, dict[str, str]] = field(default_factory=dict)
