@@ -1,0 +1,401 @@
+"""virtio-net: the network device (VIRTIO 1.2 section 5.1), as QEMU 7.2's ``virtio-net-pci`` on a tap.
+
+Properties (plus the transport's ``addr id bus disable-legacy disable-modern vectors`` and the core's
+``indirect_desc event_idx packed``):
+
+===========  ==================  =================================================================
+property     default             meaning
+===========  ==================  =================================================================
+``netdev``   required            id of a ``-netdev tap`` (a :class:`~refvm.virtio.devices.tap.Tap`)
+``mac``      52:54:00:12:34:56   ``mac`` in the configuration space (QEMU's default NIC address)
+``ctrl_vq``  on                  offer the control queue and its CTRL_* features
+``status``   on                  offer VIRTIO_NET_F_STATUS (``status`` LINK_UP)
+``mrg_rxbuf``  on                offer VIRTIO_NET_F_MRG_RXBUF
+``rx_queue_size`` / ``tx_queue_size``  256  queue sizes (power of 2, 256..1024)
+===========  ==================  =================================================================
+
+Offered features are QEMU 7.2's for a backend without offloads (measured with ``-netdev user``, the
+same as ``tap,vnet_hdr=off``): CTRL_GUEST_OFFLOADS, MAC, MRG_RXBUF, STATUS, CTRL_VQ, CTRL_RX,
+CTRL_VLAN, CTRL_RX_EXTRA, GUEST_ANNOUNCE, CTRL_MAC_ADDR; config ``mac``, ``status`` = LINK_UP (8
+bytes); queues receiveq 256, transmitq 256, controlq 64.
+
+5.1.6: every buffer starts with ``struct virtio_net_hdr`` (12 bytes with VERSION_1). Transmit: the
+header must be in the chain (else DEVICE_NEEDS_RESET, as QEMU's virtio_error); no offloads are
+negotiable, so the frame goes to the tap with a zeroed header. Receive: a reader thread takes frames
+from the tap, applies QEMU's receive filter (promiscuous until the driver says otherwise, 5.1.6.5.1),
+and fills posted buffers, merging several when MRG_RXBUF is negotiated (``num_buffers``, 5.1.6.4);
+without it a frame that does not fit one buffer is dropped. Frames that find no buffers wait in a
+bounded queue (oldest dropped first, counted in :attr:`rx_dropped`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections import deque
+from collections.abc import Mapping
+
+from refvm.memory import GuestMemory
+from refvm.virtio.device import VirtioDevice
+from refvm.virtio.devices.props import Props
+from refvm.virtio.devices.tap import VNET_HDR_LEN, Tap
+from refvm.virtio.queue import Chain, Virtqueue
+
+__all__ = ["VirtioNet", "parse_mac"]
+
+log = logging.getLogger(__name__)
+
+F_CTRL_GUEST_OFFLOADS = 2
+F_MAC = 5
+F_MRG_RXBUF = 15
+F_STATUS = 16
+F_CTRL_VQ = 17
+F_CTRL_RX = 18
+F_CTRL_VLAN = 19
+F_CTRL_RX_EXTRA = 20
+F_GUEST_ANNOUNCE = 21
+F_CTRL_MAC_ADDR = 23
+_CTRL_FEATURES = (F_CTRL_GUEST_OFFLOADS, F_CTRL_VQ, F_CTRL_RX, F_CTRL_VLAN, F_CTRL_RX_EXTRA, F_GUEST_ANNOUNCE,
+                  F_CTRL_MAC_ADDR)
+
+S_LINK_UP = 1
+# 5.1.6.5 control classes / commands
+CLASS_RX, CLASS_MAC, CLASS_VLAN, CLASS_ANNOUNCE, CLASS_MQ, CLASS_GUEST_OFFLOADS = 0, 1, 2, 3, 4, 5
+OK, ERR = 0, 1
+MAC_TABLE_ENTRIES = 64
+MAX_VLAN = 4096
+RX_BACKLOG = 256
+MAX_MERGE = 64  # buffers one received frame may span
+DEFAULT_MAC = "52:54:00:12:34:56"
+_BCAST = b"\xff" * 6
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(text)
+    return bytes(int(p, 16) for p in parts)
+
+
+class VirtioNet(VirtioDevice):
+    """A virtio NIC on a tap device."""
+
+    device_id = 1
+    feature_names = {2: "CTRL_GUEST_OFFLOADS", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
+                     18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 23: "CTRL_MAC_ADDR"}
+
+    def __init__(self, mem: GuestMemory, tap: Tap, *, mac: bytes = bytes.fromhex("525400123456"),
+                 ctrl_vq: bool = True, status: bool = True, mrg_rxbuf: bool = True,
+                 rx_queue_size: int = 256, tx_queue_size: int = 256, start_reader: bool = True,
+                 **virtio: bool) -> None:
+        self.tap = tap
+        self.perm_mac = mac
+        feats = 1 << F_MAC
+        if mrg_rxbuf:
+            feats |= 1 << F_MRG_RXBUF
+        if status:
+            feats |= 1 << F_STATUS
+        if ctrl_vq:
+            for b in _CTRL_FEATURES:
+                feats |= 1 << b
+        self.features = feats
+        self.queue_max_sizes = (rx_queue_size, tx_queue_size) + ((64,) if ctrl_vq else ())
+        self.link_up = True
+        self.rx_backlog: deque[bytes] = deque()
+        self.rx_dropped = 0
+        self.rx_filtered = 0
+        self.rx_packets = self.tx_packets = 0
+        self._held: list[Chain] = []  # receive buffers popped but not yet used
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        super().__init__(mem, config_size=8, **virtio)
+        self.config[0:6] = mac
+        self.config[6:8] = (S_LINK_UP if status else 0).to_bytes(2, "little")
+        self._filter_reset()
+        self._thread: threading.Thread | None = None
+        if start_reader:
+            self._thread = threading.Thread(target=self._reader, name="virtio-net-rx", daemon=True)
+            self._thread.start()
+
+    PROPERTIES = ("netdev", "mac", "ctrl_vq", "status", "mrg_rxbuf", "rx_queue_size", "tx_queue_size")
+
+    @classmethod
+    def create(
+        cls,
+        mem: GuestMemory,
+        props: Mapping[str, str],
+        *,
+        chardevs: Mapping[str, object] | None = None,
+        drives: Mapping[str, object] | None = None,
+        netdevs: Mapping[str, object] | None = None,
+        objects: Mapping[str, object] | None = None,
+        type_name: str = "virtio-net-pci",
+    ) -> VirtioNet:
+        p = Props(type_name, props, cls.PROPERTIES)
+        nid = p.text("netdev")
+        if not nid:
+            raise ValueError(f"{type_name}: netdev property not set")
+        tap = (netdevs or {}).get(nid)
+        if tap is None:
+            raise ValueError(f"Property '{type_name}.netdev' can't find value '{nid}'")
+        if not isinstance(tap, Tap):
+            raise ValueError(f"Property '{type_name}.netdev': '{nid}' is not a tap netdev")
+        text = p.text("mac", DEFAULT_MAC) or DEFAULT_MAC
+        try:
+            mac = parse_mac(text)
+        except ValueError:
+            raise ValueError(f"Property '{type_name}.mac' doesn't take value '{text}'") from None
+        sizes = []
+        for name in ("rx_queue_size", "tx_queue_size"):
+            n = p.number(name, 256, 256, 1024)
+            if n & (n - 1):
+                raise ValueError(f"Invalid {name} (= {n}), must be a power of 2 between 256 and 1024.")
+            sizes.append(n)
+        return cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
+                   mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
+                   **p.virtio_flags())
+
+    # ------------------------------------------------------------------ state
+    def _filter_reset(self) -> None:
+        self.promisc, self.allmulti, self.alluni = True, False, False
+        self.nomulti, self.nouni, self.nobcast = False, False, False
+        self.uni_macs: list[bytes] = []
+        self.multi_macs: list[bytes] = []
+        self.uni_overflow = self.multi_overflow = False
+        self.vlans: set[int] | None = None  # None: every VLAN passes (CTRL_VLAN not negotiated)
+
+    def reset_device(self) -> None:
+        self._held.clear()
+        self.rx_backlog.clear()
+        self._filter_reset()
+        self.config[0:6] = self.perm_mac
+
+    def driver_ok(self) -> None:
+        self.vlans = set() if self.negotiated(F_CTRL_VLAN) else None
+        self._flush_rx()
+
+    def set_link(self, up: bool) -> None:
+        """QMP ``set_link``: LINK_UP in ``status`` and a configuration change notification (5.1.4)."""
+        with self.lock:
+            self.link_up = up
+            if self.features & (1 << F_STATUS):
+                self.config[6:8] = (S_LINK_UP if up else 0).to_bytes(2, "little")
+                self.config_changed()
+
+    @property
+    def mac(self) -> bytes:
+        return bytes(self.config[0:6])
+
+    # ------------------------------------------------------------------ queues
+    def handle_queue(self, queue: Virtqueue) -> None:
+        if queue.index == 0:
+            self._flush_rx()
+        elif queue.index == 1:
+            self._transmit(queue)
+        elif queue.index == 2:
+            self._control(queue)
+
+    def _transmit(self, queue: Virtqueue) -> None:
+        for _ in range(queue.size):
+            chain = queue.pop()
+            if chain is None:
+                return
+            if chain.readable_len < VNET_HDR_LEN:
+                self.fail("5.1.6.2: virtio-net transmit buffer without its 12-byte header")
+                return
+            frame = chain.read(VNET_HDR_LEN, min(chain.readable_len, 65536 + VNET_HDR_LEN) - VNET_HDR_LEN)
+            queue.push(chain, 0)
+            if self.link_up and frame:
+                self.tx_packets += 1
+                self.tap.write(bytes(VNET_HDR_LEN) + frame)  # no offloads negotiated: a plain frame
+
+    # ------------------------------------------------------------------ receive (5.1.6.3, 5.1.6.4)
+    def _reader(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.tap.fd, self._wake_r], [], [], 1.0)
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready or self._stop.is_set():
+                return
+            if self.tap.fd not in ready:
+                continue
+            for _ in range(64):
+                pkt = self.tap.read()
+                if not pkt:
+                    break
+                self.receive(pkt[VNET_HDR_LEN:])
+
+    def receive(self, frame: bytes) -> None:
+        """A frame from the backend (any thread): deliver it now or keep it for later buffers."""
+        with self.lock:
+            if not self.link_up:
+                return
+            if len(self.rx_backlog) >= RX_BACKLOG:
+                self.rx_backlog.popleft()
+                self.rx_dropped += 1
+            self.rx_backlog.append(frame)
+            self._flush_rx()
+
+    def _accepts(self, frame: bytes) -> bool:
+        """QEMU's receive filter (5.1.6.5.1, 5.1.6.5.2, 5.1.6.5.3)."""
+        if self.promisc:
+            return True
+        if len(frame) >= 16 and frame[12:14] == b"\x81\x00" and self.vlans is not None:
+            vid = int.from_bytes(frame[14:16], "big") & 0xFFF
+            if vid not in self.vlans:
+                return False
+        dest = frame[:6]
+        if len(dest) < 6:
+            return False
+        if dest[0] & 1:
+            if dest == _BCAST:
+                return not self.nobcast
+            if self.nomulti:
+                return False
+            return self.allmulti or self.multi_overflow or dest in self.multi_macs
+        if self.nouni:
+            return False
+        return self.alluni or self.uni_overflow or dest == self.mac or dest in self.uni_macs
+
+    def _flush_rx(self) -> None:
+        if not self.live or not self.queues or not self.queues[0].ready:
+            return
+        q = self.queues[0]
+        delivered = False
+        try:
+            while self.rx_backlog:
+                frame = self.rx_backlog[0]
+                if not self._accepts(frame):
+                    self.rx_backlog.popleft()
+                    self.rx_filtered += 1
+                    continue
+                done = self._deliver(q, frame)
+                if done is None:
+                    break  # wait for more buffers
+                self.rx_backlog.popleft()
+                delivered = delivered or done
+        except Exception as exc:  # a VirtqueueError/GuestMemoryError from the driver's ring: fail the device
+            self.fail(f"virtio-net receive: {exc}")
+            return
+        if delivered:
+            self.notify_used(q)
+
+    def _deliver(self, q: Virtqueue, frame: bytes) -> bool | None:
+        """Put one frame into held buffers: True if used, False if dropped, None if buffers are missing."""
+        need = VNET_HDR_LEN + len(frame)
+        merge = self.negotiated(F_MRG_RXBUF)
+        limit = MAX_MERGE if merge else 1
+        while len(self._held) < limit and sum(c.writable_len for c in self._held[:limit]) < need:
+            chain = q.pop()
+            if chain is None:
+                break
+            self._held.append(chain)
+        if not self._held:
+            return None
+        room = sum(c.writable_len for c in self._held[:limit])
+        if room < need:
+            if not merge or len(self._held) >= limit:
+                log.debug("virtio-net: %d-byte frame does not fit the receive buffer: dropped", len(frame))
+                self.rx_dropped += 1
+                return False
+            return None
+        data = memoryview(bytes(VNET_HDR_LEN) + frame)
+        used: list[tuple[Chain, int]] = []
+        pos = 0
+        while pos < need:
+            chain = self._held.pop(0)
+            n = chain.write_into(data[pos:])
+            used.append((chain, n))
+            pos += n
+        used[0][0].write_into(len(used).to_bytes(2, "little"), 10)  # num_buffers (5.1.6.4)
+        for chain, n in used:
+            q.push(chain, n)
+        self.rx_packets += 1
+        return True
+
+    # ------------------------------------------------------------------ control queue (5.1.6.5)
+    def _control(self, queue: Virtqueue) -> None:
+        for _ in range(queue.size):
+            chain = queue.pop()
+            if chain is None:
+                return
+            if chain.readable_len < 2 or chain.writable_len < 1:
+                self.fail("5.1.6.5: virtio-net control request without its class/command header or ack byte")
+                return
+            raw = chain.read(0, min(chain.readable_len, 2 + 8 + 2 * 4 + 2 * 6 * 4096))
+            ack = self._command(raw[0], raw[1], raw[2:])
+            chain.write_into(bytes([ack]))
+            queue.push(chain, 1)
+
+    def _command(self, cls: int, cmd: int, data: bytes) -> int:
+        if cls == CLASS_RX:
+            if len(data) != 1 or cmd > 5:
+                return ERR
+            on = data[0] != 0
+            name = ("promisc", "allmulti", "alluni", "nomulti", "nouni", "nobcast")[cmd]
+            setattr(self, name, on)
+            return OK
+        if cls == CLASS_MAC:
+            if cmd == 1:  # ADDR_SET
+                if len(data) != 6:
+                    return ERR
+                self.config[0:6] = data
+                return OK
+            if cmd == 0:  # TABLE_SET: unicast table then multicast table
+                tables = []
+                off = 0
+                for _ in range(2):
+                    if len(data) < off + 4:
+                        return ERR
+                    n = int.from_bytes(data[off:off + 4], "little")
+                    off += 4
+                    if n > 4096 or len(data) < off + 6 * n:
+                        return ERR
+                    tables.append([data[off + 6 * k: off + 6 * k + 6] for k in range(n)])
+                    off += 6 * n
+                if off != len(data):
+                    return ERR
+                uni, multi = tables
+                self.uni_overflow = len(uni) > MAC_TABLE_ENTRIES
+                self.multi_overflow = len(multi) > MAC_TABLE_ENTRIES
+                self.uni_macs = [] if self.uni_overflow else uni
+                self.multi_macs = [] if self.multi_overflow else multi
+                return OK
+            return ERR
+        if cls == CLASS_VLAN:
+            if len(data) != 2 or cmd > 1:
+                return ERR
+            vid = int.from_bytes(data, "little")
+            if vid >= MAX_VLAN:
+                return ERR
+            if self.vlans is None:
+                self.vlans = set(range(MAX_VLAN))
+            (self.vlans.add if cmd == 0 else self.vlans.discard)(vid)
+            return OK
+        if cls == CLASS_ANNOUNCE:
+            return OK if cmd == 0 else ERR
+        if cls == CLASS_GUEST_OFFLOADS:
+            if cmd != 0 or len(data) != 8:
+                return ERR
+            return OK if int.from_bytes(data, "little") == 0 else ERR  # no guest offloads exist here
+        return ERR
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Stop the reader thread (the tap stays open: it belongs to the netdev)."""
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
