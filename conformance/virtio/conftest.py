@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conformance.drivers.pci import ConfigMechanism1, PciFunction, enumerate_bus
+from conformance.drivers.pci import BarAllocator, ConfigMechanism1, PciFunction, enumerate_bus
 from conformance.drivers.qtest import QtestSession, QtestStartError
 from conformance.drivers.virtio import GuestAllocator, VirtioPciDevice, find_virtio
 from conformance.drivers.virtqueue import PackedQueue, SplitQueue, Virtqueue
@@ -53,13 +53,18 @@ class Machine:
     qt: QtestSession
     functions: list[PciFunction]
     alloc: GuestAllocator = field(default_factory=GuestAllocator)
+    bar_alloc: BarAllocator = field(default_factory=BarAllocator)
+    devices: dict[str, VirtioPciDevice] = field(default_factory=dict)
 
     def func(self, kind: str) -> PciFunction:
         return find_virtio(self.functions, kind)
 
-    def device(self, kind: str, mapped: bool = True) -> VirtioPciDevice:
-        dev = VirtioPciDevice(self.qt, self.func(kind), self.alloc)
-        return dev.map() if mapped else dev
+    def device(self, kind: str) -> VirtioPciDevice:
+        """The driver of the machine's `kind` device, BARs mapped on first use (one allocator per machine,
+        so several devices never overlap)."""
+        if kind not in self.devices:
+            self.devices[kind] = VirtioPciDevice(self.qt, self.func(kind), self.alloc).map(self.bar_alloc)
+        return self.devices[kind]
 
     def split(self, dev: VirtioPciDevice, index: int = 0, size: int = 16, vector: int | None = None) -> SplitQueue:
         vq = SplitQueue(self.qt, self.alloc, index, size)
