@@ -39,6 +39,7 @@ QEMU_RNG_BARS = {
     "modern": {1: ("mem32", 0x1000), 4: ("mem64", 0x4000)},
     "legacy": {0: ("io", 0x20), 1: ("mem32", 0x1000)},
 }
+DISCOVERY = "devicenormative:Virtio Transport Options / Virtio Over PCI Bus / PCI Device Discovery"
 MODES = {"transitional": {}, "modern": {"disable_legacy": True}, "legacy": {"disable_modern": True}}
 # Other types, transitional / disable-legacy=on (QEMU 7.2): device IDs, class code, subsystem ID, MSI-X vectors,
 # BAR0 size. (blk: -drive if=none + drive=; config lengths come from the device models, not the transport.)
@@ -62,7 +63,7 @@ def bar_kinds(fn: VirtioPciFunction) -> dict[int, tuple[str, int]]:
     return {i: (b.kind, b.size) for i, b in sorted(fn.bars.items())}
 
 
-@pytest.mark.clause("virtio-1.2", "devicenormative:Virtio Over PCI Bus / PCI Device Discovery")
+@pytest.mark.clause("virtio-1.2", DISCOVERY)
 @pytest.mark.parametrize("mode", list(MODES))
 def test_layout_matches_qemu(mode: str) -> None:
     rig = Rig(EchoRng(make_mem(), sizes=(8,)), enable=False, **MODES[mode])
