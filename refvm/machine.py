@@ -83,9 +83,11 @@ class Machine:
         self.mmio = MmioBus()
         self._resettables: list[Resettable] = []
         self.chardevs: list[Chardev | None] = []
+        self.backends = None
         try:
             self.chardevs = [None if spec is None else open_chardev(spec) for spec in config.serials]
             self._add_platform_devices()
+            self._add_pci_devices()
         except Exception:
             self._close_chardevs()
             raise
@@ -155,6 +157,18 @@ class Machine:
                 size = int(dev.props.get("iosize", "0x02"), 0)
                 self._register(base, size, DebugExit(self.request_debug_exit), "isa-debug-exit")
 
+    def _add_pci_devices(self) -> None:
+        """Open the backends and plug the PCI -devices, in command-line order."""
+        from refvm.device_assembly import AssemblyError, open_backends, plug_pci_devices
+
+        cfg = self.config
+        serial_ids = {ident for ident, spec in cfg.chardevs.items() if any(spec is s for s in cfg.serials)}
+        try:
+            self.backends = open_backends(cfg, serial_ids)
+            self.pci_models = plug_pci_devices(self, cfg, self.backends)
+        except AssemblyError as err:
+            raise MachineError(str(err)) from None
+
     def _build_vm(self) -> None:
         """Create the KVM VM and its vCPUs in power-on state and load the kernel."""
         from refvm.kvm import Kvm, KvmError, caps
@@ -201,9 +215,12 @@ class Machine:
             kvm.close()
 
     def _close_chardevs(self) -> None:
+        """Close every host-side backend (serial chardevs, drives, taps, other chardevs)."""
         for chardev in self.chardevs:
             if chardev is not None:
                 chardev.close()
+        if self.backends is not None:
+            self.backends.close()
 
     # ---- requests from devices, monitors and vCPU threads (any thread) -------------------------------
 

@@ -1,0 +1,165 @@
+"""Turns the -drive/-netdev/-object/-chardev/-device part of a MachineConfig into plugged PCI devices.
+
+Backends are opened first and devices created second, in command-line order, so errors come out in the
+order a QEMU user expects and name the option they came from (`-device TEXT: message`). Everything opened
+is recorded so the machine can close it on exit, including after a failure half-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from refvm.config import DeviceSpec, MachineConfig
+from refvm.devices.chardev import Chardev, open_chardev
+
+#: -drive cache=MODE -> (O_DIRECT, guest-visible write cache), as QEMU 7.2 maps them (DESIGN.md §3).
+CACHE_MODES: dict[str, tuple[bool, bool]] = {
+    "writeback": (False, True),
+    "none": (True, True),
+    "writethrough": (False, False),
+    "directsync": (True, False),
+    "unsafe": (False, True),
+}
+
+
+class AssemblyError(ValueError):
+    """A backend or device could not be created; the message is a full QEMU-style line without prog name."""
+
+
+@dataclass
+class Backends:
+    drives: dict[str, Any] = field(default_factory=dict)
+    netdevs: dict[str, Any] = field(default_factory=dict)
+    chardevs: dict[str, Chardev] = field(default_factory=dict)
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for group in (self.drives, self.netdevs, self.chardevs):
+            for backend in group.values():
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    close()
+
+
+def _drive_text(props: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in props.items())
+
+
+def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str]) -> Backends:
+    """Open every -drive, -netdev, -object and the -chardevs no serial port took."""
+    from refvm.block.raw import RawFile
+    from refvm.virtio.devices.tap import Tap
+
+    backends = Backends(objects=dict(cfg.objects))
+    try:
+        for ident, props in cfg.drives.items():
+            mode = props.get("cache", "writeback")
+            if mode not in CACHE_MODES:
+                raise AssemblyError(f"-drive {_drive_text(props)}: invalid cache option '{mode}'")
+            readonly = props.get("readonly", "off") in ("on", "yes", "true")
+            direct, _ = CACHE_MODES[mode]
+            if props.get("format", "raw") != "raw":
+                raise AssemblyError(f"-drive {_drive_text(props)}: format '{props['format']}' is not supported yet")
+            try:
+                backends.drives[ident] = RawFile(props["file"], readonly=readonly, direct=direct)
+            except OSError as err:
+                raise AssemblyError(
+                    f"-drive {_drive_text(props)}: Could not open '{props['file']}': {err.strerror}"
+                ) from None
+        for ident, props in cfg.netdevs.items():
+            try:
+                fd = int(props["fd"]) if "fd" in props else None
+                backends.netdevs[ident] = Tap(props.get("ifname", ""), fd=fd)
+            except (OSError, ValueError) as err:
+                raise AssemblyError(f"-netdev tap,id={ident}: could not open tap: {err}") from None
+        for ident, spec in cfg.chardevs.items():
+            if ident not in serial_chardev_ids:
+                backends.chardevs[ident] = open_chardev(spec)
+    except Exception:
+        backends.close()
+        raise
+    return backends
+
+
+def _pci_address(spec: DeviceSpec, addr: str) -> tuple[int, int]:
+    """QEMU's addr=SLOT[.FN] (hex, e.g. 0x3, 03.0, 4.1)."""
+    try:
+        slot_text, _, fn_text = addr.partition(".")
+        slot = int(slot_text, 16)
+        function = int(fn_text, 16) if fn_text else 0
+    except ValueError:
+        raise AssemblyError(f"-device {spec.text}: Property '{spec.driver}.addr' doesn't take value '{addr}'") from None
+    if not (0 <= slot < 32 and 0 <= function < 8):
+        raise AssemblyError(f"-device {spec.text}: Property '{spec.driver}.addr' doesn't take value '{addr}'")
+    return slot, function
+
+
+def _with_globals(cfg: MachineConfig, spec: DeviceSpec) -> dict[str, str]:
+    props: dict[str, str] = {}
+    if spec.driver.startswith("virtio-") and spec.driver.endswith("-pci"):
+        props.update(cfg.globals.get("virtio-pci", {}))
+    props.update(cfg.globals.get(spec.driver, {}))
+    props.update(spec.props)
+    return props
+
+
+def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> list[Any]:
+    """Create each PCI -device (and attach virtconsole ports) in order; returns the device models."""
+    from refvm.devices.pci.bus import PciError
+    from refvm.virtio.devices import DEVICE_MODELS, Props
+    from refvm.virtio.pci import VirtioPciFunction
+
+    models: list[Any] = []
+    last_serial = None
+    for spec in cfg.devices:
+        model = DEVICE_MODELS.get(spec.driver)
+        if model is None:
+            continue  # a platform device, plugged by the machine itself
+        props = _with_globals(cfg, spec)
+        try:
+            if spec.driver == "virtconsole":
+                if last_serial is None:
+                    raise AssemblyError(
+                        f"-device {spec.text}: No 'virtio-serial-bus' bus found for device 'virtconsole'"
+                    )
+                last_serial.add_port(model.create(props, chardevs=backends.chardevs))
+                continue
+            device = model.create(
+                machine.memory,
+                props,
+                chardevs=backends.chardevs,
+                drives=backends.drives,
+                netdevs=backends.netdevs,
+                objects=backends.objects,
+                type_name=spec.driver,
+            )
+            pci_props = Props(spec.driver, props, props.keys()).pci()
+            function = VirtioPciFunction(
+                device,
+                disable_legacy=_on_off(pci_props.get("disable-legacy")),
+                disable_modern=_on_off(pci_props.get("disable-modern")) or False,
+                vectors=int(pci_props["vectors"], 0) if "vectors" in pci_props else None,
+                qdev_id=pci_props.get("id", ""),
+                type_name=spec.driver,
+            )
+            slot, fn = _pci_address(spec, pci_props["addr"]) if "addr" in pci_props else (None, 0)
+            machine.pci.add(function, slot, fn)
+        except AssemblyError:
+            raise
+        except (ValueError, PciError) as err:
+            raise AssemblyError(f"-device {spec.text}: {err}") from None
+        if spec.driver == "virtio-serial-pci":
+            last_serial = device
+        models.append(device)
+    return models
+
+
+def _on_off(value: str | None) -> bool | None:
+    if value is None or value == "auto":
+        return None
+    if value in ("on", "yes", "true"):
+        return True
+    if value in ("off", "no", "false"):
+        return False
+    raise ValueError(f"Parameter expects 'on', 'off' or 'auto', not '{value}'")
