@@ -1,0 +1,79 @@
+"""The host file under a qcow2 image: positioned reads/writes with a tracked size.
+
+Keeps the size in memory so that every offset taken from the image can be checked against it before use,
+and so that short reads (past EOF) are explicit instead of silently shorter buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["HostFile"]
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc: ctypes.CDLL | None = None
+
+
+class HostFile:
+    """An open image file (read-only or read-write, optionally O_DIRECT-free buffered I/O)."""
+
+    def __init__(self, path: str, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        self.size = os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes; the part past the end of the file reads as zeroes."""
+        data = os.pread(self.fd, length, offset)
+        while len(data) < length:
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            if not more:
+                return data + bytes(length - len(data))
+            data += more
+        return data
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < view.nbytes:
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        self.size = max(self.size, offset + view.nbytes)
+
+    def pwritev(self, offset: int, buffers: list[bytes | bytearray | memoryview]) -> None:
+        total = sum(memoryview(b).nbytes for b in buffers)
+        n = os.pwritev(self.fd, buffers, offset)
+        if n < total:  # rare: finish the rest one buffer at a time
+            flat = b"".join(bytes(b) for b in buffers)
+            self.pwrite(offset + n, flat[n:])
+        self.size = max(self.size, offset + total)
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        """Give freed clusters back to the host file system (best effort: a failure only costs space)."""
+        global _libc
+        try:
+            if _libc is None:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc.fallocate(
+                ctypes.c_int(self.fd),
+                ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
+                ctypes.c_long(offset),
+                ctypes.c_long(length),
+            )
+        except OSError:
+            pass
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        self.size = size
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

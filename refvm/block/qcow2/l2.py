@@ -1,0 +1,154 @@
+"""L1/L2 entries (qcow2.txt "Cluster mapping"): decoding with every check the spec allows, and an L2 cache.
+
+An L2 entry is decoded to a :class:`Mapping` once, so the read and write paths only branch on its kind.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections import OrderedDict
+from typing import NamedTuple
+
+from refvm.block.driver import BlockError
+from refvm.block.qcow2.header import OFFSET_MASK
+from refvm.block.qcow2.hostfile import HostFile
+
+__all__ = [
+    "COPIED",
+    "COMPRESSED",
+    "ZERO",
+    "UNALLOCATED",
+    "NORMAL",
+    "ZERO_PLAIN",
+    "ZERO_ALLOC",
+    "COMPRESSED_KIND",
+    "Mapping",
+    "L2Cache",
+    "check_l1_entry",
+    "decode_l2",
+    "compressed_range",
+    "read_compressed",
+]
+
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+ZERO = 1
+_L2_RESERVED = 0x3F00_0000_0000_01FE  # bits 1-8 and 56-61 of a standard entry
+_L1_RESERVED = 0x7F00_0000_0000_01FF  # bits 0-8 and 56-62
+
+UNALLOCATED, NORMAL, ZERO_PLAIN, ZERO_ALLOC, COMPRESSED_KIND = range(5)
+
+
+class Mapping(NamedTuple):
+    """What one guest cluster maps to: kind, host offset (data start), and for compressed clusters the size."""
+
+    kind: int
+    offset: int = 0
+    size: int = 0
+    copied: bool = False
+
+
+def check_l1_entry(path: str, entry: int, index: int, cluster_size: int, file_size: int) -> int:
+    """Offset of the L2 table named by L1 entry ``index`` (0: none), after checking it."""
+    off = entry & OFFSET_MASK
+    if entry & _L1_RESERVED:
+        raise BlockError(path, f"L1 entry {index} (0x{entry:016x}) has a misaligned offset or reserved bits set")
+    if off % cluster_size:
+        raise BlockError(path, f"L1 entry {index}: L2 table offset 0x{off:x} is not aligned to a cluster")
+    if off and off + cluster_size > file_size:
+        raise BlockError(path, f"L1 entry {index}: L2 table at 0x{off:x} lies past the end of the file")
+    if off == 0 and entry:
+        raise BlockError(path, f"L1 entry {index} (0x{entry:016x}) is flagged but has no offset")
+    return off
+
+
+def decode_l2(path: str, entry: int, guest: int, cluster_bits: int, version: int, file_size: int) -> Mapping:
+    """Decode and check the L2 entry of guest offset ``guest`` (for messages)."""
+    cs = 1 << cluster_bits
+    if entry & COMPRESSED:
+        if entry & COPIED:
+            raise BlockError(path, f"L2 entry for guest offset 0x{guest:x}: compressed cluster flagged COPIED")
+        off, size = compressed_range(entry, cluster_bits)
+        if off >= file_size:
+            raise BlockError(
+                path, f"L2 entry for guest offset 0x{guest:x}: compressed data at 0x{off:x} past the end of the file"
+            )
+        return Mapping(COMPRESSED_KIND, off, size)
+    off = entry & OFFSET_MASK
+    copied = bool(entry & COPIED)
+    if entry & _L2_RESERVED or off % cs:
+        raise BlockError(
+            path, f"L2 entry for guest offset 0x{guest:x} (0x{entry:016x}) has a misaligned offset or reserved bits"
+        )
+    if off and off + cs > file_size:
+        raise BlockError(
+            path, f"L2 entry for guest offset 0x{guest:x}: cluster at 0x{off:x} lies past the end of the file"
+        )
+    if entry & ZERO:
+        if version < 3:
+            raise BlockError(path, f"L2 entry for guest offset 0x{guest:x}: zero flag in a version 2 image")
+        return Mapping(ZERO_ALLOC, off, 0, copied) if off else Mapping(ZERO_PLAIN)
+    if off == 0:
+        if copied:
+            raise BlockError(path, f"L2 entry for guest offset 0x{guest:x}: COPIED flag on an unallocated cluster")
+        return Mapping(UNALLOCATED)
+    return Mapping(NORMAL, off, 0, copied)
+
+
+def compressed_range(entry: int, cluster_bits: int) -> tuple[int, int]:
+    """(host offset, bytes to read) of a compressed cluster descriptor."""
+    x = 62 - (cluster_bits - 8)
+    off = entry & ((1 << x) - 1)
+    extra_sectors = (entry >> x) & ((1 << (62 - x)) - 1)
+    return off, (extra_sectors + 1) * 512 - (off & 511)
+
+
+def read_compressed(f: HostFile, m: Mapping, cluster_size: int, guest: int) -> bytes:
+    """Inflate one compressed cluster (raw deflate, as qemu-img convert -c writes it)."""
+    size = min(m.size, f.size - m.offset)
+    raw = f.pread(m.offset, size)
+    try:
+        d = zlib.decompressobj(-15)
+        out = d.decompress(raw, cluster_size)
+    except zlib.error as exc:
+        raise BlockError(f.path, f"compressed cluster for guest offset 0x{guest:x} does not inflate: {exc}") from None
+    if len(out) != cluster_size:
+        raise BlockError(
+            f.path, f"compressed cluster for guest offset 0x{guest:x} inflates to {len(out)} bytes, not {cluster_size}"
+        )
+    return out
+
+
+class L2Cache:
+    """A small LRU of L2 tables, decoded to lists of entries; writes go through to the file at once."""
+
+    def __init__(self, f: HostFile, cluster_size: int, capacity: int = 32) -> None:
+        self.f = f
+        self.cs = cluster_size
+        self.capacity = capacity
+        self._tables: OrderedDict[int, list[int]] = OrderedDict()
+
+    def get(self, offset: int) -> list[int]:
+        table = self._tables.get(offset)
+        if table is None:
+            raw = self.f.pread(offset, self.cs)
+            table = list(struct.unpack(f">{self.cs // 8}Q", raw))
+            self._tables[offset] = table
+            if len(self._tables) > self.capacity:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(offset)
+        return table
+
+    def put_new(self, offset: int, table: list[int]) -> None:
+        """Write a whole new table and cache it."""
+        self.f.pwrite(offset, struct.pack(f">{len(table)}Q", *table))
+        self._tables[offset] = table
+
+    def store(self, offset: int, table: list[int], first: int, last: int) -> None:
+        """Write entries [first, last) of a cached table back to the file."""
+        self.f.pwrite(offset + first * 8, struct.pack(f">{last - first}Q", *table[first:last]))
+
+    def drop(self, offset: int) -> None:
+        self._tables.pop(offset, None)
