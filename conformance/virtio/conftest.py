@@ -24,6 +24,7 @@ from conformance.drivers.virtio import GuestAllocator, VirtioPciDevice, find_vir
 from conformance.drivers.virtqueue import PackedQueue, SplitQueue, Virtqueue
 from conformance.pci.conftest import known_deviation  # noqa: F401 - re-exported for the virtio tests
 from conformance.targets import Target
+from conformance.virtio.devices import MiniQmp, halting_bios
 
 SPEC = "virtio-1.2"
 DISK_SECTORS = 2048  # 1 MiB raw image
@@ -55,6 +56,7 @@ class Machine:
     alloc: GuestAllocator = field(default_factory=GuestAllocator)
     bar_alloc: BarAllocator = field(default_factory=BarAllocator)
     devices: dict[str, VirtioPciDevice] = field(default_factory=dict)
+    qmp: MiniQmp | None = None
 
     def func(self, kind: str) -> PciFunction:
         return find_virtio(self.functions, kind)
@@ -122,6 +124,24 @@ def vm(target: Target, request: pytest.FixtureRequest) -> Iterator[Callable[...,
     yield start
     for s in sessions:
         s.close()
+
+
+@pytest.fixture
+def running_vm(vm: Callable[..., Machine], short_tmp: str) -> Callable[..., Machine]:
+    """Like `vm`, but the machine is resumed (QMP `cont`) with a firmware that only halts.
+
+    Some device models act only while the machine runs (QEMU's virtio-rng and virtio-net datapaths check
+    the run state); no firmware code touches the PCI bus, so the test still owns every register.
+    """
+
+    def start(*args: str) -> Machine:
+        qmp_path = os.path.join(short_tmp, "qmp.sock")
+        machine = vm("-bios", halting_bios(short_tmp), "-qmp", f"unix:{qmp_path},server=on,wait=off", *args)
+        machine.qmp = MiniQmp(qmp_path)
+        machine.qmp.execute("cont")
+        return machine
+
+    return start
 
 
 @pytest.fixture(scope="module")
