@@ -316,6 +316,7 @@ class Machine:
                 server.close()
 
     def _start_qmp(self) -> list:
+        from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
 
         servers = []
@@ -323,6 +324,7 @@ class Machine:
             for path, listen in self.config.qmp:
                 server = QmpServer(path, server=listen)
                 QmpMachineCommands(server, self)
+                DeviceCommands(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:

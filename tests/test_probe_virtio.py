@@ -1,4 +1,4 @@
-"""The probe guest's PCI and virtio commands against QEMU 7.2 (the reference).
+"""The probe guest's PCI and virtio commands on QEMU 7.2 (the reference) and on refvm, same checks.
 
 One QEMU (TCG) boots the probe with virtio-blk (a read-write and a read-only drive), virtio-rng,
 virtio-console on a file chardev and virtio-balloon, each at a fixed slot; the shell's answers are
@@ -11,10 +11,12 @@ Skips when gcc-multilib or QEMU are missing; with CI=true those are failures (te
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -92,17 +94,23 @@ class Vm:
         return self.con.command(line)
 
 
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["qemu", "refvm"])
+def vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The same probe guest and devices on QEMU (the reference) and on refvm."""
     require(_multilib_present(), "gcc with 32-bit support is not installed (apt-get install gcc gcc-multilib)")
-    require(shutil.which(QEMU) is not None, f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    if request.param == "qemu":
+        require(shutil.which(QEMU) is not None, f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+        vmm = [QEMU, "-accel", "tcg"]
+    else:
+        require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is missing or not accessible")
+        vmm = [sys.executable, "-m", "refvm", "-watchdog-timeout", "120"]
     kernel = probe_elf()
     tmp = tmp_path_factory.mktemp("probe-virtio")
     disk, ro_disk, chardev, qmp = tmp / "disk.raw", tmp / "ro.raw", tmp / "console.out", tmp / "qmp.sock"
     disk.write_bytes(disk_bytes())
     ro_disk.write_bytes(disk_bytes())
     argv = [
-        QEMU, "-accel", "tcg", "-display", "none", "-serial", "stdio", "-nodefaults", "-no-reboot",
+        *vmm, "-display", "none", "-serial", "stdio", "-nodefaults", "-no-reboot",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", str(kernel),
         "-qmp", f"unix:{qmp},server=on,wait=off",
         "-drive", f"if=none,id=d0,file={disk},format=raw",
@@ -114,7 +122,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory):
         "-chardev", f"file,id=c0,path={chardev}", "-device", "virtconsole,chardev=c0",
         "-device", "virtio-balloon-pci,addr=0x6",
     ]  # fmt: skip
-    con = SerialConsole(argv, timeout=10, name="qemu-probe")
+    con = SerialConsole(argv, timeout=20, name=f"{request.param}-probe")
     try:
         con.wait_prompt()
         yield Vm(con, disk, ro_disk, chardev, qmp)
