@@ -253,3 +253,40 @@ def test_realtime_clock_rate(iops: int) -> None:
         assert 0.19 <= elapsed < 0.6
     finally:
         clock.close()
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    given = None
+
+
+if given is not None:
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        avg=st.integers(min_value=1 << 16, max_value=1 << 22),
+        requests=st.lists(
+            st.tuples(st.booleans(), st.integers(min_value=512, max_value=256 << 10), st.integers(0, 300)),
+            min_size=1,
+            max_size=60,
+        ),
+    )
+    def test_bytes_never_exceed_limit_and_all_complete(avg: int, requests: list[tuple[bool, int, int]]) -> None:
+        """Whatever the mix, bytes started by time t stay within avg * t + the bucket + two requests
+        (one per direction can be released by a timer without a second check), and everything
+        submitted completes once enough time has passed."""
+        clock, _, member = drive({"throttling.bps-total": str(avg)})
+        started: list[tuple[int, int]] = []
+        for is_write, size, gap_ms in requests:
+            clock.step(gap_ms * MS)
+            member.submit(is_write, size, lambda size=size: started.append((clock.now_ns(), size)))
+        total = sum(size for _, size, _ in requests)
+        clock.step((total // avg + 2) * S)
+        assert len(started) == len(requests)
+        biggest = max(size for _, size, _ in requests)
+        poured = 0
+        for t, size in sorted(started):
+            poured += size
+            assert poured <= avg * t / S + avg / 10 + 2 * biggest + 1
