@@ -176,7 +176,10 @@ class Qcow2Image:
                     if run_len:
                         out[run_guest - base : run_guest - base + run_len] = self.f.pread(run_host, run_len)
                     run_guest, run_host, run_len = pos, host, nxt - pos
-            elif m.kind == UNALLOCATED:
+            elif run_len:  # a hole in the guest range ends the run even if the next host cluster is adjacent
+                out[run_guest - base : run_guest - base + run_len] = self.f.pread(run_host, run_len)
+                run_len = 0
+            if m.kind == UNALLOCATED:
                 self._read_backing(out, base, pos, nxt)
             elif m.kind == COMPRESSED_KIND:
                 data = self._inflate(m, pos)
