@@ -380,7 +380,7 @@ static const struct command command_table[] = {
     { "pciassign", "",                  "assign BARs (io 0xc000+, mem 0xe0000000+)",  0, 0, cmd_pciassign },
     { "pcicfg",  "read|write B:D.F OFF [VALUE] [WIDTH]", "config space access",       3, 5, cmd_pcicfg },
     { "virtio",  "list",                "list virtio devices",                        1, 1, cmd_virtio },
-    { "blk",     "info|read S|write S PAT|flush|id|use N", "virtio-blk requests",     1, 3, cmd_blk },
+    { "blk",     "info|read S|write S PAT|flush|id|use N|bench N SIZE", "virtio-blk requests", 1, 3, cmd_blk },
     { "rng",     "read N",              "N (<=64) bytes from virtio-rng",             2, 2, cmd_rng },
     { "console", "echo TEXT...|read",   "virtio-console send / receive",              1, -1, cmd_console },
     { "balloon", "inflate N|deflate N|info", "virtio-balloon pages",                  1, 2, cmd_balloon },

@@ -41,6 +41,14 @@ static inline uint32_t rdtsc_lo(void)
     return lo;
 }
 
+/* The whole time-stamp counter, for measuring (not bounding) durations. */
+static inline uint64_t rdtsc64(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
 static inline void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
 {
     __asm__ volatile("cpuid"

@@ -40,6 +40,18 @@ void print_dec(uint32_t v)
     print(buf);
 }
 
+void print_dec64(uint64_t v)
+{
+    char buf[21];
+    int i = 20;
+    buf[i] = 0;
+    do {
+        buf[--i] = (char)('0' + (int)(v % 10));   /* 64-bit division from libgcc */
+        v /= 10;
+    } while (v);
+    print(buf + i);
+}
+
 void print_hex_min(uint32_t v)
 {
     int digits = 1;

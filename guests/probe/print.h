@@ -12,6 +12,8 @@ void print_hex(uint32_t v, int digits);
 /* exactly `digits` hex digits, no prefix */
 void print_hex_raw(uint32_t v, int digits);
 void print_dec(uint32_t v);
+/* decimal, all 64 bits (TSC deltas) */
+void print_dec64(uint64_t v);
 /* "0x" + as few hex digits as needed (at least one) */
 void print_hex_min(uint32_t v);
 /* n bytes as two-digit hex, separated by single spaces */
