@@ -148,6 +148,26 @@ class Qcow2Image:
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         out = bytearray(length)
+        if length and (offset >> self.l1_shift) == ((offset + length - 1) >> self.l1_shift):
+            # fast path: one L2 table, host-contiguous standard clusters -> a single pread, no copies
+            l2off = self._l2_offset(offset >> self.l1_shift)
+            if l2off:
+                table = self.l2.get(l2off)
+                first = self._map(table, offset)
+                if first.kind == NORMAL:
+                    host0 = first.offset - (offset & ~(self.cs - 1))
+                    pos = (offset | (self.cs - 1)) + 1
+                    while pos < offset + length:
+                        m = self._map(table, pos)
+                        if m.kind != NORMAL or m.offset - pos != host0:
+                            break
+                        pos += self.cs
+                    else:
+                        return self.f.pread(host0 + offset, length)
+            self._read_chunk(out, offset, offset, offset + length, table) if l2off else self._read_backing(
+                out, offset, offset, offset + length
+            )
+            return bytes(out)
         pos, end = offset, offset + length
         while pos < end:
             l1i = pos >> self.l1_shift
@@ -174,10 +194,10 @@ class Qcow2Image:
                     run_len += nxt - pos
                 else:
                     if run_len:
-                        out[run_guest - base : run_guest - base + run_len] = self.f.pread(run_host, run_len)
+                        self._fill(out, run_guest - base, run_host, run_len)
                     run_guest, run_host, run_len = pos, host, nxt - pos
             elif run_len:  # a hole in the guest range ends the run even if the next host cluster is adjacent
-                out[run_guest - base : run_guest - base + run_len] = self.f.pread(run_host, run_len)
+                self._fill(out, run_guest - base, run_host, run_len)
                 run_len = 0
             if m.kind == UNALLOCATED:
                 self._read_backing(out, base, pos, nxt)
@@ -186,7 +206,17 @@ class Qcow2Image:
                 out[pos - base : nxt - base] = data[pos & mask : (pos & mask) + nxt - pos]
             pos = nxt  # zero clusters: out is already zero
         if run_len:
-            out[run_guest - base : run_guest - base + run_len] = self.f.pread(run_host, run_len)
+            self._fill(out, run_guest - base, run_host, run_len)
+
+    def _fill(self, out: bytearray, at: int, host: int, length: int) -> None:
+        """Read host bytes straight into ``out`` (no intermediate copy); past EOF stays zero."""
+        view = memoryview(out)[at : at + length]
+        done = 0
+        while done < length:
+            n = os.preadv(self.f.fd, [view[done:]], host + done)
+            if n <= 0:
+                break
+            done += n
 
     def _inflate(self, m: Mapping, guest: int) -> bytes:
         if self._zcache and self._zcache[0] == m.offset:
