@@ -101,8 +101,8 @@ def test_no_buffer_consumed_before_driver_ok(blk: Machine, disk: str, target: Ta
     vq.add([vq.out_buf(blk_header(T_OUT, 3)), vq.out_buf(b"E" * SECTOR), vq.in_buf(1)])
     vq.kick()
     known_deviation(request, target, "qemu", "QEMU 7.2 processes a notified queue before DRIVER_OK "
-                    "(virtio_queue_notify does not look at the status), violating §2.1.2 'MUST NOT consume "
-                    "buffers ... before DRIVER_OK'")
+                    "(virtio_queue_notify does not look at the status), violating devicenormative "
+                    "'Device Status Field': MUST NOT consume buffers before DRIVER_OK")
     try:
         vq.assert_idle(0.2)
         assert not dev.msix_fired(1), "used buffer notification sent before DRIVER_OK"
@@ -143,8 +143,8 @@ def test_features_ok_refused_for_bit_not_offered(blk: Machine, target: Target, r
     accepted = dev.negotiate(offered & (1 << F_VERSION_1) | 1 << bogus)
     if accepted:
         known_deviation(request, target, "qemu", "QEMU 7.2 sets FEATURES_OK for a driver feature set containing "
-                        "a bit the device never offered, and mirrors that bit in driver_feature (§2.2.1 "
-                        "requires failing FEATURES_OK for a subset it does not accept)")
+                        "a bit the device never offered, and mirrors that bit in driver_feature (devicenormative "
+                        "'Feature Bits': MUST fail FEATURES_OK for a subset it does not accept)")
     present = dev.driver_features()
     assert not (accepted and present >> bogus & 1), (
         f"FEATURES_OK accepted with unoffered bit {bogus} still present in driver_feature {present:#x}")

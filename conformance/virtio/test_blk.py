@@ -195,7 +195,7 @@ def test_unused1_padding_is_zero(blk: Machine, target: Target, request) -> None:
         pytest.skip("unused1 follows write_zeroes_may_unmap, which exists only with WRITE_ZEROES")
     known_deviation(request, target, "qemu", "QEMU 7.2 sizes the virtio-blk configuration to end at "
                     "write_zeroes_may_unmap (57 bytes), so the unused1 padding reads 0xff instead of 0 "
-                    "(§5.2.5: the device MUST initialize unused1 to 0)")
+                    "(devicenormative 'Block Device / Device Initialization': MUST initialize unused1 to 0)")
     assert dev.config_bytes(BLK_UNUSED1, 3) == bytes(3), "unused1 padding is not 0"
 
 
@@ -205,8 +205,8 @@ def test_writeback_zero_with_config_wce_but_no_flush(blk: Machine, target: Targe
     if not _offered(dev, BLK_F_CONFIG_WCE):
         pytest.skip("CONFIG_WCE not offered")
     known_deviation(request, target, "qemu", "QEMU 7.2 keeps writeback at the drive's cache mode (1 for the "
-                    "default cache=writeback) when CONFIG_WCE is negotiated without FLUSH (§5.2.5: the device "
-                    "MUST initialize writeback to 0 then)")
+                    "default cache=writeback) when CONFIG_WCE is negotiated without FLUSH (devicenormative 'Block "
+                    "Device / Device Initialization': MUST initialize writeback to 0 then)")
     dev.acknowledge()
     assert dev.negotiate((1 << 32) | (1 << BLK_F_CONFIG_WCE))
     assert dev.config_read(BLK_WRITEBACK, 1) == 0, "writeback must start at 0 when FLUSH is not negotiated"

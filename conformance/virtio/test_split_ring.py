@@ -103,7 +103,8 @@ def test_used_len_not_more_than_written_short_serial(blk: Machine, target: Targe
     length, written = _written_span(vq, [blk_header(T_GET_ID)], [ID_BYTES, 1])
     known_deviation(request, target, "qemu", "QEMU 7.2 virtio-blk reports the whole writable length (21) as "
                     "used len for GET_ID but writes only strlen(serial)+1 id bytes and the status byte "
-                    "(§2.7.8.1: the device MUST write at least len bytes before updating used idx)")
+                    "(devicenormative 'The Virtqueue Used Ring': MUST write at least len bytes "
+                    "before updating used idx)")
     assert written >= length, f"used len {length} but only the first {written} bytes were written"
 
 
@@ -172,7 +173,7 @@ def test_direct_descriptors_then_one_indirect(blk: Machine, direct: int, target:
     dev, (vq,) = blk.ready("blk", want=1 << F_INDIRECT_DESC)
     known_deviation(request, target, "qemu", "QEMU 7.2 only follows VIRTQ_DESC_F_INDIRECT on the head of a "
                     "split chain; a chain of direct descriptors ending in an indirect one is misparsed "
-                    "(§2.7.5.3.2: the device MUST handle that layout)")
+                    "(devicenormative 'Indirect Descriptors': MUST handle that layout)")
     c = vq.transact([blk_header(T_IN, 22)], [256, 256, 1], indirect_from=direct, timeout=1.0)
     assert c.data[2] == bytes([S_OK]) and c.data[0][:8] == b"sect0022"
 
