@@ -68,7 +68,7 @@ def load_targets_file(path: str) -> dict[str, NamedTarget]:
             raise TargetsFileError(f"{key}.binary: must be a string")
         target = make_target(kind, qemu_binary=binary, refvm_binary=binary)
         target.name = str(name)
-        target.accel_args = [*target.accel_args, *args]
+        target.extra_args = list(args)
         deviations: dict[str, str] = {}
         for i, dev in enumerate(entry.get("deviations", []) or []):
             if not isinstance(dev, dict) or not isinstance(dev.get("test"), str) or not dev.get("reason"):

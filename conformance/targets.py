@@ -29,9 +29,11 @@ class Target:
     kind: str  # "refvm" | "qemu"
     binary: list[str]
     accel_args: list[str] = field(default_factory=list)
+    #: Arguments added to every start of this target (from --targets-file), whatever the accelerator.
+    extra_args: list[str] = field(default_factory=list)
 
     def argv(self, args: Sequence[str]) -> list[str]:
-        return [*self.binary, *self.accel_args, *args]
+        return [*self.binary, *self.accel_args, *self.extra_args, *args]
 
     def probe_argv(self, kernel: str, extra: Sequence[str] = ()) -> list[str]:
         """Boot the probe guest with its serial port on stdio and the debug-exit device."""
@@ -54,7 +56,7 @@ class Target:
             common = [*accel, "-S", *common, "-qtest-log", "/dev/null"]
         else:
             common = ["-accel", "qtest", *common]
-        return [*self.binary, *common, "-nodefaults", "-display", "none", "-M", "pc", *extra]
+        return [*self.binary, *common, *self.extra_args, "-nodefaults", "-display", "none", "-M", "pc", *extra]
 
 
 def refvm_target(binary: str | None = None) -> Target:

@@ -28,7 +28,10 @@ DEVICE_PROPS: dict[str, tuple[str, ...]] = {
 
 DRIVE_KEYS = {"file", "if", "id", "format", "readonly", "cache", "discard", "aio", "media", "serial", "detect-zeroes"}
 DRIVE_PREFIXES = ("throttling.",)
-NETDEV_KEYS = {"tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"}}
+NETDEV_KEYS = {
+    "tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"},
+    "hubport": {"id", "hubid", "netdev"},
+}
 OBJECT_KEYS = {"rng-random": {"id", "filename"}, "rng-builtin": {"id"}}
 
 
@@ -73,6 +76,8 @@ Devices and backends:
                           a disk image for -device virtio-blk-pci,drive=ID
   -netdev tap,id=ID,ifname=TAP,script=no,downscript=no
                           a tap network backend for -device virtio-net-pci,netdev=ID
+  -netdev hubport,id=ID,hubid=N
+                          a hub port with no peer: frames are dropped (for NIC configuration tests)
   -object rng-random,id=ID,filename=/dev/urandom
                           an entropy source for -device virtio-rng-pci,rng=ID
   -global DRIVER.PROP=VALUE
@@ -303,6 +308,13 @@ def parse_args(argv: list[str]) -> Parsed:
 
     def add_global(text: str) -> None:
         driver, prop, value = parse_global(text)
+        if (driver, prop) == ("virtio-pci", "x-deviation"):
+            from refvm.deviations import KNOWN
+
+            if value not in KNOWN:
+                raise UsageError(f"-global {text}: unknown deviation '{value}' (known: {', '.join(sorted(KNOWN))})")
+            cfg.deviations.append(value)
+            return
         cfg.globals.setdefault(driver, {})[prop] = value
 
     def add_device(text: str) -> None:

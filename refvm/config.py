@@ -53,3 +53,5 @@ class MachineConfig:
     objects: dict[str, dict[str, str]] = field(default_factory=dict)
     #: -global DRIVER.PROP=VALUE: default properties for every device of that driver (or its base type).
     globals: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Deliberate spec deviations to switch on (-global virtio-pci.x-deviation=NAME; refvm/deviations.py).
+    deviations: list[str] = field(default_factory=list)

@@ -49,6 +49,7 @@ def _drive_text(props: dict[str, str]) -> str:
 def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str]) -> Backends:
     """Open every -drive, -netdev, -object and the -chardevs no serial port took."""
     from refvm.block.raw import RawFile
+    from refvm.virtio.devices.hubport import HubPort
     from refvm.virtio.devices.tap import Tap
 
     backends = Backends(objects=dict(cfg.objects))
@@ -69,6 +70,9 @@ def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str]) -> Backends:
                 ) from None
         for ident, props in cfg.netdevs.items():
             try:
+                if props["type"] == "hubport":
+                    backends.netdevs[ident] = HubPort(int(props.get("hubid", "0"), 0))
+                    continue
                 fd = int(props["fd"]) if "fd" in props else None
                 backends.netdevs[ident] = Tap(props.get("ifname", ""), fd=fd)
             except (OSError, ValueError) as err:

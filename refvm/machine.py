@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from refvm import vcpu_setup
+from refvm import deviations, vcpu_setup
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
@@ -64,6 +64,7 @@ class Machine:
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
+        deviations.enable(config.deviations)
         self._kernel_image = self._read_file(config.kernel, "kernel") if config.kernel else None
         self._initrd_image = self._read_file(config.initrd, "initrd") if config.initrd else None
         self._outcome: Outcome | None = None

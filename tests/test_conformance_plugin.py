@@ -45,7 +45,7 @@ def test_targets_file_loads_deviations(tmp_path: Path) -> None:
         "      - {test: conformance/x.py::test_y, reason: documented}\n"
     )
     named = load_targets_file(str(path))["my-qemu"]
-    assert named.target.name == "my-qemu" and named.target.accel_args[-2:] == ["-cpu", "qemu64"]
+    assert named.target.name == "my-qemu" and named.target.extra_args == ["-cpu", "qemu64"]
     assert named.deviation_for("conformance/x.py::test_y[param]") == "documented"
     assert named.deviation_for("conformance/x.py::test_yz") is None
 

@@ -40,6 +40,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from refvm import deviations
 from refvm.memory import GuestMemory, GuestMemoryError
 from refvm.virtio import features as F
 from refvm.virtio import status as S
@@ -197,7 +198,7 @@ class VirtioDevice:
         drv = self.driver_features
         offered = self.device_features
         extra = drv & ~offered
-        if extra:
+        if extra and not deviations.active("accept-invalid-features"):
             return f"2.2.1: driver accepted features not offered: {F.describe(extra, self.feature_names)}"
         if not F.has(drv, F.VIRTIO_F_VERSION_1):
             return "6: VIRTIO_F_VERSION_1 not accepted (this device has no legacy interface here)"
@@ -321,7 +322,8 @@ class VirtioDevice:
         """Read-and-clear of the ISR status (4.1.4.5)."""
         with self.lock:
             v = self.isr
-            self.isr = 0
+            if not deviations.active("isr-not-cleared"):
+                self.isr = 0
             return v
 
     # ------------------------------------------------------------------ queues (2.6, 2.9)
@@ -388,3 +390,4 @@ class VirtioDevice:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self.device_id} status={S.describe(self._status)}>"
+

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from refvm import deviations
 from refvm.devices.pci.config import CMD_MASTER, COMMAND, ranges_overlap
 from refvm.devices.pci.device import QEMU_SUBSYSTEM_ID, BarSpec, PciDevice
 from refvm.virtio import features as F
@@ -151,6 +152,8 @@ class VirtioPciFunction(PciDevice):
             interrupt_pin=1, qdev_id=qdev_id, **ids,
         )  # fmt: skip
         self.type_name = name
+        if deviations.active("pci-device-id-writable"):  # off by default: see refvm/deviations.py
+            self.config.set_rw_mask(0x02, 2, 0xFFFF)
         self.vdev = device
         self.legacy = legacy
         self.modern = modern

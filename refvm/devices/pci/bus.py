@@ -68,6 +68,10 @@ class PciBus:
         self._mapped: dict[tuple[int, int, int], tuple[PioBus | MmioBus, int]] = {}
         self.conflicts: dict[tuple[int, int, int], str] = {}
         self._asserted: dict[int, set[tuple[int, int]]] = {}
+        self._device_irq: dict[tuple[int, int], int] = {}
+        self._mapping_listeners: list[Callable[[], None]] = []
+        #: PIRQ index -> IRQ (None: not routed); the PIIX3's route registers when present, else pirq_irqs.
+        self.pirq_router: Callable[[int], int | None] | None = None
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- plugging
@@ -180,6 +184,31 @@ class PciBus:
                     continue
                 self.conflicts.pop(key, None)
                 self._mapped[key] = (bus, addr)
+            for listener in list(self._mapping_listeners):
+                listener()
+
+    def add_mapping_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every :meth:`update_mappings` (e.g. to move ioeventfds with a BAR).
+
+        It runs with the bus lock held, on whatever thread changed the mappings (usually a vCPU thread in
+        a config write): it may read :meth:`mapped_address` / :meth:`mappings` and take leaf locks of its
+        own, but must not call into a device (devices take their own lock before the bus's) nor block.
+        It is also called once right away, so the listener starts from the current mappings without a race.
+        """
+        with self._lock:
+            self._mapping_listeners.append(callback)
+            callback()
+
+    def remove_mapping_listener(self, callback: Callable[[], None]) -> None:
+        """Undo :meth:`add_mapping_listener` (unknown callbacks are ignored)."""
+        with self._lock:
+            if callback in self._mapping_listeners:
+                self._mapping_listeners.remove(callback)
+
+    def mappings(self) -> dict[tuple[int, int, int], int]:
+        """Snapshot of every decoded BAR: (slot, function, BAR index) -> address on its bus."""
+        with self._lock:
+            return {key: addr for key, (_bus, addr) in self._mapped.items()}
 
     def mapped_address(self, slot: int, function: int, index: int) -> int | None:
         """Where a BAR is registered on its bus now (None if not decoding or in conflict)."""
@@ -194,7 +223,10 @@ class PciBus:
             return None
         if device.fixed_irq is not None:
             return device.fixed_irq
-        return self.pirq_irqs[pirq_for(device.slot, pin)]
+        pirq = pirq_for(device.slot, pin)
+        if self.pirq_router is not None:
+            return self.pirq_router(pirq)
+        return self.pirq_irqs[pirq]
 
     def _assign_line(self, device: PciDevice) -> None:
         irq = self.irq_for(device)
@@ -202,20 +234,39 @@ class PciBus:
             device.config.set_u8(INTERRUPT_LINE, irq)
 
     def intx_update(self, device: PciDevice) -> None:
-        """Recompute one function's contribution to its IRQ line (level or Interrupt Disable changed)."""
-        irq = self.irq_for(device)
-        if irq is None or device.bus is not self:
+        """Recompute one function's contribution to IRQ lines (its level, Interrupt Disable or routing changed).
+
+        Each function remembers the IRQ it holds, so a route change lowers the old line before the new one
+        is raised; shared lines are ORed, so the sink only hears real level changes.
+        """
+        if device.bus is not self:
             return
+        key = (device.slot, device.function)
+        new_irq = self.irq_for(device) if device.intx_asserted else None
+        changes: list[tuple[int, int]] = []
         with self._lock:
-            asserted = self._asserted.setdefault(irq, set())
-            before = bool(asserted)
-            key = (device.slot, device.function)
-            if device.intx_asserted:
-                asserted.add(key)
-            else:
-                asserted.discard(key)
-            if bool(asserted) != before:
-                self.intx_sink(irq, int(not before))
+            old_irq = self._device_irq.get(key)
+            if old_irq == new_irq:
+                return
+            if old_irq is not None:
+                holders = self._asserted.get(old_irq, set())
+                holders.discard(key)
+                del self._device_irq[key]
+                if not holders:
+                    changes.append((old_irq, 0))
+            if new_irq is not None:
+                holders = self._asserted.setdefault(new_irq, set())
+                if not holders:
+                    changes.append((new_irq, 1))
+                holders.add(key)
+                self._device_irq[key] = new_irq
+        for irq, level in changes:
+            self.intx_sink(irq, level)
+
+    def reroute_intx(self) -> None:
+        """PIRQ routing changed: move every asserted INTx to the IRQ it now reaches."""
+        for _, _, device in self.devices():
+            self.intx_update(device)
 
     def irq_level(self, irq: int) -> bool:
         """Whether any function holds ``irq`` high."""

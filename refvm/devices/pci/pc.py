@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from refvm.bus import MmioBus, PioBus
-from refvm.devices.pci.bus import IntxSink, MsiSink, PciBus
+from refvm.devices.pci.bus import PC_PIRQ_IRQS, IntxSink, MsiSink, PciBus
 from refvm.devices.pci.host import ConfigMechanism1, HostBridge
 from refvm.devices.pci.piix import Piix3Ide, Piix3IsaBridge, Piix4Acpi
 
@@ -28,7 +28,12 @@ def build_pc_pci(
     bus = PciBus(pio, mmio, msi_sink, intx_sink, assign_irq_lines=assign_irq_lines)
     bus.add(HostBridge(ram_size), slot=0)
     if piix:
-        bus.add(Piix3IsaBridge(), slot=1, function=0)
+        isa = Piix3IsaBridge()
+        if assign_irq_lines:  # refvm plays the firmware: steer PIRQ A-D as SeaBIOS does on QEMU's pc
+            isa.firmware_routes = PC_PIRQ_IRQS
+            isa.apply_firmware_routes()
+        bus.add(isa, slot=1, function=0)
+        bus.pirq_router = isa.route
         bus.add(Piix3Ide(), slot=1, function=1)
         bus.add(Piix4Acpi(), slot=1, function=3)
     conf1 = ConfigMechanism1(bus)

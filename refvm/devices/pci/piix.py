@@ -19,6 +19,10 @@ _DEVSEL_MEDIUM = 0x0200
 _FAST_BACK = 0x0080
 
 
+#: PIIX3 PIRQ route control registers PIRQRC[A:D].
+PIRQ_ROUTE = 0x60
+
+
 class _ChipsetFunction(PciDevice):
     """A function with fixed power-on values for some chipset registers, restored on reset."""
 
@@ -53,6 +57,33 @@ class Piix3IsaBridge(_ChipsetFunction):
             subsystem_id=QEMU_SUBSYSTEM_ID,
         )
         self._apply_power_on()
+        #: PIRQ A-D routes written at reset as firmware would (None: leave them disabled, as before firmware).
+        self.firmware_routes: tuple[int, int, int, int] | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.apply_firmware_routes()
+
+    def apply_firmware_routes(self) -> None:
+        if self.firmware_routes is not None:
+            for pirq, irq in enumerate(self.firmware_routes):
+                self.config.set_u8(PIRQ_ROUTE + pirq, irq)
+
+    def route(self, pirq: int) -> int | None:
+        """The ISA IRQ PIRQ ``pirq`` (0..3 = A..D) is steered to, or None while its route is disabled.
+
+        PIIX3 PIRQRC[A:D] (60h-63h): bit 7 disables the route, bits 3:0 name the IRQ; IRQs 0-2, 8 and 13
+        are reserved and do not route (as QEMU's PIIX3 only drives IRQs below 16).
+        """
+        value = self.config.get(PIRQ_ROUTE + pirq, 1)
+        if value & 0x80:
+            return None
+        irq = value & 0x0F
+        return None if irq in (0, 1, 2, 8, 13) else irq
+
+    def config_write_hook(self, offset: int, size: int, value: int) -> None:
+        if offset < PIRQ_ROUTE + 4 and offset + size > PIRQ_ROUTE and self.bus is not None:
+            self.bus.reroute_intx()
 
 
 class Piix3Ide(_ChipsetFunction):

@@ -25,7 +25,7 @@ property                    default   meaning
 
 Offered features (measured on QEMU 7.2 with ``disable-legacy=on``: 0x10130006e54 with RING_RESET and
 VERSION_1): SEG_MAX, GEOMETRY, BLK_SIZE, FLUSH, TOPOLOGY, CONFIG_WCE, DISCARD, WRITE_ZEROES; RO for a
-read-only drive, MQ only with num-queues > 1. The configuration space is 57 bytes (up to
+read-only drive, MQ only with num-queues > 1. The configuration space is 60 bytes (QEMU: 57, up to
 ``write_zeroes_may_unmap``); reads past it are the transport's business.
 
 Request handling follows 5.2.6 and QEMU's dispatch: the request type is looked at with the OUT and
@@ -42,6 +42,7 @@ import logging
 import struct
 from collections.abc import Mapping
 
+from refvm import deviations
 from refvm.block import BlockBackend
 from refvm.memory import GuestMemory
 from refvm.virtio.device import VirtioDevice
@@ -100,7 +101,7 @@ MAX_REQUEST_SECTORS = 0x7FFFFFFF >> 9
 #: The most data one IN/OUT request may move here (QEMU bounds it by seg_max * page: 254 * 4 KiB is
 #: plenty for Linux; a larger request is refused with IOERR instead of allocating guest-chosen sizes).
 MAX_RW_BYTES = 64 << 20
-CONFIG_SIZE = 57  # QEMU 7.2 with WRITE_ZEROES: up to and including write_zeroes_may_unmap
+CONFIG_SIZE = 60  # through unused1[3], which 5.2.5 says the device MUST initialize to 0 (QEMU 7.2 stops at 57)
 
 _HDR = struct.Struct("<IIQ")  # type, reserved, sector
 _SEG = struct.Struct("<QII")  # sector, num_sectors, flags
@@ -162,7 +163,7 @@ class VirtioBlk(VirtioDevice):
             feats |= 1 << VIRTIO_BLK_F_WRITE_ZEROES
         if num_queues > 1:
             feats |= 1 << VIRTIO_BLK_F_MQ
-        if self.readonly:
+        if self.readonly and not deviations.active("blk-no-ro-feature"):
             feats |= 1 << VIRTIO_BLK_F_RO
         self.features = feats
         cyls, heads, secs = geometry or guess_geometry(self.capacity)
@@ -278,6 +279,13 @@ class VirtioBlk(VirtioDevice):
             return
         super().write_config(offset, data)
 
+    def validate_features(self, features: int) -> str | None:
+        """At FEATURES_OK: 5.2.5 says writeback MUST start at 0 when CONFIG_WCE is negotiated without FLUSH."""
+        reason = super().validate_features(features)
+        if reason is None and features >> VIRTIO_BLK_F_CONFIG_WCE & 1 and not features >> VIRTIO_BLK_F_FLUSH & 1:
+            self._set_writeback(False)
+        return reason
+
     def driver_ok(self) -> None:
         # 5.2.5.1 / QEMU: a driver without CONFIG_WCE gets writeback caching iff it negotiated FLUSH
         # (so it knows to flush); otherwise every write is made stable before completion.
@@ -293,6 +301,8 @@ class VirtioBlk(VirtioDevice):
             written = self._request(chain)
             if written is None:
                 return  # driver error: the device failed (NEEDS_RESET)
+            if deviations.active("used-len-zero"):  # off by default: see refvm/deviations.py
+                written = 0
             queue.push(chain, written)
 
     def _request(self, chain: Chain) -> int | None:
