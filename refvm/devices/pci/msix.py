@@ -78,7 +78,30 @@ class Msix:
         self.table_region = _TableRegion(self)
         self.pba_region = _PbaRegion(self)
         self.delivered = 0
+        self._listeners: list[Callable[[Msix], None]] = []
         self._mask_all_entries()
+
+    # ---------------------------------------------------------------- listeners
+    def add_listener(self, callback: Callable[[Msix], None]) -> None:
+        """Call ``callback(self)`` after the table, Message Control or reset may have changed which
+        vectors are deliverable and with which message (KVM MSI routes follow this).
+
+        It runs with this function's lock held, on the thread that made the change: it may read the
+        state here (:meth:`masked`, :meth:`message`) and take leaf locks, but not block or call a device.
+        It is also called once right away, so the listener starts from the current state without a race.
+        """
+        with self._lock:
+            self._listeners.append(callback)
+            callback(self)
+
+    def remove_listener(self, callback: Callable[[Msix], None]) -> None:
+        with self._lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener(self)
 
     # ---------------------------------------------------------------- state
     @property
@@ -142,10 +165,12 @@ class Msix:
         """
         with self._lock:
             if not self.enabled:
+                self._changed()
                 return False
             if self.function_masked != was_function_masked:
                 for vector in range(self.table_size):
                     self._mask_update(vector, was_function_masked or self.entry_masked(vector))
+            self._changed()
             return True
 
     def reset(self) -> None:
@@ -154,6 +179,7 @@ class Msix:
             self.table[:] = bytes(len(self.table))
             self.pba[:] = bytes(len(self.pba))
             self._mask_all_entries()
+            self._changed()
 
     def _mask_all_entries(self) -> None:
         for vector in range(self.table_size):
@@ -180,6 +206,7 @@ class Msix:
             self.table[offset:end] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")[: end - offset]
             for vector in vectors:
                 self._mask_update(vector, was[vector])
+            self._changed()
 
     def pba_read(self, offset: int, size: int) -> int:
         with self._lock:
