@@ -67,17 +67,60 @@ int virtq_get_used(struct virtq *vq, uint32_t *id, uint32_t *len)
     *len = r->used.ring[slot].len;
     *id = head;
     vq->last_used++;
-    /* Return the chain to the free list. */
-    if (head < vq->size) {
-        uint16_t i = (uint16_t)head, n = 1;
-        while ((r->desc[i].flags & VIRTQ_DESC_F_NEXT) && n < vq->size) {
-            i = r->desc[i].next;
-            n++;
-        }
-        r->desc[i].next = vq->free_head;
-        vq->free_head = (uint16_t)head;
-        vq->num_free = (uint16_t)(vq->num_free + n);
+    virtq_free_chain(vq, head);
+    return 1;
+}
+
+void virtq_free_chain(struct virtq *vq, uint32_t head)
+{
+    struct virtq_ring *r = vq->ring;
+    if (head >= vq->size)
+        return;
+    uint16_t i = (uint16_t)head, n = 1;
+    while ((r->desc[i].flags & VIRTQ_DESC_F_NEXT) && n < vq->size) {
+        i = r->desc[i].next;
+        n++;
     }
+    r->desc[i].next = vq->free_head;
+    vq->free_head = (uint16_t)head;
+    vq->num_free = (uint16_t)(vq->num_free + n);
+}
+
+void virtq_repost(struct virtq *vq, uint16_t head)
+{
+    struct virtq_ring *r = vq->ring;
+    volatile uint16_t *avail_idx = &r->avail.idx;
+    uint16_t idx = *avail_idx;
+    r->avail.ring[idx % vq->size] = head;
+    barrier();
+    *avail_idx = (uint16_t)(idx + 1);
+    barrier();
+    *vq->notify = vq->index;
+}
+
+int virtq_wait_next(struct virtq *vq, uint32_t *id, uint32_t *len, const char *what)
+{
+    volatile uint16_t *used_idx = &vq->ring->used.idx;
+    uint32_t polls = 0, start = 0;
+    /* The fast case (refvm completes the request during the notify exit) is
+     * one read of used->idx; the TSC is read only from the 256th poll on. */
+    while (*used_idx == vq->last_used) {
+        if (++polls & 255)
+            continue;
+        uint32_t now = rdtsc_lo();
+        if (polls == 256)
+            start = now;
+        else if (now - start > VQ_REQUEST_TICKS || polls >= VQ_REQUEST_POLLS) {
+            print("error: timeout waiting for ");
+            println(what);
+            return 0;
+        }
+    }
+    barrier();
+    uint16_t slot = (uint16_t)(vq->last_used % vq->size);
+    *id = vq->ring->used.ring[slot].id;
+    *len = vq->ring->used.ring[slot].len;
+    vq->last_used++;
     return 1;
 }
 

@@ -72,6 +72,16 @@ int virtq_get_used(struct virtq *vq, uint32_t *id, uint32_t *len);
  * WHAT". Other completions met meanwhile are freed. */
 int virtq_wait(struct virtq *vq, int head, uint32_t *len, const char *what);
 
+/* For one request repeated many times (`blk bench`): the driver keeps the
+ * chain (its descriptors unchanged) instead of freeing it after each use. */
+/* Makes the kept chain at `head` available again and notifies. */
+void virtq_repost(struct virtq *vq, uint16_t head);
+/* Polls (bounded as virtq_wait) for the next used element and takes it
+ * WITHOUT freeing its chain: 1 with id and len set, or 0 after the timeout line. */
+int virtq_wait_next(struct virtq *vq, uint32_t *id, uint32_t *len, const char *what);
+/* Returns a kept chain's descriptors to the free list. */
+void virtq_free_chain(struct virtq *vq, uint32_t head);
+
 /* Bounded polling: a wait ends after `ticks` TSC ticks (checked every 256
  * polls) or `max_polls` polls, whichever comes first; the poll cap only
  * matters if the TSC does not advance. */
