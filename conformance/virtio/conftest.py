@@ -10,8 +10,10 @@ per argv so the suite does not retry it for every test. A target that hangs or m
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-import socket
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +25,9 @@ from conformance.drivers.qtest import QtestSession, QtestStartError
 from conformance.drivers.virtio import GuestAllocator, VirtioPciDevice, find_virtio
 from conformance.drivers.virtqueue import PackedQueue, SplitQueue, Virtqueue
 from conformance.pci.conftest import known_deviation  # noqa: F401 - re-exported for the virtio tests
+from conformance.plugin import require
 from conformance.targets import Target
-from conformance.virtio.devices import MiniQmp, halting_bios
+from conformance.virtio.devices import MiniQmp, QmpCommandNotFound, halting_bios
 
 SPEC = "virtio-1.2"
 DISK_SECTORS = 2048  # 1 MiB raw image
@@ -57,6 +60,14 @@ class Machine:
     bar_alloc: BarAllocator = field(default_factory=BarAllocator)
     devices: dict[str, VirtioPciDevice] = field(default_factory=dict)
     qmp: MiniQmp | None = None
+
+    def qmp_call(self, command: str, **arguments: object) -> object:
+        """A QMP command the test needs; a target whose QMP lacks it skips the test with that reason."""
+        assert self.qmp is not None, "machine was started without QMP (running_vm(..., qmp=True))"
+        try:
+            return self.qmp.execute(command, **arguments)
+        except QmpCommandNotFound as err:
+            pytest.skip(f"target's QMP lacks a command this check needs: {err}")
 
     def func(self, kind: str) -> PciFunction:
         return find_virtio(self.functions, kind)
@@ -126,22 +137,78 @@ def vm(target: Target, request: pytest.FixtureRequest) -> Iterator[Callable[...,
         s.close()
 
 
-@pytest.fixture
-def running_vm(vm: Callable[..., Machine], short_tmp: str) -> Callable[..., Machine]:
-    """Like `vm`, but the machine is resumed (QMP `cont`) with a firmware that only halts.
+def starts_paused(target: Target) -> bool:
+    """Whether the target's qtest argv leaves the machine paused (QEMU without a qtest accelerator runs
+    `-S`, DESIGN.md §3), so that devices which act only while the machine runs need it resumed."""
+    return "-S" in target.qtest_argv("/dev/null")
 
-    Some device models act only while the machine runs (QEMU's virtio-rng and virtio-net datapaths check
-    the run state); no firmware code touches the PCI bus, so the test still owns every register.
+
+@pytest.fixture
+def running_vm(vm: Callable[..., Machine], target: Target, short_tmp: str) -> Callable[..., Machine]:
+    """Like `vm`, but the machine runs, and with `qmp=True` it has a QMP socket at `machine.qmp`.
+
+    Some device models act only while the machine runs (QEMU's virtio-rng, virtio-serial and virtio-net
+    datapaths check the run state). A target that starts paused is given a firmware that only halts and
+    is resumed with QMP `cont`; no firmware code touches the PCI bus, so the test still owns every register.
     """
 
-    def start(*args: str) -> Machine:
+    def start(*args: str, qmp: bool = False) -> Machine:
+        paused = starts_paused(target)
         qmp_path = os.path.join(short_tmp, "qmp.sock")
-        machine = vm("-bios", halting_bios(short_tmp), "-qmp", f"unix:{qmp_path},server=on,wait=off", *args)
-        machine.qmp = MiniQmp(qmp_path)
-        machine.qmp.execute("cont")
+        extra: list[str] = []
+        if paused or qmp:
+            extra += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        if paused:
+            extra += ["-bios", halting_bios(short_tmp)]
+        machine = vm(*extra, *args)
+        if extra:
+            machine.qmp = MiniQmp(qmp_path)
+        if paused:
+            assert machine.qmp is not None
+            machine.qmp.execute("cont")
         return machine
 
     return start
+
+
+@contextlib.contextmanager
+def make_tap() -> Iterator[str]:
+    """A fresh persistent tap interface, up, with IPv6 off (so the host kernel sends nothing on it)."""
+    require(os.geteuid() == 0 and os.path.exists("/dev/net/tun"), "creating a tap needs root and /dev/net/tun")
+    name = f"vtap{os.getpid() % 100000}x{next(_tap_seq)}"[:15]
+    made = subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"], capture_output=True, text=True)
+    require(made.returncode == 0, f"ip tuntap add failed: {made.stderr.strip()}")
+    try:
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+                f.write("1")
+        except FileNotFoundError:
+            pass
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def tap() -> Iterator[str]:
+    with make_tap() as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def module_tap() -> Iterator[str]:
+    with make_tap() as name:
+        yield name
+
+
+def net_args(tap: str, *opts: str) -> list[str]:
+    """A modern virtio-net on an existing tap (the one backend every target has)."""
+    dev = ",".join(["virtio-net-pci", "netdev=n0", f"mac={MAC}", "disable-legacy=on", *opts])
+    return ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", "-device", dev]
+
+
+_tap_seq = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +257,6 @@ def blk(vm: Callable[..., Machine], disk: str) -> Machine:
     return vm(*blk_args(disk, "serial=refvm-serial"))
 
 
-@dataclass
-class HostSocket:
-    """The host end of a chardev or netdev the test owns."""
-
-    path: str
-    sock: socket.socket | None = None
-
-
 @pytest.fixture
 def short_tmp() -> Iterator[str]:
     """A short directory for unix socket paths (sun_path is limited to 108 bytes)."""
@@ -206,12 +265,6 @@ def short_tmp() -> Iterator[str]:
     for name in os.listdir(d):
         os.unlink(os.path.join(d, name))
     os.rmdir(d)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -111,6 +111,10 @@ BALLOON_PFN_SHIFT = 12
 # ---- host-side tools -------------------------------------------------------------------------------------
 
 
+class QmpCommandNotFound(AssertionError):
+    """The target's QMP does not implement a command (a missing capability, not a wrong answer)."""
+
+
 class MiniQmp:
     """Just enough QMP (JSON lines over a unix socket) to resume a stopped machine or change a device.
 
@@ -150,6 +154,8 @@ class MiniQmp:
             if "return" in reply:
                 return reply["return"]
             if "error" in reply:
+                if reply["error"].get("class") == "CommandNotFound":
+                    raise QmpCommandNotFound(f"QMP {command}: {reply['error']}")
                 raise AssertionError(f"QMP {command}: {reply['error']}")
 
     def close(self) -> None:

@@ -48,7 +48,7 @@ def test_inflate_and_deflate(vm: Callable[..., Machine]) -> None:
 
 @clause(STATS)
 def test_stats_unknown_tags_ignored_any_order(running_vm: Callable[..., Machine]) -> None:
-    m = running_vm("-device", "virtio-balloon-pci,disable-legacy=on,id=bal0")
+    m = running_vm("-device", "virtio-balloon-pci,disable-legacy=on,id=bal0", qmp=True)
     dev = m.device("balloon")
     if not dev.device_features() >> BALLOON_F_STATS_VQ & 1:
         pytest.skip("VIRTIO_BALLOON_F_STATS_VQ not offered")
@@ -56,11 +56,9 @@ def test_stats_unknown_tags_ignored_any_order(running_vm: Callable[..., Machine]
     entries = [(0x7777, 99), (5, 0x12345000), (0x0100, 7), (4, 0x2000), (0, 11)]  # unknown tags mixed in
     stats.add([stats.out_buf(b"".join(struct.pack("<HQ", t, v) for t, v in entries))])
     stats.kick()
-    assert m.qmp is not None
-    deadline = 50
     got: dict = {}
-    for _ in range(deadline):
-        got = m.qmp.execute("qom-get", path="/machine/peripheral/bal0", property="guest-stats")  # type: ignore[assignment]
+    for _ in range(50):
+        got = m.qmp_call("qom-get", path="/machine/peripheral/bal0", property="guest-stats")  # type: ignore[assignment]
         if got.get("last-update"):
             break
     values = got["stats"]

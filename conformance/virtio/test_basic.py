@@ -31,12 +31,12 @@ from conformance.drivers.virtqueue import DESC_F_NEXT
 from conformance.targets import Target
 from conformance.virtio.conftest import (
     BALLOON_ARGS,
-    MAC,
     RNG_ARGS,
     Machine,
     blk_args,
     clause,
     known_deviation,
+    net_args,
 )
 from conformance.virtio.devices import BLK_CAPACITY, S_OK, SECTOR, T_IN, T_OUT, blk_header
 
@@ -51,20 +51,20 @@ MSIX_CFG = ("Virtio Transport Options / Virtio Over PCI Bus / PCI-specific Initi
             "Device Initialization / MSI-X Vector Configuration")
 
 #: (kind, argv) of every device type the suite knows, for facility checks that apply to all of them.
-ALL_DEVICES = {
-    "blk": lambda disk, tmp: blk_args(disk),
-    "rng": lambda disk, tmp: RNG_ARGS,
-    "balloon": lambda disk, tmp: BALLOON_ARGS,
-    "console": lambda disk, tmp: ["-device", "virtio-serial-pci,disable-legacy=on"],
-    "net": lambda disk, tmp: ["-netdev", "hubport,id=n0,hubid=0",
-                              "-device", f"virtio-net-pci,netdev=n0,mac={MAC},disable-legacy=on"],
-}  # fmt: skip
+#: kind -> argv from (disk image, a callable giving a tap name), for checks that apply to every device type.
+ALL_DEVICES: dict[str, Callable[[str, Callable[[], str]], list[str]]] = {
+    "blk": lambda disk, tap: blk_args(disk),
+    "rng": lambda disk, tap: RNG_ARGS,
+    "balloon": lambda disk, tap: BALLOON_ARGS,
+    "console": lambda disk, tap: ["-device", "virtio-serial-pci,disable-legacy=on"],
+    "net": lambda disk, tap: net_args(tap()),
+}
 
 
 @pytest.fixture(params=sorted(ALL_DEVICES))
-def any_device(request: pytest.FixtureRequest, vm: Callable[..., Machine], disk: str, short_tmp: str):  # noqa: ANN201
+def any_device(request: pytest.FixtureRequest, vm: Callable[..., Machine], disk: str):  # noqa: ANN201
     """(machine, kind) for each device type in turn."""
-    return vm(*ALL_DEVICES[request.param](disk, short_tmp)), request.param
+    return vm(*ALL_DEVICES[request.param](disk, lambda: request.getfixturevalue("tap"))), request.param
 
 
 def _read_sector(dev, vq, sector: int) -> tuple[int, bytes]:  # noqa: ANN001

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -49,20 +49,28 @@ class Console:
         return data
 
 
-@pytest.fixture
-def console(running_vm: Callable[..., Machine], short_tmp: str) -> Console:
+def _console(running_vm: Callable[..., Machine], short_tmp: str, ports: int) -> Iterator[Console]:
+    """virtio-serial with `ports` virtconsoles: the first on a socket the test holds, the rest on null."""
     path = os.path.join(short_tmp, "con.sock")
-    machine = running_vm(
-        "-chardev", f"socket,id=c0,path={path},server=on,wait=off",
-        "-chardev", "null,id=c1",
-        "-device", "virtio-serial-pci,disable-legacy=on",
-        "-device", "virtconsole,chardev=c0",
-        "-device", "virtserialport,chardev=c1,name=org.refvm.test",
-    )  # fmt: skip
+    args = ["-chardev", f"socket,id=c0,path={path},server=on,wait=off",
+            "-device", "virtio-serial-pci,disable-legacy=on", "-device", "virtconsole,chardev=c0"]
+    for n in range(1, ports):
+        args += ["-chardev", f"null,id=c{n}", "-device", f"virtconsole,chardev=c{n},nr={n}"]
+    machine = running_vm(*args)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     yield Console(machine, sock)
     sock.close()
+
+
+@pytest.fixture
+def console(running_vm: Callable[..., Machine], short_tmp: str) -> Iterator[Console]:
+    yield from _console(running_vm, short_tmp, 1)
+
+
+@pytest.fixture
+def console2(running_vm: Callable[..., Machine], short_tmp: str) -> Iterator[Console]:
+    yield from _console(running_vm, short_tmp, 2)
 
 
 @clause(INIT)
@@ -90,8 +98,8 @@ def test_bytes_both_ways_on_port0(console: Console) -> None:
 
 
 @clause(MULTIPORT)
-def test_multiport_device_add_messages(console: Console) -> None:
-    m = console.machine
+def test_multiport_device_add_messages(console2: Console) -> None:
+    m = console2.machine
     dev = m.device("console")
     if not dev.device_features() >> CONSOLE_F_MULTIPORT & 1:
         pytest.skip("VIRTIO_CONSOLE_F_MULTIPORT not offered")

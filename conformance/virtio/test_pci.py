@@ -30,7 +30,7 @@ from conformance.drivers.virtio import (
     VirtioPciDevice,
 )
 from conformance.drivers.virtqueue import DESC_F_NEXT
-from conformance.virtio.conftest import Machine, blk_args, clause
+from conformance.virtio.conftest import Machine, clause
 from conformance.virtio.devices import BLK_CAPACITY, S_OK, SECTOR, T_IN, blk_header
 from conformance.virtio.test_basic import ALL_DEVICES
 
@@ -55,8 +55,9 @@ def each(request: pytest.FixtureRequest, shared_vm: Callable[..., Machine], tmp_
     disk = tmp_path_factory.getbasetemp() / "pci-disk.raw"
     if not disk.exists():
         disk.write_bytes(bytes(SECTOR * 64))
-    machine = shared_vm(*blk_args(str(disk)), *[a for k in sorted(ALL_DEVICES) if k != "blk"
-                                                 for a in ALL_DEVICES[k]("", "")])
+    tap = lambda: request.getfixturevalue("module_tap")  # noqa: E731
+    args = [a for kind in sorted(ALL_DEVICES) for a in ALL_DEVICES[kind](str(disk), tap)]
+    machine = shared_vm(*args)
     dev = machine.device(request.param)
     dev.kind = request.param  # type: ignore[attr-defined]
     return dev
