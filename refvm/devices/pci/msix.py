@@ -164,13 +164,12 @@ class Msix:
         Returns True if MSI-X is now enabled (then the caller deasserts INTx, as QEMU does).
         """
         with self._lock:
+            self._changed()  # before pending messages go out, so they can take the new routes
             if not self.enabled:
-                self._changed()
                 return False
             if self.function_masked != was_function_masked:
                 for vector in range(self.table_size):
                     self._mask_update(vector, was_function_masked or self.entry_masked(vector))
-            self._changed()
             return True
 
     def reset(self) -> None:
@@ -204,9 +203,9 @@ class Msix:
             vectors = range(offset // ENTRY_SIZE, (end - 1) // ENTRY_SIZE + 1)
             was = {v: self.masked(v) for v in vectors}
             self.table[offset:end] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")[: end - offset]
+            self._changed()  # before pending messages go out, so they can take the new routes
             for vector in vectors:
                 self._mask_update(vector, was[vector])
-            self._changed()
 
     def pba_read(self, offset: int, size: int) -> int:
         with self._lock:
