@@ -25,6 +25,10 @@ STRUCTS = [
 ]  # fmt: skip
 
 
+#: What sizeof raises for a flexible array: ValueError from a freshly parsed FFI, ffi.error from the cached one.
+_SIZE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError) + ((ffi.error,) if hasattr(ffi, "error") else ())
+
+
 def _fields(ctype: object, prefix: str = "", base: int = 0) -> list[tuple[str, int, int | None]]:
     """(dotted path, offset, size or None for flexible arrays) of every field, nested ones included."""
     out: list[tuple[str, int, int | None]] = []
@@ -32,7 +36,7 @@ def _fields(ctype: object, prefix: str = "", base: int = 0) -> list[tuple[str, i
         path = prefix + name
         try:
             size: int | None = ffi.sizeof(f.type)
-        except (ValueError, TypeError, ffi.error):  # flexible array: no size
+        except _SIZE_ERRORS:  # flexible array: no size
             size = None
         out.append((path, base + f.offset, size))
         if f.type.kind in ("struct", "union"):
