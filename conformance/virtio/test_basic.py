@@ -243,6 +243,21 @@ def test_config_generation_stable_without_change(blk: Machine) -> None:
         assert dev.common_read(CONFIG_GENERATION) == gen
 
 
+@clause(CONFIG, COMMON, "Virtio Transport Options / Virtio Over PCI Bus / PCI-specific Initialization And "
+        "Device Operation / Notification of Device Configuration Changes")
+def test_config_generation_changes_with_config(running_vm: Callable[..., Machine], disk: str) -> None:
+    """After the driver read a configuration value that changed (capacity, via a host-side resize),
+    config_generation reads differently; the change is also notified on the configuration vector."""
+    m = running_vm(*blk_args(disk), qmp=True)
+    dev, _ = m.ready("blk", msix=True)
+    gen = dev.common_read(CONFIG_GENERATION)
+    assert dev.config_read(BLK_CAPACITY, 8) == 2048
+    m.qmp_call("block_resize", device="d0", size=4 * 1024 * 1024)
+    assert dev.wait_msix(0), "no configuration change notification for the resize"
+    assert dev.config_read(BLK_CAPACITY, 8) == 8192
+    assert dev.common_read(CONFIG_GENERATION) != gen, "config_generation unchanged after a changed value was read"
+
+
 # ---- message framing -----------------------------------------------------------------------------------
 
 LAYOUTS = {

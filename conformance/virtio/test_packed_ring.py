@@ -60,6 +60,9 @@ def test_used_descriptor_written_in_place(pblk: Machine) -> None:
     assert flags & (DESC_F_AVAIL | DESC_F_USED) == DESC_F_AVAIL | DESC_F_USED, f"flags {flags:#x} in lap 1"
     assert (rid, length) == (bid, SECTOR + 1)
     assert vq.read_back(bid)[0][:8] == b"sect0003"
+    snapshot = vq.qt.read(vq.desc_addr, 16 * vq.size)
+    time.sleep(0.05)
+    assert vq.qt.read(vq.desc_addr, 16 * vq.size) == snapshot, "device changed a descriptor after marking it used"
 
 
 @clause(PACKED, DESC, SG)
