@@ -34,13 +34,32 @@ BARRIER bits masked (so FLUSH_OUT is FLUSH, and a set BARRIER bit is ignored). A
 (QEMU's virtio_error). The used length is the number of bytes the device wrote, status byte
 included (2.7.8.1); QEMU 7.2 instead reports the whole writable length (the 5.2.6.3 note), which is
 the same number for a good read.
+
+Cache policy and throttling come from the backend when it is a :class:`refvm.block.drive.Drive`:
+the initial ``writeback`` byte is the drive's cache mode (WCE), a guest write of the byte (CONFIG_WCE)
+switches the drive between writeback and write-through at run time (QEMU's
+``blk_set_enable_write_cache``), and a reset restores the original value, as QEMU's reset does.
+In write-through the device calls ``flush()`` after each write and before completing it; the
+drive's cache policy decides whether that reaches the disk (``unsafe``: never).
+
+IN/OUT requests go through the drive's :class:`~refvm.block.throttle_group.ThrottleGroupMember`
+(``submit(is_write, nbytes, start)``). Within the limits, ``start`` runs inside ``submit`` and the
+request completes synchronously, as without throttling. Over the limits the chain is kept and
+``start`` runs later on the clock's timer thread (the qtest thread for a virtual clock), which does
+the I/O and completes the chain through :meth:`VirtioDevice.complete`; the vCPU/qtest thread never
+waits. The throttle queue is FIFO per direction, so completions keep their order per direction.
+FLUSH, GET_ID, DISCARD and WRITE_ZEROES are not throttled (QEMU throttles only reads and writes).
+A device reset first performs the requests still waiting for the limits (QEMU drains with the
+limits lifted), without completing them into the rings that the reset discards.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from refvm import deviations
 from refvm.block import BlockBackend
@@ -101,11 +120,36 @@ MAX_REQUEST_SECTORS = 0x7FFFFFFF >> 9
 #: The most data one IN/OUT request may move here (QEMU bounds it by seg_max * page: 254 * 4 KiB is
 #: plenty for Linux; a larger request is refused with IOERR instead of allocating guest-chosen sizes).
 MAX_RW_BYTES = 64 << 20
+#: _request's answer for a request the throttle holds back (completed later, not pushed now).
+_DEFERRED = -1
 CONFIG_SIZE = 60  # through unused1[3], which 5.2.5 says the device MUST initialize to 0 (QEMU 7.2 stops at 57)
 
 _HDR = struct.Struct("<IIQ")  # type, reserved, sector
 _SEG = struct.Struct("<QII")  # sector, num_sectors, flags
 _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB")
+
+
+class _Throttled:
+    """A request held by the throttle: runs exactly once, either when its ``start`` fires or at reset."""
+
+    __slots__ = ("queue", "chain", "io", "lock", "claimed", "submitter", "in_submit", "written")
+
+    def __init__(self, queue: Virtqueue, chain: Chain, io: Callable[[], int]) -> None:
+        self.queue = queue
+        self.chain = chain
+        self.io = io  # does the I/O, writes the status byte, returns the used length
+        self.lock = threading.Lock()
+        self.claimed = False
+        self.submitter = threading.get_ident()
+        self.in_submit = True
+        self.written: int | None = None
+
+    def claim(self) -> bool:
+        with self.lock:
+            if self.claimed:
+                return False
+            self.claimed = True
+            return True
 
 
 def guess_geometry(sectors: int) -> tuple[int, int, int]:
@@ -146,6 +190,11 @@ class VirtioBlk(VirtioDevice):
         self.readonly = bool(backend.readonly)
         self.serial = serial.encode()[:ID_BYTES]
         self.writeback = writeback
+        self.original_writeback = writeback
+        #: The drive's throttle group member (None: never throttled).
+        self.throttle: Any = getattr(backend, "throttle", None)
+        self._throttled: list[_Throttled] = []
+        self._throttled_lock = threading.Lock()
         self.capacity = backend.length() // SECTOR
         self.max_discard_sectors = max_discard_sectors
         self.max_write_zeroes_sectors = max_write_zeroes_sectors
@@ -209,7 +258,7 @@ class VirtioBlk(VirtioDevice):
         netdevs: Mapping[str, object] | None = None,
         objects: Mapping[str, object] | None = None,
         type_name: str = "virtio-blk-pci",
-        writeback: bool = True,
+        writeback: bool | None = None,
     ) -> VirtioBlk:
         p = Props(type_name, props, cls.PROPERTIES)
         drive_id = p.text("drive")
@@ -246,6 +295,8 @@ class VirtioBlk(VirtioDevice):
         geometry = None
         if any(k in props for k in ("cyls", "heads", "secs")):
             geometry = (p.number("cyls", 0, 1, 65535), p.number("heads", 0, 1, 255), p.number("secs", 0, 1, 255))
+        if writeback is None:  # a Drive knows its cache mode; a bare file is writeback (QEMU's default)
+            writeback = bool(getattr(backend, "writeback", True))
         return cls(
             mem,
             backend,
@@ -271,6 +322,9 @@ class VirtioBlk(VirtioDevice):
     def _set_writeback(self, on: bool) -> None:
         self.writeback = on
         self.config[32] = int(on)
+        set_cache = getattr(self.backend, "set_write_cache", None)
+        if set_cache is not None:  # the drive's live WCE: query-block reports it
+            set_cache(on)
 
     def write_config(self, offset: int, data: bytes) -> None:
         # 5.2.6.2: with CONFIG_WCE negotiated the driver may write ``writeback`` (offset 32).
@@ -292,21 +346,82 @@ class VirtioBlk(VirtioDevice):
         if not self.negotiated(VIRTIO_BLK_F_CONFIG_WCE):
             self._set_writeback(self.negotiated(VIRTIO_BLK_F_FLUSH))
 
+    def reset_device(self) -> None:
+        """QEMU's virtio-blk reset: drain throttled requests, then restore the drive's original WCE."""
+        self._drain_throttled()
+        if self.writeback != self.original_writeback or self.config[32] != int(self.original_writeback):
+            self._set_writeback(self.original_writeback)
+            self.config_changed()
+
     # ------------------------------------------------------------------ requests (5.2.6)
     def handle_queue(self, queue: Virtqueue) -> None:
         for _ in range(queue.size):
             chain = queue.pop()
             if chain is None:
                 return
-            written = self._request(chain)
+            written = self._request(chain, queue)
+            if written is _DEFERRED:
+                continue  # waits for the throttle; completed later through complete()
             if written is None:
                 return  # driver error: the device failed (NEEDS_RESET)
-            if deviations.active("used-len-zero"):  # off by default: see refvm/deviations.py
-                written = 0
-            queue.push(chain, written)
+            queue.push(chain, self._used_len(written))
 
-    def _request(self, chain: Chain) -> int | None:
-        """Process one request; returns the used length, or None after fail()."""
+    @staticmethod
+    def _used_len(written: int) -> int:
+        return 0 if deviations.active("used-len-zero") else written  # off by default: refvm/deviations.py
+
+    # ------------------------------------------------------------------ throttling
+    def _throttle_rw(self, queue: Virtqueue, chain: Chain, is_write: bool, nbytes: int,
+                     io: Callable[[], int]) -> int | None:
+        """Run ``io`` through the throttle: its used length now, or _DEFERRED if it completes later."""
+        req = _Throttled(queue, chain, io)
+        with self._throttled_lock:
+            self._throttled.append(req)
+        try:
+            self.throttle.submit(is_write, nbytes, lambda: self._throttle_start(req))
+        finally:
+            req.in_submit = False
+        if req.written is not None:  # started inside submit: complete synchronously
+            return req.written
+        return _DEFERRED
+
+    def _throttle_start(self, req: _Throttled) -> None:
+        """The throttle let ``req`` go: on the submitting thread inside submit, or on the timer thread."""
+        if not req.claim():
+            return  # already performed by a reset's drain
+        with self._throttled_lock:
+            if req in self._throttled:
+                self._throttled.remove(req)
+        try:
+            written = req.io()
+        except Exception:  # guest memory vanished etc.: the device fails, the timer thread lives on
+            log.exception("virtio-blk: throttled request failed")
+            self.fail("virtio-blk: throttled request could not be completed")
+            return
+        if req.in_submit and req.submitter == threading.get_ident():
+            req.written = written
+            return
+        self.complete(req.queue, req.chain, self._used_len(written))
+
+    def _drain_throttled(self) -> None:
+        """Perform every request still waiting for the limits (called at reset, lock held)."""
+        with self._throttled_lock:
+            pending, self._throttled = self._throttled, []
+        for req in pending:
+            if req.claim():
+                try:
+                    req.io()
+                except Exception:  # noqa: BLE001 - the rings are being reset anyway
+                    log.warning("virtio-blk: throttled request failed during reset drain")
+
+    @property
+    def throttled_pending(self) -> int:
+        """Requests waiting for the throttle (for tests and debugging)."""
+        with self._throttled_lock:
+            return len(self._throttled)
+
+    def _request(self, chain: Chain, queue: Virtqueue | None = None) -> int | None:
+        """Process one request; returns the used length, None after fail(), or _DEFERRED (throttled)."""
         if chain.readable_len < _HDR.size:
             self.fail("5.2.6: virtio-blk request header (16 bytes) too short or missing")
             return None
@@ -319,10 +434,15 @@ class VirtioBlk(VirtioDevice):
         kind = rtype & ~(T_OUT | T_BARRIER)
         written = 0
         if kind == T_IN:
-            if rtype & T_OUT:
-                status = self._write(chain, sector, data_out)
-            else:
-                status, written = self._read(chain, sector, data_in)
+            nbytes = data_out if rtype & T_OUT else data_in
+            valid = self._range_ok(sector, nbytes) and nbytes <= MAX_RW_BYTES
+            # QEMU fails a bad range before the throttle; only real I/O waits for the limits.
+            if self.throttle is not None and queue is not None and valid:
+                def io() -> int:
+                    return self._do_rw(chain, rtype, sector, data_in, data_out)
+
+                return self._throttle_rw(queue, chain, bool(rtype & T_OUT), nbytes, io)
+            return self._do_rw(chain, rtype, sector, data_in, data_out)
         elif kind == T_FLUSH:
             status = self._flush()
         elif kind == T_GET_ID:
@@ -336,6 +456,16 @@ class VirtioBlk(VirtioDevice):
             status = st
         else:  # SCSI commands (2, 3) and anything unknown
             status = S_UNSUPP
+        chain.write_into(bytes([status]), chain.writable_len - 1)
+        return written + 1
+
+    def _do_rw(self, chain: Chain, rtype: int, sector: int, data_in: int, data_out: int) -> int:
+        """An IN or OUT request: the I/O, the status byte; returns the used length."""
+        written = 0
+        if rtype & T_OUT:
+            status = self._write(chain, sector, data_out)
+        else:
+            status, written = self._read(chain, sector, data_in)
         chain.write_into(bytes([status]), chain.writable_len - 1)
         return written + 1
 
