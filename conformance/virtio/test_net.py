@@ -223,7 +223,7 @@ def _receive(m: Machine, wire: Wire, count: int = 3) -> Iterator[tuple[dict[str,
         yield parse_net_hdr(data), data[NET_HDR_LEN:], frame
 
 
-@clause(RX)
+@clause(RXBUF, RX)
 def test_receive_header_without_offloads(running_vm: Callable[..., Machine], wire: Wire) -> None:
     for hdr, payload, frame in _receive(running_vm(*net_args(wire.ifname)), wire):
         assert hdr["flags"] == 0, "flags must be 0 without GUEST_CSUM"
