@@ -1,0 +1,1 @@
+"""`-drive cache=MODE`: guest-visible write cache, image open flags and host syscall ordering."""
