@@ -7,6 +7,7 @@ directly), which makes "consumed" and "not consumed" unambiguous.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import pytest
@@ -27,7 +28,7 @@ from conformance.drivers.virtio import (
     QUEUE_MSIX_VECTOR,
     QUEUE_SIZE,
 )
-from conformance.drivers.virtqueue import DESC_F_NEXT
+from conformance.drivers.virtqueue import DESC_F_NEXT, Seg
 from conformance.targets import Target
 from conformance.virtio.conftest import (
     BALLOON_ARGS,
@@ -127,6 +128,28 @@ def test_needs_reset_after_bad_descriptor_with_config_notification(blk: Machine)
     assert dev.status & DEVICE_NEEDS_RESET, f"status {dev.status:#x} lacks DEVICE_NEEDS_RESET"
     dev.reset()
     assert dev.status == 0
+
+
+@clause(STATUS)
+def test_buffer_outside_guest_ram_is_an_error(blk: Machine, target: Target, request) -> None:  # noqa: ANN001
+    """A device-writable buffer at an address with no RAM behind it (512 MiB on a 128 MiB machine): the
+    device cannot do the request, so it SHOULD enter DEVICE_NEEDS_RESET, or at least fail the request. What
+    it must not do is report success for data that went nowhere."""
+    dev, (vq,) = blk.ready("blk", msix=True, size=8)
+    vq.add([vq.out_buf(blk_header(T_IN, 0)), Seg(0x2000_0000, SECTOR, True), vq.in_buf(1)])
+    vq.kick()
+    known_deviation(request, target, "qemu", "QEMU 7.2 maps a buffer outside guest RAM through a bounce "
+                    "buffer, drops the data and completes the request with VIRTIO_BLK_S_OK, neither setting "
+                    "DEVICE_NEEDS_RESET nor failing it (devicenormative 'Device Status Field': SHOULD set "
+                    "DEVICE_NEEDS_RESET on an error state)")
+    deadline = time.monotonic() + 2
+    while not dev.status & DEVICE_NEEDS_RESET:
+        used = vq.get_used()
+        if used is not None:
+            assert vq.read_back(used.id)[-1] != bytes([S_OK]), "a request into non-existent memory reported OK"
+            return
+        assert time.monotonic() < deadline, "the request neither completed nor put the device in NEEDS_RESET"
+        time.sleep(0.002)
 
 
 # ---- feature bits --------------------------------------------------------------------------------------
