@@ -50,10 +50,10 @@ class CacheVm:
 
 
 @pytest.fixture
-def cache_vm(block_vm: Callable[..., BlockMachine], raw_image: Callable[..., str]) -> Callable[[str], CacheVm]:
-    def start(mode: str) -> CacheVm:
+def cache_vm(block_vm: Callable[..., BlockMachine], raw_image: Callable[..., str]) -> Callable[..., CacheVm]:
+    def start(mode: str, qmp: bool = False) -> CacheVm:
         image = raw_image(1 << 20, f"cache-{mode}")
-        vm = block_vm(*drive_args(image, drive_opts=[f"cache={mode}"]))
+        vm = block_vm(*drive_args(image, drive_opts=[f"cache={mode}"]), qmp=qmp)
         return CacheVm(vm, image, MODES[mode])
 
     return start

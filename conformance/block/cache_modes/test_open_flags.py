@@ -3,6 +3,7 @@
 qemu-options: cache.direct=on (modes none and directsync) opens the image with O_DIRECT; the other modes
 go through the host page cache. O_DSYNC is not part of QEMU's contract (it implements write-through with a
 data sync after each write), so it is recorded, not judged: test_sync_order checks the guarantee itself.
+QMP `query-block` reports the same three switches as its `cache` object (BlockdevCacheInfo).
 """
 
 from __future__ import annotations
@@ -38,3 +39,13 @@ def test_image_open_flags(
             f"cache={mode}: O_DIRECT should be {'set' if cvm.mode.direct else 'clear'} (cache.direct="
             f"{'on' if cvm.mode.direct else 'off'}); found {described}"
         )
+
+
+@clause("cache/query-block")
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_query_block_cache(cache_vm: Callable[..., CacheVm], mode: str) -> None:
+    cvm = cache_vm(mode, qmp=True)
+    assert cvm.vm.qmp is not None
+    (entry,) = [e for e in cvm.vm.qmp.execute("query-block") if e.get("device") == "d0"]
+    m = cvm.mode
+    assert entry["inserted"]["cache"] == {"writeback": m.writeback, "direct": m.direct, "no-flush": m.no_flush}
