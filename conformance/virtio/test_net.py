@@ -296,3 +296,32 @@ def test_announce_ack_clears_status_bit(running_vm: Callable[..., Machine], tap:
     assert dev.wait_msix(0), "no configuration change notification for the announce request"
     assert _ctrl(ctrl, CTRL_ANNOUNCE, CTRL_ANNOUNCE_ACK, b"") == CTRL_OK
     assert not dev.config_read(CFG_STATUS, 2) & NET_S_ANNOUNCE, "ANNOUNCE still set after the ACK was used"
+
+
+@clause(RXBUF, RX)
+def test_mergeable_receive_buffers(running_vm: Callable[..., Machine], wire: Wire) -> None:
+    """MRG_RXBUF with 64-byte buffers and a 200-byte frame: num_buffers counts the buffers the packet
+    (with its 12-byte header) spans, all but the last are filled to the brim, and all are used together."""
+    m = running_vm(*net_args(wire.ifname))
+    if not _has(m.device("net").device_features(), "MRG_RXBUF"):
+        pytest.skip("VIRTIO_NET_F_MRG_RXBUF not offered")
+    dev, (rx, tx) = m.ready("net", want=1 << NET_F["MRG_RXBUF"], queues=(0, 1), size=32)
+    for _ in range(16):
+        rx.add([rx.in_buf(64)])
+    rx.kick()
+    frame = _frame(_mac(MAC), b"mrg" + bytes(range(150)))
+    frame = frame.ljust(200, b"!")
+    wire.send(frame)
+    first = rx.wait_used()
+    head = rx.read_back(first.id)[0][: first.length]
+    hdr = parse_net_hdr(head)
+    total = NET_HDR_LEN + len(frame)
+    expect = -(-total // 64)
+    assert hdr["num_buffers"] == expect, f"num_buffers {hdr['num_buffers']}, packet spans {expect} buffers"
+    parts, lengths = [head], [first.length]
+    for _ in range(hdr["num_buffers"] - 1):
+        used = rx.wait_used(1.0)
+        lengths.append(used.length)
+        parts.append(rx.read_back(used.id)[0][: used.length])
+    assert all(n == 64 for n in lengths[:-1]), f"buffers before the last not filled completely: {lengths}"
+    assert b"".join(parts)[NET_HDR_LEN:] == frame

@@ -3,6 +3,7 @@ ISR/INTx, MSI-X vectors and the PCI configuration access window."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -19,10 +20,13 @@ from conformance.drivers.virtio import (
     DEVICE_FEATURE,
     DEVICE_ID,
     DEVICE_STATUS,
+    F_RING_RESET,
     NO_VECTOR,
     NUM_QUEUES,
     QUEUE_DESC,
+    QUEUE_ENABLE,
     QUEUE_NOTIFY_OFF,
+    QUEUE_RESET,
     QUEUE_SELECT,
     QUEUE_SIZE,
     TRANSITIONAL_ID,
@@ -182,6 +186,32 @@ def test_64bit_fields_have_independent_halves(blk: Machine, disk: str) -> None:
     blk.qt.writel(common + QUEUE_DESC + 4, 0)
     assert blk.qt.readl(common + QUEUE_DESC) == 0x0012_3000, "writing the high half changed the low half"
     assert dev.common_read(QUEUE_DESC) == 0x0012_3000
+
+
+@clause(COMMON)
+def test_queue_reset(blk: Machine) -> None:
+    """With RING_RESET: queue_reset reads 0 after enable; writing 1 resets the queue, which ends with 0 in
+    both queue_reset and queue_enable; the queue can then be set up again and works; 0 again after a reset."""
+    dev = blk.device("blk")
+    if not dev.device_features() >> F_RING_RESET & 1:
+        pytest.skip("VIRTIO_F_RING_RESET not offered")
+    dev, (vq,) = blk.ready("blk", want=1 << F_RING_RESET)
+    vq.transact([blk_header(T_IN, 1)], [SECTOR, 1])
+    dev.select_queue(0)
+    assert dev.common_read(QUEUE_RESET) == 0, "queue_reset not 0 after the queue was enabled"
+    dev.common_write(QUEUE_RESET, 1)
+    deadline = time.monotonic() + 2
+    while dev.common_read(QUEUE_RESET) != 0:
+        assert time.monotonic() < deadline, "queue reset never completed"
+    assert dev.common_read(QUEUE_ENABLE) == 0, "queue_enable not 0 once the queue reset completed"
+    vq2 = blk.split(dev, 0, 8)
+    c = vq2.transact([blk_header(T_IN, 2)], [SECTOR, 1])
+    assert c.data[1] == bytes([S_OK]) and c.data[0][:8] == b"sect0002", "queue unusable after re-enable"
+    dev.select_queue(0)
+    assert dev.common_read(QUEUE_RESET) == 0
+    dev.reset()
+    dev.select_queue(0)
+    assert dev.common_read(QUEUE_RESET) == 0, "queue_reset not 0 after a device reset"
 
 
 # ---- notification and interrupts -----------------------------------------------------------------------
