@@ -77,6 +77,7 @@ class Machine:
         self.kvm = None
         self.vm = None
         self.qtest = None
+        self.fastpath = None
         #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
         self.event_listeners: list = []
         self.memory = self._build_memory()
@@ -195,6 +196,11 @@ class Machine:
         for runner in self._runners:
             vcpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
         self._load_kernel()
+        # Queue notifies through ioeventfds handled on an I/O thread, MSI-X through irqfds (off with
+        # REFVM_NO_FASTPATH=1); the exit-based path stays underneath for everything else.
+        from refvm.fastpath import attach
+
+        self.fastpath = attach(self)
 
     def _load_kernel(self) -> None:
         if self._kernel_image is None:
@@ -205,6 +211,9 @@ class Machine:
         vcpu_setup.apply_boot_state(self._runners[0].vcpu, state)
 
     def _teardown_vm(self) -> None:
+        if self.fastpath is not None:
+            fastpath, self.fastpath = self.fastpath, None
+            fastpath.detach()
         for runner in self._runners:
             runner.vcpu.close()
         self._runners = []
@@ -317,6 +326,7 @@ class Machine:
                 server.close()
 
     def _start_qmp(self) -> list:
+        from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
 
@@ -326,6 +336,7 @@ class Machine:
                 server = QmpServer(path, server=listen)
                 QmpMachineCommands(server, self)
                 DeviceCommands(server, self)
+                register_fastpath_qmp(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:
