@@ -172,11 +172,12 @@ def running_vm(vm: Callable[..., Machine], target: Target, short_tmp: str) -> Ca
 
 
 @contextlib.contextmanager
-def make_tap() -> Iterator[str]:
+def make_tap(multi_queue: bool = False) -> Iterator[str]:
     """A fresh persistent tap interface, up, with IPv6 off (so the host kernel sends nothing on it)."""
     require(os.geteuid() == 0 and os.path.exists("/dev/net/tun"), "creating a tap needs root and /dev/net/tun")
     name = f"vtap{os.getpid() % 100000}x{next(_tap_seq)}"[:15]
-    made = subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"], capture_output=True, text=True)
+    cmd = ["ip", "tuntap", "add", "dev", name, "mode", "tap", *(["multi_queue"] if multi_queue else [])]
+    made = subprocess.run(cmd, capture_output=True, text=True)
     require(made.returncode == 0, f"ip tuntap add failed: {made.stderr.strip()}")
     try:
         try:
@@ -196,16 +197,24 @@ def tap() -> Iterator[str]:
         yield name
 
 
+@pytest.fixture
+def mq_tap() -> Iterator[str]:
+    """A multi-queue tap, for virtio-net with several queue pairs."""
+    with make_tap(multi_queue=True) as name:
+        yield name
+
+
 @pytest.fixture(scope="module")
 def module_tap() -> Iterator[str]:
     with make_tap() as name:
         yield name
 
 
-def net_args(tap: str, *opts: str) -> list[str]:
+def net_args(tap: str, *opts: str, queues: int = 1) -> list[str]:
     """A modern virtio-net on an existing tap (the one backend every target has)."""
     dev = ",".join(["virtio-net-pci", "netdev=n0", f"mac={MAC}", "disable-legacy=on", *opts])
-    return ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", "-device", dev]
+    netdev = f"tap,id=n0,ifname={tap},script=no,downscript=no" + (f",queues={queues}" if queues > 1 else "")
+    return ["-netdev", netdev, "-device", dev]
 
 
 _tap_seq = itertools.count()
