@@ -95,8 +95,20 @@ def test_receive_steering_follows_vq_pairs(running_vm: Callable[..., Machine], m
         net.close()
 
 
+RSS_KEY = bytes((i * 37 + 11) & 0xFF for i in range(40))
+
+
+def toeplitz(key: bytes, data: bytes) -> int:
+    """The Toeplitz hash of 'Hash calculation for incoming packets' (a 32-bit key window slides per input bit)."""
+    k, kbits, result = int.from_bytes(key, "big"), 8 * len(key), 0
+    for i in range(8 * len(data)):
+        if data[i // 8] >> (7 - i % 8) & 1:
+            result ^= (k >> (kbits - 32 - i)) & 0xFFFFFFFF
+    return result
+
+
 def _rss_config(table: list[int], unclassified: int) -> bytes:
-    key = bytes(range(1, 41))
+    key = RSS_KEY
     return (struct.pack("<IHH", RSS_HASH_IPV4 | RSS_HASH_UDPV4, len(table) - 1, unclassified)
             + b"".join(struct.pack("<H", q) for q in table) + struct.pack("<HB", 2, len(key)) + key)
 
@@ -111,5 +123,20 @@ def test_rss_destination_from_indirection_table(running_vm: Callable[..., Machin
             assert net.command(CTRL_MQ, MQ_RSS_CONFIG, _rss_config([target_queue] * 4, target_queue)) == 0
             got = net.spray(16, 4000 + 100 * target_queue)
             assert got[target_queue] == 16, f"RSS table names receiveq{target_queue + 1}, frames went {got}"
+    finally:
+        net.close()
+
+
+@clause(RSS)
+def test_rss_hash_selects_table_entry(running_vm: Callable[..., Machine], mq_tap: str) -> None:
+    """A 128-entry table mixing both queues: each UDP flow must land in table[toeplitz(4-tuple) & 127]."""
+    net = _mq(running_vm, mq_tap, ("CTRL_VQ", "MQ", "RSS"), "rss=on")
+    table = [(i >> 2) & 1 for i in range(128)]
+    try:
+        assert net.command(CTRL_MQ, MQ_RSS_CONFIG, _rss_config(table, 0)) == 0
+        for sport in range(5000, 5012):
+            expect = table[toeplitz(RSS_KEY, bytes([10, 0, 0, 1, 10, 0, 0, 2]) + struct.pack("!HH", sport, 9999)) & 127]
+            got = net.spray(1, sport)
+            assert got[expect] == 1, f"source port {sport}: expected receiveq{expect + 1}, got {got}"
     finally:
         net.close()
