@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conformance.coverage import load_statements
+from conformance.coverage import markdown as coverage_markdown
 from conformance.drivers.console import SerialConsole
 from conformance.drivers.guests import GuestBuildError, probe_elf
 from conformance.target_file import NamedTarget, TargetsFileError, load_targets_file
@@ -51,6 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(spec, label): the spec clause this test checks")
     config._clause_results = defaultdict(list)  # type: ignore[attr-defined]
+    config._test_results = {}  # type: ignore[attr-defined]
     config._named_target = _resolve_target(config)  # type: ignore[attr-defined]
 
 
@@ -134,6 +137,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             report.sections.append((f"serial log of {con.name}", con.transcript[-8000:]))
     if report.when == "call" or (report.when == "setup" and not report.passed):
         verdict = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        item.config._test_results[item.nodeid] = verdict  # type: ignore[attr-defined]
         for mark in item.iter_markers("clause"):
             spec, label = mark.args[:2]
             item.config._clause_results[(spec, label)].append((item.nodeid, verdict))  # type: ignore[attr-defined]
@@ -186,7 +190,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 "tests": [t for t, _ in verdicts],
             }
         )
+    by_label = {key: [t for t, _ in verdicts] for key, verdicts in results.items()}
+    statements = load_statements(config._test_results, by_label)  # type: ignore[attr-defined]
     (out / f"clauses-{target}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"statements-{target}.json").write_text(json.dumps([vars(s) for s in statements], indent=2) + "\n")
     lines = [
         f"# Clause report: {target}",
         "",
@@ -198,6 +205,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']}"
             f" | {r['xfail']} |"
         )
+    lines += coverage_markdown(statements)
     (out / f"clauses-{target}.md").write_text("\n".join(lines) + "\n")
     config._clause_report = out / f"clauses-{target}.md"  # type: ignore[attr-defined]
     baseline_path = config.getoption("--baseline")
