@@ -243,17 +243,8 @@ def test_receive_num_buffers_is_one(running_vm: Callable[..., Machine], wire: Wi
         assert hdr["num_buffers"] == 1, f"num_buffers {hdr['num_buffers']:#x}, must be 1 without MRG_RXBUF"
 
 
-@clause(MAC_FILTER, RX_FILTER)
-def test_mac_filtering_table(running_vm: Callable[..., Machine], wire: Wire) -> None:
-    """Promiscuous off + the table empty after reset: a frame for another unicast MAC is dropped and one
-    for our MAC arrives; after MAC_TABLE_SET with that MAC it arrives too."""
-    m = running_vm(*net_args(wire.ifname))
-    dev = m.device("net")
-    offered = dev.device_features()
-    if not (_has(offered, "CTRL_VQ") and _has(offered, "CTRL_RX")):
-        pytest.skip("CTRL_VQ/CTRL_RX not offered")
-    dev, (rx, tx, ctrl) = m.ready("net", want=1 << NET_F["CTRL_VQ"] | 1 << NET_F["CTRL_RX"], queues=(0, 1, 2))
-    assert _ctrl(ctrl, CTRL_RX, CTRL_RX_PROMISC, b"\x00") == CTRL_OK
+def _arrival_probe(rx, wire: Wire) -> Callable[[bytes, bytes], bool]:  # noqa: ANN001
+    """A function sending one tagged frame to `dst` and telling whether the guest side received it."""
     rx.add([rx.in_buf(2048)])
     rx.kick()
 
@@ -270,6 +261,22 @@ def test_mac_filtering_table(running_vm: Callable[..., Machine], wire: Wire) -> 
                 return True
             time.sleep(0.005)
         return False
+
+    return arrives
+
+
+@clause(MAC_FILTER, RX_FILTER)
+def test_mac_filtering_table(running_vm: Callable[..., Machine], wire: Wire) -> None:
+    """Promiscuous off + the table empty after reset: a frame for another unicast MAC is dropped and one
+    for our MAC arrives; after MAC_TABLE_SET with that MAC it arrives too."""
+    m = running_vm(*net_args(wire.ifname))
+    dev = m.device("net")
+    offered = dev.device_features()
+    if not (_has(offered, "CTRL_VQ") and _has(offered, "CTRL_RX")):
+        pytest.skip("CTRL_VQ/CTRL_RX not offered")
+    dev, (rx, tx, ctrl) = m.ready("net", want=1 << NET_F["CTRL_VQ"] | 1 << NET_F["CTRL_RX"], queues=(0, 1, 2))
+    assert _ctrl(ctrl, CTRL_RX, CTRL_RX_PROMISC, b"\x00") == CTRL_OK
+    arrives = _arrival_probe(rx, wire)
 
     assert not arrives(OTHER_MAC, b"other-1"), "frame for a MAC outside mac/table accepted (table not empty)"
     assert arrives(_mac(MAC), b"own-1"), "frame for the device's own MAC dropped"
@@ -325,3 +332,38 @@ def test_mergeable_receive_buffers(running_vm: Callable[..., Machine], wire: Wir
         parts.append(rx.read_back(used.id)[0][: used.length])
     assert all(n == 64 for n in lengths[:-1]), f"buffers before the last not filled completely: {lengths}"
     assert b"".join(parts)[NET_HDR_LEN:] == frame
+
+
+CTRL_RX_ALLMULTI, CTRL_RX_ALLUNI, CTRL_RX_NOMULTI, CTRL_RX_NOUNI, CTRL_RX_NOBCAST = 1, 2, 3, 4, 5
+BROADCAST, MULTICAST = b"\xff" * 6, bytes.fromhex("01005e000001")
+
+
+@clause(RX_FILTER)
+def test_rx_extra_filters(running_vm: Callable[..., Machine], wire: Wire) -> None:
+    """CTRL_RX_EXTRA: ALLUNI, NOMULTI, NOUNI and NOBCAST are accepted (MUST) and filter as described
+    (SHOULD), NOMULTI winning over ALLMULTI and NOUNI over ALLUNI."""
+    m = running_vm(*net_args(wire.ifname))
+    names = ("CTRL_VQ", "CTRL_RX", "CTRL_RX_EXTRA")
+    if not all(_has(m.device("net").device_features(), n) for n in names):
+        pytest.skip("CTRL_VQ/CTRL_RX/CTRL_RX_EXTRA not offered")
+    dev, (rx, tx, ctrl) = m.ready("net", want=sum(1 << NET_F[n] for n in names), queues=(0, 1, 2))
+    arrives = _arrival_probe(rx, wire)
+
+    def cmd(command: int, on: bool) -> None:
+        assert _ctrl(ctrl, CTRL_RX, command, bytes([on])) == CTRL_OK, f"RX command {command} refused"
+
+    cmd(CTRL_RX_PROMISC, False)
+    assert arrives(BROADCAST, b"bcast-1")
+    cmd(CTRL_RX_NOBCAST, True)
+    assert not arrives(BROADCAST, b"bcast-2"), "broadcast received with NOBCAST"
+    cmd(CTRL_RX_NOBCAST, False)
+    cmd(CTRL_RX_ALLUNI, True)
+    assert arrives(OTHER_MAC, b"alluni"), "unicast to another MAC dropped with ALLUNI"
+    cmd(CTRL_RX_NOUNI, True)
+    assert not arrives(_mac(MAC), b"nouni"), "unicast received with NOUNI (even with ALLUNI on)"
+    cmd(CTRL_RX_NOUNI, False)
+    cmd(CTRL_RX_ALLMULTI, True)
+    assert arrives(MULTICAST, b"allmulti"), "multicast dropped with ALLMULTI"
+    cmd(CTRL_RX_NOMULTI, True)
+    assert not arrives(MULTICAST, b"nomulti"), "multicast received with NOMULTI (even with ALLMULTI on)"
+    assert arrives(BROADCAST, b"bcast-3"), "NOMULTI must not filter broadcast"
