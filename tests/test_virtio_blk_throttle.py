@@ -171,3 +171,20 @@ def test_guest_wce_toggle_reaches_the_drive_and_reset_restores_it(image: Path) -
     assert r.drive.writeback is True
     r.dev.write_status(0)
     assert r.dev.config_read(32, 1) == 0 and r.drive.writeback is False
+
+
+def test_writethrough_drive_keeps_syncing_for_a_flush_only_driver(image: Path) -> None:
+    """No CONFIG_WCE, FLUSH negotiated: the byte says writeback (5.2.5), the drive still syncs each write."""
+    clock = VirtualClock()
+    drive = open_drive("d0", {"file": str(image), "cache": "writethrough"}, clock=clock)
+    mem = make_mem(4 << 20)
+    dev = VirtioBlk.create(mem, {"drive": "d0"}, drives={"d0": drive})
+    drv = SplitDriver(mem, QSIZE)
+    assert bring_up(dev, MODERN | (1 << B.VIRTIO_BLK_F_FLUSH), configure=drv.configure)
+    assert dev.config_read(32, 1) == 1
+    mem.write(0x100000, struct.pack("<IIQ", B.T_OUT, 0, 0))
+    drv.chain(0, [(0x100000, 16, False), (0x200000, 512, False), (0x180000, 1, True)])
+    drv.publish(0)
+    dev.queue_notify(0)
+    assert drv.used_idx() == 1 and drive.policy.syncs == 1
+    drive.close()
