@@ -26,8 +26,22 @@ DEVICE_PROPS: dict[str, tuple[str, ...]] = {
     "isa-debug-exit": ("iobase", "iosize", "id"),
 }
 
-DRIVE_KEYS = {"file", "if", "id", "format", "readonly", "cache", "discard", "aio", "media", "serial", "detect-zeroes"}
-DRIVE_PREFIXES = ("throttling.",)
+DRIVE_KEYS = {
+    "file",
+    "if",
+    "id",
+    "format",
+    "readonly",
+    "read-only",
+    "cache",
+    "discard",
+    "aio",
+    "media",
+    "serial",
+    "detect-zeroes",
+    "node-name",
+}
+DRIVE_PREFIXES = ("throttling.", "cache.")
 NETDEV_KEYS = {
     "tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"},
     "hubport": {"id", "hubid", "netdev"},
@@ -42,6 +56,7 @@ def pci_device_models() -> dict[str, object]:
     except ImportError:
         return {}
     return dict(DEVICE_MODELS)
+
 
 USAGE = f"""\
 usage: {PROG} [options]

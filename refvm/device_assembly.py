@@ -13,15 +13,6 @@ from typing import Any
 from refvm.config import DeviceSpec, MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
 
-#: -drive cache=MODE -> (O_DIRECT, guest-visible write cache), as QEMU 7.2 maps them (DESIGN.md §3).
-CACHE_MODES: dict[str, tuple[bool, bool]] = {
-    "writeback": (False, True),
-    "none": (True, True),
-    "writethrough": (False, False),
-    "directsync": (True, False),
-    "unsafe": (False, True),
-}
-
 
 class AssemblyError(ValueError):
     """A backend or device could not be created; the message is a full QEMU-style line without prog name."""
@@ -46,28 +37,23 @@ def _drive_text(props: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in props.items())
 
 
-def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str]) -> Backends:
-    """Open every -drive, -netdev, -object and the -chardevs no serial port took."""
-    from refvm.block.raw import RawFile
+def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: Any, throttle_groups: Any) -> Backends:
+    """Open every -drive, -netdev, -object and the -chardevs no serial port took.
+
+    Drives are refvm.block.drive.Drive objects: the image driver with its cache mode (refvm.block.cache),
+    the guest-visible write cache and a throttle-group member whose timers run on ``clock``.
+    """
+    from refvm.block.drive import open_drive
     from refvm.virtio.devices.hubport import HubPort
     from refvm.virtio.devices.tap import Tap
 
     backends = Backends(objects=dict(cfg.objects))
     try:
         for ident, props in cfg.drives.items():
-            mode = props.get("cache", "writeback")
-            if mode not in CACHE_MODES:
-                raise AssemblyError(f"-drive {_drive_text(props)}: invalid cache option '{mode}'")
-            readonly = props.get("readonly", "off") in ("on", "yes", "true")
-            direct, _ = CACHE_MODES[mode]
-            if props.get("format", "raw") != "raw":
-                raise AssemblyError(f"-drive {_drive_text(props)}: format '{props['format']}' is not supported yet")
             try:
-                backends.drives[ident] = RawFile(props["file"], readonly=readonly, direct=direct)
-            except OSError as err:
-                raise AssemblyError(
-                    f"-drive {_drive_text(props)}: Could not open '{props['file']}': {err.strerror}"
-                ) from None
+                backends.drives[ident] = open_drive(ident, props, clock=clock, throttle_groups=throttle_groups)
+            except ValueError as err:
+                raise AssemblyError(f"-drive {_drive_text(props)}: {err}") from None
         for ident, props in cfg.netdevs.items():
             try:
                 if props["type"] == "hubport":

@@ -86,6 +86,13 @@ class Machine:
         self._resettables: list[Resettable] = []
         self.chardevs: list[Chardev | None] = []
         self.backends = None
+        # Timers (block throttling) need a clock before devices exist: virtual under qtest (the client
+        # steps it), wall time under KVM (its timer thread starts with the first timer).
+        from refvm.block.throttle_group import ThrottleGroups
+        from refvm.clock import RealtimeClock, VirtualClock
+
+        self.clock: VirtualClock | RealtimeClock = VirtualClock() if config.accel == "qtest" else RealtimeClock()
+        self.throttle_groups = ThrottleGroups(self.clock)
         try:
             self.chardevs = [None if spec is None else open_chardev(spec) for spec in config.serials]
             self._add_platform_devices()
@@ -166,7 +173,7 @@ class Machine:
         cfg = self.config
         serial_ids = {ident for ident, spec in cfg.chardevs.items() if any(spec is s for s in cfg.serials)}
         try:
-            self.backends = open_backends(cfg, serial_ids)
+            self.backends = open_backends(cfg, serial_ids, clock=self.clock, throttle_groups=self.throttle_groups)
             self.pci_models = plug_pci_devices(self, cfg, self.backends)
         except AssemblyError as err:
             raise MachineError(str(err)) from None
@@ -324,9 +331,13 @@ class Machine:
         finally:
             for server in monitors:
                 server.close()
+            close_clock = getattr(self.clock, "close", None)  # RealtimeClock: stop its timer thread
+            if close_clock is not None:
+                close_clock()
 
     def _start_qmp(self) -> list:
         from refvm.fastpath import register_qmp as register_fastpath_qmp
+        from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
 
@@ -337,6 +348,7 @@ class Machine:
                 QmpMachineCommands(server, self)
                 DeviceCommands(server, self)
                 register_fastpath_qmp(server, self)
+                BlockCommands(server, self, self.backends.drives if self.backends else {}, self.throttle_groups)
                 server.start()
                 servers.append(server)
         except OSError as err:
@@ -354,10 +366,8 @@ class Machine:
         QEMU keeps running when its qtest client disconnects; refvm ends with status 0 instead, since
         nothing can drive the machine any more (a deliberate difference, listed in the README).
         """
-        from refvm.clock import VirtualClock
         from refvm.monitor.qtest import QtestServer
 
-        self.clock = VirtualClock()
         try:
             self.qtest = QtestServer(
                 self.config.qtest or "",
