@@ -36,12 +36,6 @@ def clause(label: str) -> pytest.MarkDecorator:
     return pytest.mark.clause(SPEC, label)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "virtual_clock: needs qtest clock_step (a virtual clock); skips on targets without one"
-    )
-
-
 def _supports_direct_io(directory: str) -> bool:
     """Whether an aligned O_DIRECT write succeeds in `directory` (tmpfs refuses O_DIRECT with EINVAL)."""
     try:
