@@ -13,9 +13,9 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from refvm import deviations, vcpu_setup
+from refvm import deviations
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
@@ -25,7 +25,9 @@ from refvm.devices.pci.pc import build_pc_pci
 from refvm.devices.reset import KbdReset, ResetControl
 from refvm.devices.serial import Serial16550
 from refvm.memory import GuestMemory
-from refvm.vcpu_runner import VcpuRunner
+
+if TYPE_CHECKING:  # the KVM side is imported only when a KVM machine is built (qtest starts faster)
+    from refvm.vcpu_runner import VcpuRunner
 
 #: Legacy COM ports: (I/O base, IRQ), as every PC and QEMU's `-serial` order.
 COM_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -198,6 +200,9 @@ class Machine:
         for slot, region in enumerate(self.memory.regions):
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         self.vm = vm
+        from refvm import vcpu_setup
+        from refvm.vcpu_runner import VcpuRunner
+
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
         cpuid = kvm.supported_cpuid()
         for runner in self._runners:
@@ -210,6 +215,8 @@ class Machine:
         self.fastpath = attach(self)
 
     def _load_kernel(self) -> None:
+        from refvm import vcpu_setup
+
         if self._kernel_image is None:
             raise MachineError("no kernel given: refvm has no firmware, use -kernel FILE")
         state = vcpu_setup.load_kernel(
@@ -443,6 +450,8 @@ def _install_kick_handler() -> None:
     global _kick_installed
     if _kick_installed or threading.current_thread() is not threading.main_thread():
         return
+    from refvm.vcpu_runner import VcpuRunner
+
     signal.signal(VcpuRunner.KICK_SIGNAL, lambda signum, frame: None)
     _kick_installed = True
 
