@@ -89,6 +89,8 @@ Devices and backends:
                           add a device; '-device help' lists them (isa-debug-exit, virtio-*-pci, ...)
   -drive file=F,if=none|virtio,id=ID,format=raw|qcow2[,readonly=on][,cache=MODE][,throttling.*=N]
                           a disk image for -device virtio-blk-pci,drive=ID
+  -blockdev driver=raw|qcow2,node-name=N,file.driver=file,file.filename=F[,read-only=on][,cache.direct=on]
+                          a block node for -device virtio-blk-pci,drive=N (also file=NODE references, JSON)
   -netdev tap,id=ID,ifname=TAP,script=no,downscript=no
                           a tap network backend for -device virtio-net-pci,netdev=ID
   -netdev hubport,id=ID,hubid=N
@@ -257,6 +259,7 @@ def parse_args(argv: list[str]) -> Parsed:
     serial_texts: list[str] = []
     chardev_texts: list[str] = []
     qmp_texts: list[str] = []
+    blockdev_texts: list[str] = []
     mon_texts: list[str] = []
     nographic = False
     nodefaults = False
@@ -358,6 +361,7 @@ def parse_args(argv: list[str]) -> Parsed:
         "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
         "qmp": qmp_texts.append,
         "drive": add_drive,
+        "blockdev": blockdev_texts.append,
         "netdev": add_netdev,
         "object": add_object,
         "global": add_global,
@@ -400,6 +404,17 @@ def parse_args(argv: list[str]) -> Parsed:
 
     if parsed.action != "run":
         return parsed
+    if blockdev_texts:
+        from refvm.blockdev import BlockdevError, blockdevs_to_drives
+
+        try:
+            nodes = blockdevs_to_drives(blockdev_texts)
+        except BlockdevError as err:
+            raise UsageError(f"-blockdev: {err}") from None
+        for name, props in nodes.items():
+            if name in cfg.drives:
+                raise UsageError(f"-blockdev: node-name '{name}' is already in use by a -drive")
+            cfg.drives[name] = props
     if len(serial_texts) > MAX_SERIALS:
         raise UsageError(f"-serial {serial_texts[-1]}: too many serial ports (at most {MAX_SERIALS})")
     chardev = _chardev_module()
