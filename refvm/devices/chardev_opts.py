@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refvm.qemu_opts import split_opts
+
 
 @dataclass
 class ChardevSpec:
@@ -40,25 +42,6 @@ _BACKEND_KEYS: dict[str, set[str]] = {
 _BOOL_KEYS = {"mux", "signal", "append", "server", "wait", "nodelay", "telnet", "logappend"}
 _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
-
-
-def _split_opts(text: str) -> list[str]:
-    """Split on ',' with QEMU's ',,' escape for a literal comma."""
-    parts, cur, i = [], [], 0
-    while i < len(text):
-        c = text[i]
-        if c == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    parts.append("".join(cur))
-    return parts
 
 
 def _kv(items: list[str], where: str) -> dict[str, str]:
@@ -117,7 +100,7 @@ def parse_chardev_option(spec: str) -> ChardevSpec:
     Errors are ValueError with QEMU's wording: ``-chardev file,id=x: Parameter 'path' is missing``.
     """
     where = f"-chardev {spec}"
-    parts = _split_opts(spec)
+    parts = split_opts(spec)
     backend, opts = parts[0], _kv(parts[1:], where)
     if backend not in _BACKEND_KEYS:
         if "=" in backend:
@@ -155,7 +138,7 @@ def parse_serial_option(spec: str, index: int = 0) -> ChardevSpec:
             raise ValueError(f"{where}: Parameter 'path' is missing")
         return ChardevSpec("file", id=sid, path=rest, mux=monitor, monitor=monitor)
     if kind in ("unix", "tcp"):
-        parts = _split_opts(rest)
+        parts = split_opts(rest)
         addr, opts = parts[0], _kv(parts[1:], where)
         out = ChardevSpec("socket", id=sid, mux=monitor, monitor=monitor)
         if kind == "unix":

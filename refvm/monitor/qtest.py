@@ -31,6 +31,7 @@ from typing import IO, Any
 from refvm.bus import Bus, BusError, MmioBus, PioBus
 from refvm.memory import GuestMemory, GuestMemoryError
 from refvm.monitor.sockets import Connection, StreamService
+from refvm.qemu_opts import split_opts
 
 __all__ = ["QtestAddress", "QtestServer", "parse_qtest_address", "MAX_TRANSFER", "MAX_MEMSET"]
 
@@ -68,25 +69,6 @@ class QtestAddress:
         return f"unix:{self.path},server=on,wait={'on' if self.wait else 'off'}"
 
 
-def _split_opts(text: str) -> list[str]:
-    """Split on ',' where ',,' stands for a literal comma (QemuOpts quoting)."""
-    parts, cur, i = [], [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
-
-
 def parse_qtest_address(text: str) -> QtestAddress:
     """Parse QEMU's ``-qtest`` chardev spelling; ValueError messages read like QEMU's."""
     backend, sep, rest = text.partition(":")
@@ -94,7 +76,7 @@ def parse_qtest_address(text: str) -> QtestAddress:
         if backend in _OTHER_BACKENDS:
             raise ValueError(f"qtest chardev backend '{backend}' is not supported by refvm (use unix:PATH)")
         raise ValueError(f"'{text}' is not a valid char driver")
-    path, *opts = _split_opts(rest)
+    path, *opts = split_opts(rest)
     if not path:
         raise ValueError("Parameter 'path' is missing")
     values: dict[str, bool] = {}
