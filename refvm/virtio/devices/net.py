@@ -12,6 +12,7 @@ property     default             meaning
 ``status``   on                  offer VIRTIO_NET_F_STATUS (``status`` LINK_UP)
 ``mrg_rxbuf``  on                offer VIRTIO_NET_F_MRG_RXBUF
 ``rx_queue_size`` / ``tx_queue_size``  256  queue sizes (power of 2, 256..1024)
+``host_mtu``  0 (none)           offer VIRTIO_NET_F_MTU with config ``mtu`` = N (68..65535, 5.1.4.1)
 ===========  ==================  =================================================================
 
 Offered features are QEMU 7.2's for a backend without offloads (measured with ``-netdev user``, the
@@ -26,6 +27,15 @@ from the tap, applies QEMU's receive filter (promiscuous until the driver says o
 and fills posted buffers, merging several when MRG_RXBUF is negotiated (``num_buffers``, 5.1.6.4);
 without it a frame that does not fit one buffer is dropped. Frames that find no buffers wait in a
 bounded queue (oldest dropped first, counted in :attr:`rx_dropped`).
+
+The configuration space is as long as the last field a offered feature brings in (QEMU's
+``virtio_net_config_size``): 8 bytes (mac, status), 12 with MTU.
+
+MTU (5.1.4.1): with VIRTIO_NET_F_MTU negotiated, a received frame longer than ``mtu`` plus the
+Ethernet header (14 bytes, 18 with an 802.1Q tag) is not passed to the driver (counted in
+:attr:`rx_oversize`); transmitted frames up to that size go out whole (QEMU 7.2 passes longer
+received frames through: a known deviation the conformance suite records). QEMU 7.2 accepts any
+``host_mtu`` of 1..65535; refvm refuses 1..67 because 5.1.4.1 says the device MUST present 68..65535.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ __all__ = ["VirtioNet", "parse_mac"]
 log = logging.getLogger(__name__)
 
 F_CTRL_GUEST_OFFLOADS = 2
+F_MTU = 3
 F_MAC = 5
 F_MRG_RXBUF = 15
 F_STATUS = 16
@@ -70,6 +81,13 @@ RX_BACKLOG = 256
 MAX_MERGE = 64  # buffers one received frame may span
 DEFAULT_MAC = "52:54:00:12:34:56"
 _BCAST = b"\xff" * 6
+ETH_HLEN = 14
+VLAN_HLEN = 4
+MTU_MIN, MTU_MAX = 68, 65535
+# struct virtio_net_config offsets (5.1.4)
+CFG_MTU = 10
+#: (feature, end of the last field it brings in), QEMU's feature_sizes for virtio_net_config
+_CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MTU, 12))
 
 
 def parse_mac(text: str) -> bytes:
@@ -79,20 +97,39 @@ def parse_mac(text: str) -> bytes:
     return bytes(int(p, 16) for p in parts)
 
 
+def parse_uint(name: str, text: str, bits: int) -> int:
+    """A QEMU unsigned integer property value (``host_mtu``): QEMU's visitor errors for bad values."""
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise ValueError(f"Parameter '{name}' expects integer") from None
+    if not 0 <= n < 1 << bits:
+        raise ValueError(f"Parameter '{name}' expects uint{bits}_t")
+    return n
+
+
+def config_size(features: int) -> int:
+    """Bytes of ``struct virtio_net_config`` the offered ``features`` make present (5.1.4)."""
+    return max([6] + [end for bit, end in _CONFIG_ENDS if features >> bit & 1])
+
+
 class VirtioNet(VirtioDevice):
     """A virtio NIC on a tap device."""
 
     device_id = 1
-    feature_names = {2: "CTRL_GUEST_OFFLOADS", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
+    feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
                      18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 23: "CTRL_MAC_ADDR"}
 
     def __init__(self, mem: GuestMemory, tap: Tap, *, mac: bytes = bytes.fromhex("525400123456"),
                  ctrl_vq: bool = True, status: bool = True, mrg_rxbuf: bool = True,
-                 rx_queue_size: int = 256, tx_queue_size: int = 256, start_reader: bool = True,
-                 **virtio: bool) -> None:
+                 rx_queue_size: int = 256, tx_queue_size: int = 256, host_mtu: int = 0,
+                 start_reader: bool = True, **virtio: bool) -> None:
         self.tap = tap
         self.perm_mac = mac
+        self.host_mtu = host_mtu
         feats = 1 << F_MAC
+        if host_mtu:
+            feats |= 1 << F_MTU
         if mrg_rxbuf:
             feats |= 1 << F_MRG_RXBUF
         if status:
@@ -106,20 +143,25 @@ class VirtioNet(VirtioDevice):
         self.rx_backlog: deque[bytes] = deque()
         self.rx_dropped = 0
         self.rx_filtered = 0
+        self.rx_oversize = 0
         self.rx_packets = self.tx_packets = 0
         self._held: list[Chain] = []  # receive buffers popped but not yet used
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
-        super().__init__(mem, config_size=8, **virtio)
+        super().__init__(mem, config_size=config_size(feats), **virtio)
         self.config[0:6] = mac
-        self.config[6:8] = (S_LINK_UP if status else 0).to_bytes(2, "little")
+        if status:
+            self.config[6:8] = S_LINK_UP.to_bytes(2, "little")
+        if host_mtu:
+            self.config[CFG_MTU:CFG_MTU + 2] = host_mtu.to_bytes(2, "little")  # never changes (5.1.4.1)
         self._filter_reset()
         self._thread: threading.Thread | None = None
         if start_reader:
             self._thread = threading.Thread(target=self._reader, name="virtio-net-rx", daemon=True)
             self._thread.start()
 
-    PROPERTIES = ("netdev", "mac", "ctrl_vq", "status", "mrg_rxbuf", "rx_queue_size", "tx_queue_size")
+    PROPERTIES = ("netdev", "mac", "ctrl_vq", "status", "mrg_rxbuf", "rx_queue_size", "tx_queue_size",
+                  "host_mtu")
 
     @classmethod
     def create(
@@ -153,9 +195,12 @@ class VirtioNet(VirtioDevice):
             if n & (n - 1):
                 raise ValueError(f"Invalid {name} (= {n}), must be a power of 2 between 256 and 1024.")
             sizes.append(n)
+        host_mtu = parse_uint("host_mtu", p.text("host_mtu", "0") or "0", 16)
+        if 0 < host_mtu < MTU_MIN:
+            raise ValueError(f"'host_mtu' must be between {MTU_MIN} and {MTU_MAX}")
         return cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
                    mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
-                   **p.virtio_flags())
+                   host_mtu=host_mtu, **p.virtio_flags())
 
     # ------------------------------------------------------------------ state
     def _filter_reset(self) -> None:
@@ -266,8 +311,13 @@ class VirtioNet(VirtioDevice):
         q = self.queues[0]
         delivered = False
         try:
+            limit = self._rx_limit()
             while self.rx_backlog:
                 frame = self.rx_backlog[0]
+                if limit is not None and len(frame) > limit + (VLAN_HLEN if frame[12:14] == b"\x81\x00" else 0):
+                    self.rx_backlog.popleft()  # 5.1.4.1: MUST NOT pass packets exceeding mtu
+                    self.rx_oversize += 1
+                    continue
                 if not self._accepts(frame):
                     self.rx_backlog.popleft()
                     self.rx_filtered += 1
@@ -282,6 +332,10 @@ class VirtioNet(VirtioDevice):
             return
         if delivered:
             self.notify_used(q)
+
+    def _rx_limit(self) -> int | None:
+        """Longest frame the driver may receive: ``mtu`` + Ethernet header once MTU is negotiated (5.1.4.1)."""
+        return self.host_mtu + ETH_HLEN if self.host_mtu and self.negotiated(F_MTU) else None
 
     def _deliver(self, q: Virtqueue, frame: bytes) -> bool | None:
         """Put one frame into held buffers: True if used, False if dropped, None if buffers are missing."""

@@ -1,0 +1,86 @@
+"""virtio-net optional features (VIRTIO 1.2 section 5.1.3, 5.1.4): MTU, speed/duplex, guest announce.
+
+Same driver-side rig as tests/test_virtio_net.py (real GuestMemory, rings byte by byte, a real tap and
+an AF_PACKET socket on its host side).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import test_virtio_net as base
+from test_virtio_helpers import make_mem
+
+from refvm.virtio.devices import net as N
+from refvm.virtio.devices.net import VirtioNet
+from refvm.virtio.devices.tap import Tap
+
+tap = base.tap
+host = base.host
+Rig, frame, FEATS = base.Rig, base.frame, base.FEATS
+GUEST_MAC, HOST_MAC = base.GUEST_MAC, base.HOST_MAC
+
+
+# ---- MTU (5.1.4.1) ---------------------------------------------------------------------------------------
+
+
+def test_mtu_offered_and_in_config(tap: Tap) -> None:
+    r = Rig(tap, features=FEATS | 1 << N.F_MTU, host_mtu="1400")
+    assert r.dev.device_features >> N.F_MTU & 1
+    assert len(r.dev.config) == 12  # mac, status, max_virtqueue_pairs, mtu
+    assert r.dev.config_read(N.CFG_MTU, 2) == 1400 and r.dev.config_read(8, 2) == 0
+    assert r.dev.negotiated(N.F_MTU)
+    r.dev.close()
+    plain = VirtioNet.create(make_mem(), {"netdev": "n0"}, netdevs={"n0": tap})
+    assert not plain.device_features >> N.F_MTU & 1 and len(plain.config) == 8
+    plain.close()
+
+
+def test_mtu_receive_limit_and_full_size_transmit(tap: Tap, host: socket.socket) -> None:
+    r = Rig(tap, features=FEATS | 1 << N.F_MTU, host_mtu="1400")
+    big = frame(b"\xff" * 6, GUEST_MAC, bytes(1400))  # 1414 bytes: mtu + Ethernet header
+    assert len(big) == 1414
+    r.mem.write(0x3000, bytes(12) + big)
+    r.post(1, [(0x3000, 12, False), (0x300C, len(big), False)])
+    assert host.recv(4096) == big  # 5.1.4.1: forwarded whole
+    r.dev.receive(frame(GUEST_MAC, HOST_MAC, bytes(1401)))  # 1415 bytes: too long, not passed on
+    assert r.dev.rx_oversize == 1 and not r.dev.rx_backlog
+    fits = frame(GUEST_MAC, HOST_MAC, bytes(1400))
+    r.post(0, [(0x8000, 2048, True)])
+    r.dev.receive(fits)
+    r.wait_used(0, 1)
+    assert r.q[0].used_elem(0)[1] == 12 + 1414 and r.mem.read(0x800C, 1414) == fits
+    tagged = GUEST_MAC + HOST_MAC + b"\x81\x00\x00\x05" + b"\x88\xb5" + bytes(1400)  # 1418 with the VLAN tag
+    r.post(0, [(0x9000, 2048, True)])
+    r.dev.receive(tagged)
+    r.wait_used(0, 2)
+    assert r.dev.rx_oversize == 1
+    r.dev.close()
+
+
+def test_mtu_not_negotiated_no_limit(tap: Tap) -> None:
+    r = Rig(tap, features=FEATS, host_mtu="1400")
+    r.post(0, [(0x8000, 2048, True)])
+    r.dev.receive(frame(GUEST_MAC, HOST_MAC, bytes(1500)))
+    r.wait_used(0, 1)
+    assert r.dev.rx_oversize == 0
+    r.dev.close()
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("67", "'host_mtu' must be between 68 and 65535"),
+    ("65536", "Parameter 'host_mtu' expects uint16_t"),
+    ("-1", "Parameter 'host_mtu' expects uint16_t"),
+    ("abc", "Parameter 'host_mtu' expects integer"),
+])
+def test_mtu_property_errors(tap: Tap, value: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        VirtioNet.create(make_mem(), {"netdev": "n0", "host_mtu": value}, netdevs={"n0": tap})
+
+
+def test_mtu_bounds_accepted(tap: Tap) -> None:
+    for value in (68, 65535):
+        dev = VirtioNet.create(make_mem(), {"netdev": "n0", "host_mtu": str(value)}, netdevs={"n0": tap})
+        assert dev.config_read(N.CFG_MTU, 2) == value
+        dev.close()
