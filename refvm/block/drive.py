@@ -147,6 +147,27 @@ class Drive:
     def image_info(self) -> dict[str, Any]:
         return self.driver.info()
 
+    def resize(self, size: int) -> None:
+        """QMP ``block_resize``: grow or shrink the image to ``size`` bytes (QEMU 7.2's ``blk_truncate``).
+
+        Raises ValueError with QEMU's text: a read-only image ("Image is read-only"), a format whose
+        driver cannot truncate ("Image format driver does not support resize") and qcow2 sizes that
+        are not a multiple of 512 (``qcow2_co_truncate``); raw files take any size, as file-posix does.
+        """
+        if self.readonly:
+            raise ValueError("Image is read-only")
+        truncate = getattr(self.driver, "truncate", None)
+        if truncate is None:
+            raise ValueError("Image format driver does not support resize")
+        if self.format == "qcow2" and size % 512:
+            raise ValueError("The new size must be a multiple of 512")
+        try:
+            truncate(size)
+        except BlockError as exc:
+            raise ValueError(exc.problem) from None
+        except OSError as exc:
+            raise ValueError(f"Failed to resize the image: {exc.strerror or exc}") from None
+
     def close(self) -> None:
         """Leave the throttle group (queued requests are released first) and close the image."""
         if self.closed:

@@ -321,6 +321,20 @@ class VirtioBlk(VirtioDevice):
         )
 
     # ------------------------------------------------------------------ configuration (5.2.4)
+    def capacity_changed(self) -> int:
+        """The backend was resized (QMP ``block_resize``): refresh ``capacity`` from its length.
+
+        VIRTIO 1.2 5.2.4 (``capacity`` in 512-byte sectors) and 5.2.6.2/2.5.1: the device changed its
+        configuration, so ``config_generation`` changes and, once DRIVER_OK is set, a configuration
+        change notification goes out (QEMU's virtio_blk_resize -> virtio_notify_config). Returns the
+        new capacity in sectors.
+        """
+        with self.lock:
+            self.capacity = self.backend.length() // SECTOR
+            self.config[0:8] = self.capacity.to_bytes(8, "little")
+            self.config_changed()
+            return self.capacity
+
     def _set_writeback(self, on: bool) -> None:
         self.writeback = on
         self.config[32] = int(on)
