@@ -84,3 +84,43 @@ def test_mtu_bounds_accepted(tap: Tap) -> None:
         dev = VirtioNet.create(make_mem(), {"netdev": "n0", "host_mtu": str(value)}, netdevs={"n0": tap})
         assert dev.config_read(N.CFG_MTU, 2) == value
         dev.close()
+
+
+# ---- speed and duplex (5.1.4) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("props", "speed", "duplex"), [
+    ({"speed": "1000", "duplex": "full"}, 1000, 0x00),  # 5.1.4.2: 0x00 is full duplex
+    ({"speed": "10", "duplex": "half"}, 10, 0x01),
+    ({"speed": "100"}, 100, 0xFF),
+    ({"duplex": "full"}, 0xFFFFFFFF, 0x00),
+    ({"speed": "-1", "duplex": "half"}, 0xFFFFFFFF, 0x01),
+])
+def test_speed_duplex_config(tap: Tap, props: dict[str, str], speed: int, duplex: int) -> None:
+    r = Rig(tap, features=FEATS | 1 << N.F_SPEED_DUPLEX, **props)
+    assert r.dev.negotiated(N.F_SPEED_DUPLEX) and len(r.dev.config) == 17
+    assert r.dev.config_read(N.CFG_SPEED, 4) == speed and r.dev.config_read(N.CFG_DUPLEX, 1) == duplex
+    assert r.dev.device_feature_word(1) >> 31 & 1
+    r.dev.close()
+
+
+def test_speed_duplex_not_offered_by_default(tap: Tap) -> None:
+    dev = VirtioNet.create(make_mem(), {"netdev": "n0", "speed": "-1"}, netdevs={"n0": tap})
+    assert not dev.device_features >> N.F_SPEED_DUPLEX & 1 and len(dev.config) == 8
+    dev.close()
+    both = VirtioNet.create(make_mem(), {"netdev": "n0", "host_mtu": "1500", "speed": "0"}, netdevs={"n0": tap})
+    assert len(both.config) == 17 and both.config_read(N.CFG_MTU, 2) == 1500
+    assert both.config_read(N.CFG_SPEED, 4) == 0 and both.config_read(N.CFG_DUPLEX, 1) == 0xFF
+    both.close()
+
+
+@pytest.mark.parametrize(("props", "error"), [
+    ({"speed": "-2"}, "'speed' must be between 0 and INT_MAX"),
+    ({"speed": "2147483648"}, "Parameter 'speed' expects int32_t"),
+    ({"speed": "fast"}, "Parameter 'speed' expects integer"),
+    ({"duplex": "FULL"}, "'duplex' must be 'half' or 'full'"),
+    ({"duplex": ""}, "'duplex' must be 'half' or 'full'"),
+])
+def test_speed_duplex_property_errors(tap: Tap, props: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        VirtioNet.create(make_mem(), {"netdev": "n0", **props}, netdevs={"n0": tap})

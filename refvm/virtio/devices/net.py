@@ -13,6 +13,8 @@ property     default             meaning
 ``mrg_rxbuf``  on                offer VIRTIO_NET_F_MRG_RXBUF
 ``rx_queue_size`` / ``tx_queue_size``  256  queue sizes (power of 2, 256..1024)
 ``host_mtu``  0 (none)           offer VIRTIO_NET_F_MTU with config ``mtu`` = N (68..65535, 5.1.4.1)
+``speed``     -1 (unknown)       Mbit/s; >= 0 offers VIRTIO_NET_F_SPEED_DUPLEX (config ``speed``)
+``duplex``    (unknown)          ``full`` / ``half``: offers VIRTIO_NET_F_SPEED_DUPLEX (``duplex``)
 ===========  ==================  =================================================================
 
 Offered features are QEMU 7.2's for a backend without offloads (measured with ``-netdev user``, the
@@ -29,7 +31,12 @@ without it a frame that does not fit one buffer is dropped. Frames that find no 
 bounded queue (oldest dropped first, counted in :attr:`rx_dropped`).
 
 The configuration space is as long as the last field a offered feature brings in (QEMU's
-``virtio_net_config_size``): 8 bytes (mac, status), 12 with MTU.
+``virtio_net_config_size``): 8 bytes (mac, status), 12 with MTU, 17 with SPEED_DUPLEX.
+
+Speed and duplex (5.1.4): ``speed`` is the le32 property value (-1, unknown, reads 0xffffffff) and
+``duplex`` follows the device-normative text of 5.1.4.2: 0x00 full, 0x01 half, 0xff unknown. QEMU 7.2
+writes ethtool's encoding instead (full 0x01, half 0x00): a known deviation of QEMU's that refvm does
+not copy. Neither changes while the device runs.
 
 MTU (5.1.4.1): with VIRTIO_NET_F_MTU negotiated, a received frame longer than ``mtu`` plus the
 Ethernet header (14 bytes, 18 with an 802.1Q tag) is not passed to the driver (counted in
@@ -68,6 +75,7 @@ F_CTRL_VLAN = 19
 F_CTRL_RX_EXTRA = 20
 F_GUEST_ANNOUNCE = 21
 F_CTRL_MAC_ADDR = 23
+F_SPEED_DUPLEX = 63
 _CTRL_FEATURES = (F_CTRL_GUEST_OFFLOADS, F_CTRL_VQ, F_CTRL_RX, F_CTRL_VLAN, F_CTRL_RX_EXTRA, F_GUEST_ANNOUNCE,
                   F_CTRL_MAC_ADDR)
 
@@ -85,9 +93,12 @@ ETH_HLEN = 14
 VLAN_HLEN = 4
 MTU_MIN, MTU_MAX = 68, 65535
 # struct virtio_net_config offsets (5.1.4)
-CFG_MTU = 10
+CFG_MTU, CFG_SPEED, CFG_DUPLEX = 10, 12, 16
+SPEED_UNKNOWN = -1
+#: 5.1.4.2 (device normative): duplex values
+DUPLEX_FULL, DUPLEX_HALF, DUPLEX_UNKNOWN = 0x00, 0x01, 0xFF
 #: (feature, end of the last field it brings in), QEMU's feature_sizes for virtio_net_config
-_CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MTU, 12))
+_CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MTU, 12), (F_SPEED_DUPLEX, 17))
 
 
 def parse_mac(text: str) -> bytes:
@@ -108,6 +119,17 @@ def parse_uint(name: str, text: str, bits: int) -> int:
     return n
 
 
+def parse_int32(name: str, text: str) -> int:
+    """A QEMU int32 property value (``speed``), with QEMU's visitor errors."""
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise ValueError(f"Parameter '{name}' expects integer") from None
+    if not -(1 << 31) <= n < 1 << 31:
+        raise ValueError(f"Parameter '{name}' expects int32_t")
+    return n
+
+
 def config_size(features: int) -> int:
     """Bytes of ``struct virtio_net_config`` the offered ``features`` make present (5.1.4)."""
     return max([6] + [end for bit, end in _CONFIG_ENDS if features >> bit & 1])
@@ -118,18 +140,22 @@ class VirtioNet(VirtioDevice):
 
     device_id = 1
     feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
-                     18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 23: "CTRL_MAC_ADDR"}
+                     18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 23: "CTRL_MAC_ADDR",
+                     63: "SPEED_DUPLEX"}
 
     def __init__(self, mem: GuestMemory, tap: Tap, *, mac: bytes = bytes.fromhex("525400123456"),
                  ctrl_vq: bool = True, status: bool = True, mrg_rxbuf: bool = True,
                  rx_queue_size: int = 256, tx_queue_size: int = 256, host_mtu: int = 0,
-                 start_reader: bool = True, **virtio: bool) -> None:
+                 speed: int = SPEED_UNKNOWN, duplex: int | None = None, start_reader: bool = True,
+                 **virtio: bool) -> None:
         self.tap = tap
         self.perm_mac = mac
         self.host_mtu = host_mtu
         feats = 1 << F_MAC
         if host_mtu:
             feats |= 1 << F_MTU
+        if speed >= 0 or duplex is not None:  # QEMU: either property offers SPEED_DUPLEX
+            feats |= 1 << F_SPEED_DUPLEX
         if mrg_rxbuf:
             feats |= 1 << F_MRG_RXBUF
         if status:
@@ -154,6 +180,9 @@ class VirtioNet(VirtioDevice):
             self.config[6:8] = S_LINK_UP.to_bytes(2, "little")
         if host_mtu:
             self.config[CFG_MTU:CFG_MTU + 2] = host_mtu.to_bytes(2, "little")  # never changes (5.1.4.1)
+        if feats >> F_SPEED_DUPLEX & 1:
+            self.config[CFG_SPEED:CFG_SPEED + 4] = (speed & 0xFFFFFFFF).to_bytes(4, "little")
+            self.config[CFG_DUPLEX] = DUPLEX_UNKNOWN if duplex is None else duplex
         self._filter_reset()
         self._thread: threading.Thread | None = None
         if start_reader:
@@ -161,7 +190,7 @@ class VirtioNet(VirtioDevice):
             self._thread.start()
 
     PROPERTIES = ("netdev", "mac", "ctrl_vq", "status", "mrg_rxbuf", "rx_queue_size", "tx_queue_size",
-                  "host_mtu")
+                  "host_mtu", "speed", "duplex")
 
     @classmethod
     def create(
@@ -198,9 +227,18 @@ class VirtioNet(VirtioDevice):
         host_mtu = parse_uint("host_mtu", p.text("host_mtu", "0") or "0", 16)
         if 0 < host_mtu < MTU_MIN:
             raise ValueError(f"'host_mtu' must be between {MTU_MIN} and {MTU_MAX}")
+        duplex_text = p.text("duplex")
+        duplex: int | None = None
+        if duplex_text is not None:
+            if duplex_text not in ("half", "full"):
+                raise ValueError("'duplex' must be 'half' or 'full'")
+            duplex = DUPLEX_FULL if duplex_text == "full" else DUPLEX_HALF
+        speed = parse_int32("speed", p.text("speed", "-1") or "-1")
+        if speed < SPEED_UNKNOWN:
+            raise ValueError("'speed' must be between 0 and INT_MAX")
         return cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
                    mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
-                   host_mtu=host_mtu, **p.virtio_flags())
+                   host_mtu=host_mtu, speed=speed, duplex=duplex, **p.virtio_flags())
 
     # ------------------------------------------------------------------ state
     def _filter_reset(self) -> None:
