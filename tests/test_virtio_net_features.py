@@ -7,11 +7,18 @@ an AF_PACKET socket on its host side).
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import test_virtio_net as base
+from test_qmp_server import RawClient
 from test_virtio_helpers import make_mem
 
+from refvm.monitor.net_qmp import NetCommands
+from refvm.monitor.qmp import QmpServer
 from refvm.virtio.devices import net as N
 from refvm.virtio.devices.net import VirtioNet
 from refvm.virtio.devices.tap import Tap
@@ -124,3 +131,125 @@ def test_speed_duplex_not_offered_by_default(tap: Tap) -> None:
 def test_speed_duplex_property_errors(tap: Tap, props: dict[str, str], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         VirtioNet.create(make_mem(), {"netdev": "n0", **props}, netdevs={"n0": tap})
+
+
+# ---- guest announce (5.1.6.5.4) and QMP announce-self -------------------------------------------------------
+
+ANNOUNCE_FEATS = FEATS | 1 << N.F_GUEST_ANNOUNCE
+
+
+@pytest.fixture
+def rarp(tap: Tap) -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(N.ETH_P_RARP))
+    s.bind((tap.ifname, N.ETH_P_RARP))
+    s.settimeout(2)
+    yield s
+    s.close()
+
+
+def _ctrl(r: Rig, cls: int, cmd: int, data: bytes = b"") -> int:
+    r.mem.write(0x7000, bytes([cls, cmd]) + data)
+    r.mem.write_u8(0x7800, 0xEE)
+    r.post(2, [(0x7000, 2 + len(data), False), (0x7800, 1, True)])
+    assert r.q[2].used_elem(r.q[2].used_idx() - 1)[1] == 1
+    return r.mem.read_u8(0x7800)
+
+
+def test_announce_sets_status_and_ack_clears_it(tap: Tap, rarp: socket.socket) -> None:
+    r = Rig(tap, features=ANNOUNCE_FEATS)
+    assert r.dev.device_features >> N.F_GUEST_ANNOUNCE & 1
+    assert _ctrl(r, N.CLASS_ANNOUNCE, N.ANNOUNCE_ACK) == N.ERR  # nothing to acknowledge (QEMU)
+    r.dev.announce()
+    assert r.dev.config_read(6, 2) == N.S_LINK_UP | N.S_ANNOUNCE and r.cfg_irqs == 1
+    got = rarp.recv(2048)
+    assert got[:6] == b"\xff" * 6 and got[6:12] == GUEST_MAC and got[12:14] == b"\x80\x35"
+    assert got[14:22] == bytes.fromhex("0001080006040003") and got[22:28] == GUEST_MAC == got[32:38]
+    assert len(got) == 60
+    assert _ctrl(r, N.CLASS_ANNOUNCE, 1) == N.ERR  # only ACK exists
+    assert _ctrl(r, N.CLASS_ANNOUNCE, N.ANNOUNCE_ACK) == N.OK
+    assert r.dev.config_read(6, 2) == N.S_LINK_UP
+    r.dev.announce()
+    r.dev.reset()
+    assert r.dev.config_read(6, 2) == N.S_LINK_UP  # reset clears ANNOUNCE
+    r.dev.close()
+
+
+def test_announce_without_guest_announce_only_sends_rarp(tap: Tap, rarp: socket.socket) -> None:
+    r = Rig(tap, features=FEATS)
+    r.dev.announce()
+    assert rarp.recv(2048)[6:12] == GUEST_MAC
+    assert r.dev.config_read(6, 2) == N.S_LINK_UP and r.cfg_irqs == 0
+    r.dev.set_link(False)
+    r.dev.announce()  # link down: nothing on the wire
+    rarp.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        rarp.recv(2048)
+    r.dev.close()
+
+
+@pytest.fixture
+def qmp_net(tmp_path: Path, tap: Tap) -> Iterator[tuple[Rig, NetCommands, RawClient]]:
+    r = Rig(tap, features=ANNOUNCE_FEATS, id="nic0")
+    server = QmpServer(str(tmp_path / "qmp.sock"), server=True)
+    commands = NetCommands(server, SimpleNamespace(pci_models=[object(), r.dev]))
+    server.start()
+    client = RawClient(server.path)
+    client.negotiate()
+    yield r, commands, client
+    client.close()
+    commands.close()
+    server.close()
+    r.dev.close()
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_qmp_announce_self(qmp_net: tuple[Rig, NetCommands, RawClient]) -> None:
+    r, commands, c = qmp_net
+    assert commands.nics() == [("nic0", r.dev)]
+    args = {"initial": 1, "max": 1, "rounds": 1, "step": 1}
+    assert c.cmd("announce-self", args) == {"return": {}}
+    assert r.dev.config_read(6, 2) & N.S_ANNOUNCE and r.cfg_irqs == 1 and r.dev.announces == 1
+    assert _ctrl(r, N.CLASS_ANNOUNCE, N.ANNOUNCE_ACK) == N.OK
+    # three rounds: one now, then 20 ms and 40 ms later (initial + k * step, clamped to max)
+    t0 = time.monotonic()
+    assert c.cmd("announce-self", {"initial": 20, "max": 40, "rounds": 3, "step": 50}) == {"return": {}}
+    assert r.dev.announces == 2
+    assert _wait(lambda: r.dev.announces == 4)
+    assert time.monotonic() - t0 >= 0.06
+    time.sleep(0.1)
+    assert r.dev.announces == 4
+    assert c.cmd("announce-self", {**args, "interfaces": ["other"], "id": "t2"}) == {"return": {}}
+    assert c.cmd("announce-self", {**args, "interfaces": ["nic0"], "id": "t2"}) == {"return": {}}
+    assert r.dev.announces == 5
+    assert c.cmd("announce-self", {**args, "rounds": 0}) == {"return": {}}
+    assert r.dev.announces == 5
+
+
+def test_qmp_announce_self_replaces_named_timer(qmp_net: tuple[Rig, NetCommands, RawClient]) -> None:
+    r, commands, c = qmp_net
+    assert c.cmd("announce-self", {"initial": 1000, "max": 1000, "rounds": 5, "step": 0, "id": "a"}) == {
+        "return": {}}
+    assert c.cmd("announce-self", {"initial": 1000, "max": 1000, "rounds": 1, "step": 0, "id": "a"}) == {
+        "return": {}}
+    assert r.dev.announces == 2 and list(commands.timers) == ["a"]
+    time.sleep(0.05)
+    assert r.dev.announces == 2
+
+
+@pytest.mark.parametrize(("args", "desc"), [
+    ({"max": 1, "rounds": 1, "step": 1}, "Parameter 'initial' is missing"),
+    ({"initial": "1", "max": 1, "rounds": 1, "step": 1}, "Invalid parameter type for 'initial', expected: integer"),
+    ({"initial": 1, "max": 1, "rounds": 1, "step": 1, "x": 1}, "Parameter 'x' is unexpected"),
+])
+def test_qmp_announce_self_errors(qmp_net: tuple[Rig, NetCommands, RawClient], args: dict[str, object],
+                                  desc: str) -> None:
+    _, _, c = qmp_net
+    assert c.cmd("announce-self", args) == {"error": {"class": "GenericError", "desc": desc}}

@@ -43,6 +43,12 @@ Ethernet header (14 bytes, 18 with an 802.1Q tag) is not passed to the driver (c
 :attr:`rx_oversize`); transmitted frames up to that size go out whole (QEMU 7.2 passes longer
 received frames through: a known deviation the conformance suite records). QEMU 7.2 accepts any
 ``host_mtu`` of 1..65535; refvm refuses 1..67 because 5.1.4.1 says the device MUST present 68..65535.
+
+Guest announce (5.1.6.5.4): :meth:`announce` is one round of QMP ``announce-self`` for this NIC, as
+QEMU 7.2's ``qemu_announce_self_iter``: a RARP frame from the NIC's own (property) MAC goes out on the
+tap while the link is up, and when the driver negotiated GUEST_ANNOUNCE and CTRL_VQ the device sets
+VIRTIO_NET_S_ANNOUNCE in ``status`` and raises a configuration change notification. The driver's
+VIRTIO_NET_CTRL_ANNOUNCE_ACK clears the bit; an ACK with the bit clear is VIRTIO_NET_ERR (QEMU).
 """
 
 from __future__ import annotations
@@ -79,7 +85,9 @@ F_SPEED_DUPLEX = 63
 _CTRL_FEATURES = (F_CTRL_GUEST_OFFLOADS, F_CTRL_VQ, F_CTRL_RX, F_CTRL_VLAN, F_CTRL_RX_EXTRA, F_GUEST_ANNOUNCE,
                   F_CTRL_MAC_ADDR)
 
-S_LINK_UP = 1
+S_LINK_UP, S_ANNOUNCE = 1, 2
+ANNOUNCE_ACK = 0
+ETH_P_RARP = 0x8035
 # 5.1.6.5 control classes / commands
 CLASS_RX, CLASS_MAC, CLASS_VLAN, CLASS_ANNOUNCE, CLASS_MQ, CLASS_GUEST_OFFLOADS = 0, 1, 2, 3, 4, 5
 OK, ERR = 0, 1
@@ -106,6 +114,13 @@ def parse_mac(text: str) -> bytes:
     if len(parts) != 6 or not all(len(p) == 2 for p in parts):
         raise ValueError(text)
     return bytes(int(p, 16) for p in parts)
+
+
+def rarp_frame(mac: bytes) -> bytes:
+    """QEMU's ``announce_self_create``: a broadcast RARP request for ``mac``, padded to 60 bytes."""
+    arp = (b"\x00\x01\x08\x00\x06\x04\x00\x03"  # Ethernet, IPv4, hlen 6, plen 4, op 3 (RARP request)
+           + mac + bytes(4) + mac + bytes(4))
+    return (_BCAST + mac + ETH_P_RARP.to_bytes(2, "big") + arp).ljust(60, b"\x00")
 
 
 def parse_uint(name: str, text: str, bits: int) -> int:
@@ -166,6 +181,9 @@ class VirtioNet(VirtioDevice):
         self.features = feats
         self.queue_max_sizes = (rx_queue_size, tx_queue_size) + ((64,) if ctrl_vq else ())
         self.link_up = True
+        self.net_status = S_LINK_UP  # QEMU's n->status: LINK_UP and ANNOUNCE
+        self.announces = 0  # announce rounds done (RARP frames sent or not)
+        self.qdev_id: str | None = None  # the -device id: the NIC's name for announce-self "interfaces"
         self.rx_backlog: deque[bytes] = deque()
         self.rx_dropped = 0
         self.rx_filtered = 0
@@ -176,8 +194,7 @@ class VirtioNet(VirtioDevice):
         self._wake_r, self._wake_w = os.pipe()
         super().__init__(mem, config_size=config_size(feats), **virtio)
         self.config[0:6] = mac
-        if status:
-            self.config[6:8] = S_LINK_UP.to_bytes(2, "little")
+        self._sync_status()
         if host_mtu:
             self.config[CFG_MTU:CFG_MTU + 2] = host_mtu.to_bytes(2, "little")  # never changes (5.1.4.1)
         if feats >> F_SPEED_DUPLEX & 1:
@@ -236,9 +253,11 @@ class VirtioNet(VirtioDevice):
         speed = parse_int32("speed", p.text("speed", "-1") or "-1")
         if speed < SPEED_UNKNOWN:
             raise ValueError("'speed' must be between 0 and INT_MAX")
-        return cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
-                   mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
-                   host_mtu=host_mtu, speed=speed, duplex=duplex, **p.virtio_flags())
+        dev = cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
+                  mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
+                  host_mtu=host_mtu, speed=speed, duplex=duplex, **p.virtio_flags())
+        dev.qdev_id = p.text("id")
+        return dev
 
     # ------------------------------------------------------------------ state
     def _filter_reset(self) -> None:
@@ -254,6 +273,8 @@ class VirtioNet(VirtioDevice):
         self.rx_backlog.clear()
         self._filter_reset()
         self.config[0:6] = self.perm_mac
+        self.net_status &= ~S_ANNOUNCE  # QEMU's virtio_net_reset
+        self._sync_status()
 
     def driver_ok(self) -> None:
         self.vlans = set() if self.negotiated(F_CTRL_VLAN) else None
@@ -263,8 +284,27 @@ class VirtioNet(VirtioDevice):
         """QMP ``set_link``: LINK_UP in ``status`` and a configuration change notification (5.1.4)."""
         with self.lock:
             self.link_up = up
+            self.net_status = (self.net_status & ~S_LINK_UP) | (S_LINK_UP if up else 0)
             if self.features & (1 << F_STATUS):
-                self.config[6:8] = (S_LINK_UP if up else 0).to_bytes(2, "little")
+                self._sync_status()
+                self.config_changed()
+
+    def _sync_status(self) -> None:
+        """The ``status`` config field mirrors :attr:`net_status` when STATUS is offered (5.1.4)."""
+        if self.features & (1 << F_STATUS):
+            self.config[6:8] = self.net_status.to_bytes(2, "little")
+
+    def announce(self) -> None:
+        """One round of QMP ``announce-self`` (QEMU's ``qemu_announce_self_iter`` and
+        ``virtio_net_announce``): a RARP frame on the wire, and VIRTIO_NET_S_ANNOUNCE with a
+        configuration change notification if the driver can announce itself (5.1.6.5.4)."""
+        with self.lock:
+            self.announces += 1
+            if self.link_up:
+                self.tap.write(bytes(VNET_HDR_LEN) + rarp_frame(self.perm_mac))
+            if self.negotiated(F_GUEST_ANNOUNCE) and self.negotiated(F_CTRL_VQ):
+                self.net_status |= S_ANNOUNCE
+                self._sync_status()
                 self.config_changed()
 
     @property
@@ -467,8 +507,12 @@ class VirtioNet(VirtioDevice):
                 self.vlans = set(range(MAX_VLAN))
             (self.vlans.add if cmd == 0 else self.vlans.discard)(vid)
             return OK
-        if cls == CLASS_ANNOUNCE:
-            return OK if cmd == 0 else ERR
+        if cls == CLASS_ANNOUNCE:  # 5.1.6.5.4.1: the ACK clears VIRTIO_NET_S_ANNOUNCE
+            if cmd != ANNOUNCE_ACK or not self.net_status & S_ANNOUNCE:
+                return ERR
+            self.net_status &= ~S_ANNOUNCE
+            self._sync_status()
+            return OK
         if cls == CLASS_GUEST_OFFLOADS:
             if cmd != 0 or len(data) != 8:
                 return ERR
