@@ -348,6 +348,7 @@ class Machine:
         from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.machine_qmp import DeviceCommands
+        from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
 
         servers = []
@@ -356,6 +357,7 @@ class Machine:
                 server = QmpServer(path, server=listen)
                 QmpMachineCommands(server, self)
                 DeviceCommands(server, self)
+                NetCommands(server, self)
                 register_fastpath_qmp(server, self)
                 BlockCommands(server, self, self.backends.drives if self.backends else {}, self.throttle_groups)
                 server.start()
