@@ -9,6 +9,7 @@ A transport (PCI, MMIO) owns the registers; it forwards to a :class:`VirtioDevic
 * ``queues[i]`` -- per-queue configuration and rings (2.6); look the queue up on every access:
   the list is rebuilt when the ring format is negotiated (FEATURES_OK) and on reset;
 * :meth:`queue_notify` -- an available buffer notification (2.9);
+* :meth:`reset_queue` -- one queue back to its initial state (2.6.1, VIRTIO_F_RING_RESET);
 * :meth:`read_isr` -- the interrupt status bits (bit 0 used buffer, bit 1 configuration change).
 
 and receives interrupts through ``on_used_buffer(queue_index)`` and ``on_config_change()``.
@@ -84,10 +85,13 @@ class VirtioDevice:
         packed: bool = True,
         event_idx: bool = True,
         indirect: bool = True,
+        ring_reset: bool = True,
         config_size: int = 0,
     ) -> None:
         self.mem = mem
         core = F.CORE_FEATURES
+        if ring_reset:  # QEMU 7.2's queue_reset property is on by default (hw_compat_7_1 turns it off)
+            core |= F.bit(F.VIRTIO_F_RING_RESET)
         if not packed:
             core &= ~F.bit(F.VIRTIO_F_RING_PACKED)
         if not event_idx:
@@ -383,6 +387,34 @@ class VirtioDevice:
                 return
             q.push(chain, written)
             self.notify_used(q)
+
+    def reset_queue(self, index: int) -> bool:
+        """Reset one virtqueue (2.6.1 Virtqueue Reset; the transport's ``queue_reset``, 4.1.4.3).
+
+        2.6.1.1.1: the device stops using the queue -- no more requests executed, no notifications --
+        and its state goes back to the default: size back to the maximum, ring addresses 0, disabled,
+        available/used indices and MSI-X vector reset (QEMU's __virtio_queue_reset). The queue object is
+        replaced, so a request still in flight on the old one is dropped by :meth:`complete`. The
+        negotiated ring format and ring features stay. Returns False (nothing done) when
+        VIRTIO_F_RING_RESET was not negotiated or the queue does not exist. Synchronous: the reset is
+        complete when this returns.
+        """
+        with self.lock:
+            if not self.negotiated(F.VIRTIO_F_RING_RESET):
+                self._violation(f"4.1.4.3: queue_reset of queue {index} without VIRTIO_F_RING_RESET; ignored")
+                return False
+            if not 0 <= index < len(self.queues) or not self.queues[index].max_size:
+                return False
+            old = self.queues[index]
+            new = type(old)(self.mem, index, old.max_size)
+            new.event_idx, new.indirect = old.event_idx, old.indirect
+            self.queues[index] = new
+            self.queue_reset_device(index)
+            return True
+
+    def queue_reset_device(self, index: int) -> None:
+        """Device-specific hook after queue ``index`` was reset (lock held): drop what the device keeps
+        from that queue (held buffers, pending requests). The default keeps nothing."""
 
     def handle_queue(self, queue: Virtqueue) -> None:
         """Device hook: pop chains from ``queue``, use them, push them (called with the lock held)."""

@@ -67,6 +67,9 @@ QUEUE_DRIVER_LO = 0x28
 QUEUE_DRIVER_HI = 0x2C
 QUEUE_DEVICE_LO = 0x30
 QUEUE_DEVICE_HI = 0x34
+QUEUE_NOTIFY_DATA = 0x38
+#: §4.1.4.3 le16 queue_reset (VIRTIO 1.2, exists when VIRTIO_F_RING_RESET is negotiated).
+QUEUE_RESET = 0x3A
 #: Address fields: offset -> (attribute of QueueRegs, high half?)
 _ADDR_FIELDS = {
     QUEUE_DESC_LO: ("desc", False), QUEUE_DESC_HI: ("desc", True),
@@ -220,7 +223,9 @@ class ModernBar:
             name, high = _ADDR_FIELDS[offset]
             addr = getattr(self._regs(sel), name)
             return (addr >> 32) if high else (addr & _U32)
-        return 0  # queue_notify_data, queue_reset (not offered) and the rest of the page
+        # queue_reset: a reset completes within the write (see _reset_queue), so it is never "ongoing"
+        # and reads 0 -- after enable, after a queue reset and after a device reset (§4.1.4.3.1).
+        return 0  # queue_notify_data (NOTIFICATION_DATA not offered), queue_reset, the rest of the page
 
     def _common_write(self, offset: int, value: int) -> None:
         dev = self.dev
@@ -253,6 +258,8 @@ class ModernBar:
                 self._regs(sel).msix_vector = fn.checked_vector(value)
         elif offset == QUEUE_ENABLE:
             self._enable_queue(sel, value)
+        elif offset == QUEUE_RESET:
+            self._reset_queue(sel, value)
         elif offset in _ADDR_FIELDS:
             name, high = _ADDR_FIELDS[offset]
             regs = self._regs(sel)
@@ -290,6 +297,19 @@ class ModernBar:
             q.desc_addr, q.driver_addr, q.device_addr = regs.desc, regs.driver, regs.device
             q.enabled = True
         regs.enabled = True
+
+    def _reset_queue(self, index: int, value: int) -> None:
+        """§4.1.4.3.1 / §2.6.1: writing 1 to ``queue_reset`` resets the selected queue. The device resets
+        it at once (:meth:`VirtioDevice.reset_queue`), so the reset has completed when the driver next
+        reads: ``queue_reset`` and ``queue_enable`` both read 0, the addresses 0, ``queue_size`` the
+        maximum and ``queue_msix_vector`` NO_VECTOR; the driver may then set the queue up again and
+        write ``queue_enable`` (§2.6.1.2). Without VIRTIO_F_RING_RESET negotiated the field does not
+        exist and the write is dropped; values other than 1 are dropped too."""
+        if value != 1:
+            self.dev.violations.append(f"4.1.4.3: queue_reset of queue {index} written with {value:#x}; ignored")
+            return
+        if self.dev.reset_queue(index):
+            self.queue_regs[index] = QueueRegs()
 
     # ---------------------------------------------------------------- §4.1.4.5 ISR status
     def _isr_read(self) -> int:
