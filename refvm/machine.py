@@ -347,9 +347,11 @@ class Machine:
             return []  # no monitor: skip importing the command sets (a sixth of the time to first prompt)
         from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.block_qmp import BlockCommands
+        from refvm.monitor.block_resize import BlockResizeCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
+        from refvm.monitor.qom import QomCommands
 
         servers = []
         try:
@@ -359,7 +361,10 @@ class Machine:
                 DeviceCommands(server, self)
                 NetCommands(server, self)
                 register_fastpath_qmp(server, self)
-                BlockCommands(server, self, self.backends.drives if self.backends else {}, self.throttle_groups)
+                drives = self.backends.drives if self.backends else {}
+                BlockCommands(server, self, drives, self.throttle_groups)
+                BlockResizeCommands(server, self, drives)
+                QomCommands(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:

@@ -7,7 +7,6 @@ offset of the selected queue, config generation and the config bytes. Any differ
 hypothesis prints the shrunk, replayable list of steps.
 
 Differences that are documented (README.md) are normalised first and nowhere else:
-- QEMU 7.2 offers VIRTIO_F_RING_RESET (bit 40), which refvm does not implement;
 - QEMU keeps DRIVER_OK when set without FEATURES_OK, refvm sets DEVICE_NEEDS_RESET (2.2.2, 3.1.1): the
   machine never writes DRIVER_OK without an accepted FEATURES_OK;
 - feature sets the driver writes are subsets of what both targets offer (refvm refuses FEATURES_OK for

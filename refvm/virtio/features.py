@@ -82,7 +82,8 @@ def has(features: int, n: int) -> bool:
 
 
 #: What this virtqueue core implements for every device (section 6): the device MUST offer VERSION_1.
-#: IN_ORDER, NOTIFICATION_DATA, RING_RESET and ACCESS_PLATFORM are not implemented, so never offered.
+#: IN_ORDER, NOTIFICATION_DATA and ACCESS_PLATFORM are not implemented, so never offered; RING_RESET is offered
+#: by VirtioDevice itself (ring_reset=True, as QEMU 7.2) and handled through queue_reset (4.1.4.3).
 CORE_FEATURES = (
     bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_F_RING_INDIRECT_DESC)
