@@ -8,6 +8,7 @@ from conformance.plugin import (  # noqa: F401 - pytest finds hooks and fixtures
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_makereport,
+    pytest_runtest_setup,
     pytest_sessionfinish,
     pytest_terminal_summary,
     target,

@@ -12,6 +12,9 @@ import pytest
 
 MIB = 1024 * 1024
 
+#: These boot the probe guest: on refvm that needs /dev/kvm (qtest-only suites do not).
+pytestmark = [pytest.mark.kvm, pytest.mark.guest]
+
 
 @pytest.mark.clause("refvm-platform", "multiboot/entry-state")
 def test_banner_reports_multiboot_memory(probe) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+#: These boot the probe guest: on refvm that needs /dev/kvm (qtest-only suites do not).
+pytestmark = [pytest.mark.kvm, pytest.mark.guest]
 
 @pytest.mark.clause("refvm-platform", "reset/control-register")
 def test_cf9_reset_reboots_guest(target, probe_kernel, consoles) -> None:

@@ -7,6 +7,9 @@ from qemu.qmp import ExecuteError
 
 from conformance.drivers.qmp import QmpDriver
 
+#: These boot the probe guest: on refvm that needs /dev/kvm (qtest-only suites do not).
+pytestmark = [pytest.mark.kvm, pytest.mark.guest]
+
 
 @pytest.fixture
 def paused_guest(target, probe_kernel, consoles, tmp_path):
