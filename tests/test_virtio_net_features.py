@@ -253,3 +253,16 @@ def test_qmp_announce_self_errors(qmp_net: tuple[Rig, NetCommands, RawClient], a
                                   desc: str) -> None:
     _, _, c = qmp_net
     assert c.cmd("announce-self", args) == {"error": {"class": "GenericError", "desc": desc}}
+
+
+def test_qmp_set_link_by_nic_name_and_errors(qmp_net: tuple[Rig, NetCommands, RawClient]) -> None:
+    """QMP set_link flips LINK_UP in the status field and raises a configuration change (5.1.4)."""
+    r, _commands, c = qmp_net
+    assert r.dev.config_read(6, 2) & N.S_LINK_UP
+    irqs = r.cfg_irqs
+    assert c.cmd("set_link", {"name": "nic0", "up": False}) == {"return": {}}
+    assert not r.dev.config_read(6, 2) & N.S_LINK_UP and r.cfg_irqs == irqs + 1
+    assert c.cmd("set_link", {"name": "nic0", "up": True}) == {"return": {}}
+    assert r.dev.config_read(6, 2) & N.S_LINK_UP
+    reply = c.cmd("set_link", {"name": "nope", "up": True})
+    assert reply["error"] == {"class": "DeviceNotFound", "desc": "Device 'nope' not found"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from refvm.monitor.qmp import QmpServer
+from refvm.monitor.qmp import QmpError, QmpServer
 
 __all__ = ["AnnounceTimer", "NetCommands"]
 
@@ -73,6 +73,7 @@ class NetCommands:
         server.register("announce-self", self.announce_self, args={
             "initial": int, "max": int, "rounds": int, "step": int, "*interfaces": list, "*id": str,
         })
+        server.register("set_link", self.set_link, args={"name": str, "up": bool})
 
     def nics(self) -> list[tuple[str, Any]]:
         """(name, device) of every virtio-net: the ``id``, else QEMU's ``<type>.<n>`` generated name."""
@@ -100,6 +101,16 @@ class NetCommands:
         timer = AnnounceTimer(dict(args), nics)
         self.timers[key] = timer
         timer.start()
+        return {}
+
+    def set_link(self, args: dict[str, Any]) -> dict[str, Any]:
+        """QMP ``set_link`` (qapi/net.json): the name is a NIC's (id or generated) or its netdev's id."""
+        name = args["name"]
+        found = [dev for nic, dev in self.nics() if name in (nic, getattr(dev, "netdev_id", None))]
+        if not found:
+            raise QmpError(f"Device '{name}' not found", "DeviceNotFound")
+        for dev in found:
+            dev.set_link(args["up"])
         return {}
 
     def close(self) -> None:

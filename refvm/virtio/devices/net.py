@@ -257,6 +257,7 @@ class VirtioNet(VirtioDevice):
                   mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
                   host_mtu=host_mtu, speed=speed, duplex=duplex, **p.virtio_flags())
         dev.qdev_id = p.text("id")
+        dev.netdev_id = nid  # QMP set_link may name the NIC by its backend's id
         return dev
 
     # ------------------------------------------------------------------ state
