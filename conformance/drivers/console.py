@@ -44,6 +44,8 @@ class SerialConsole:
             dimensions=(50, 200),
         )
         self.child.logfile_read = self._log
+        # pexpect sleeps 50 ms before every send by default; the UARTs buffer typed input, so no pause.
+        self.child.delaybeforesend = None
         self.exit_status: int | None = None
 
     # ---- reading ---------------------------------------------------------------------------------------
