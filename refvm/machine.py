@@ -248,10 +248,16 @@ class Machine:
 
     # ---- requests from devices, monitors and vCPU threads (any thread) -------------------------------
 
+    def _halt_guest(self) -> None:
+        """The CPU stops at the instruction that asked for a reset or an exit, as on hardware."""
+        for runner in self._runners:
+            runner.halt()
+
     def _end(self, outcome: Outcome) -> None:
         with self._outcome_lock:
             if self._outcome is None:
                 self._outcome = outcome
+        self._halt_guest()
         self._ended.set()
 
     def _emit(self, event: str, data: dict | None = None) -> None:
@@ -274,6 +280,7 @@ class Machine:
         if not reason.startswith("host-qmp"):
             self._emit("RESET", {"guest": reason.startswith("guest"), "reason": reason})
         self._reset_requested.set()
+        self._halt_guest()
         self._ended.set()
 
     def request_error(self, message: str) -> None:

@@ -40,6 +40,12 @@ class VcpuRunner(threading.Thread):
         self._resumed.set()
         self._kick()
 
+    def halt(self) -> None:
+        """Stop guest progress now, from any thread (even this vCPU's own, inside a device callback):
+        a reset or exit must not let the guest run on while the main thread gets round to stopping it."""
+        self._stopping = True
+        self.vcpu.immediate_exit = 1
+
     def pause(self, timeout: float = 2.0) -> None:
         """Park the vCPU outside KVM_RUN and wait until it is (QMP `stop` is synchronous in QEMU too)."""
         self._resumed.clear()
