@@ -7,10 +7,9 @@ import os
 from typing import TYPE_CHECKING
 
 from . import ioctls as I
-from ._ffi import ffi
-from ._sys import ioctl_int, ioctl_ptr
+from ._sys import ioctl_int
 from .errors import KvmError
-from .types import CpuidEntry, cpuid2_entries
+from .types import CpuidEntry, read_cpuid2
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -68,17 +67,7 @@ class Kvm:
 
     def supported_cpuid(self) -> list[CpuidEntry]:
         """KVM_GET_SUPPORTED_CPUID, growing the buffer while the kernel answers E2BIG."""
-        n = 64
-        while True:
-            buf = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
-            try:
-                ioctl_ptr(self._fd, I.KVM_GET_SUPPORTED_CPUID, buf)
-            except KvmError as e:
-                if e.errno == errno.E2BIG and n < 4096:
-                    n *= 2
-                    continue
-                raise
-            return cpuid2_entries(buf)
+        return read_cpuid2(self._fd, I.KVM_GET_SUPPORTED_CPUID)
 
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM."""

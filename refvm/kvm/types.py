@@ -6,9 +6,12 @@ ever escapes the binding layer and state can be copied or serialised (migration)
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from ._ffi import ffi
+from ._sys import ioctl_ptr
+from .errors import KvmError
 
 REG_NAMES = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -169,3 +172,18 @@ def cpuid2_entries(buf: object) -> list[CpuidEntry]:
 
 
 __all__ = ["Regs", "Segment", "DTable", "Sregs", "CpuidEntry", "cpuid2_buffer", "cpuid2_entries"]
+
+
+def read_cpuid2(fd: int, request: int) -> list[CpuidEntry]:
+    """KVM_GET_SUPPORTED_CPUID / KVM_GET_CPUID2: the kernel answers E2BIG until the buffer is big enough."""
+    n = 64
+    while True:
+        buf = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
+        try:
+            ioctl_ptr(fd, request, buf)
+        except KvmError as e:
+            if e.errno == errno.E2BIG and n < 4096:
+                n *= 2
+                continue
+            raise
+        return cpuid2_entries(buf)

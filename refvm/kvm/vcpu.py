@@ -23,7 +23,7 @@ from . import ioctls as I
 from ._ffi import ffi
 from ._sys import ioctl_ptr
 from .errors import KvmError
-from .types import CpuidEntry, Regs, Sregs, cpuid2_buffer, cpuid2_entries
+from .types import CpuidEntry, Regs, Sregs, cpuid2_buffer, read_cpuid2
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -197,17 +197,7 @@ class Vcpu:
 
     def get_cpuid2(self) -> list[CpuidEntry]:
         """KVM_GET_CPUID2: the table last set with set_cpuid2."""
-        n = 64
-        while True:
-            buf = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
-            try:
-                ioctl_ptr(self._fd, I.KVM_GET_CPUID2, buf)
-            except KvmError as e:
-                if e.errno == errno.E2BIG and n < 4096:
-                    n *= 2
-                    continue
-                raise
-            return cpuid2_entries(buf)
+        return read_cpuid2(self._fd, I.KVM_GET_CPUID2)
 
     # -- lifetime -------------------------------------------------------------------------------
 
