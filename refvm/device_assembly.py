@@ -60,7 +60,8 @@ def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: An
                     backends.netdevs[ident] = HubPort(int(props.get("hubid", "0"), 0))
                     continue
                 fd = int(props["fd"]) if "fd" in props else None
-                backends.netdevs[ident] = Tap(props.get("ifname", ""), fd=fd)
+                queues = int(props.get("queues", "1"), 0)
+                backends.netdevs[ident] = Tap(props.get("ifname", ""), fd=fd, queues=queues)
             except (OSError, ValueError) as err:
                 raise AssemblyError(f"-netdev tap,id={ident}: could not open tap: {err}") from None
         for ident, spec in cfg.chardevs.items():

@@ -15,6 +15,7 @@ property     default             meaning
 ``host_mtu``  0 (none)           offer VIRTIO_NET_F_MTU with config ``mtu`` = N (68..65535, 5.1.4.1)
 ``speed``     -1 (unknown)       Mbit/s; >= 0 offers VIRTIO_NET_F_SPEED_DUPLEX (config ``speed``)
 ``duplex``    (unknown)          ``full`` / ``half``: offers VIRTIO_NET_F_SPEED_DUPLEX (``duplex``)
+``mq``        off                offer VIRTIO_NET_F_MQ (with ``ctrl_vq``; the pairs are the tap's ``queues``)
 ===========  ==================  =================================================================
 
 Offered features are QEMU 7.2's for a backend without offloads (measured with ``-netdev user``, the
@@ -49,6 +50,14 @@ QEMU 7.2's ``qemu_announce_self_iter``: a RARP frame from the NIC's own (propert
 tap while the link is up, and when the driver negotiated GUEST_ANNOUNCE and CTRL_VQ the device sets
 VIRTIO_NET_S_ANNOUNCE in ``status`` and raises a configuration change notification. The driver's
 VIRTIO_NET_CTRL_ANNOUNCE_ACK clears the bit; an ACK with the bit clear is VIRTIO_NET_ERR (QEMU).
+
+Multiqueue (5.1.6.5.5): a tap opened with ``queues=N`` gives N receive/transmit pairs (queues 2i, 2i+1)
+and the control queue last (2N), as QEMU 7.2 creates them whatever ``mq`` says; ``mq=on`` offers
+VIRTIO_NET_F_MQ with config ``max_virtqueue_pairs`` = N. Pair i uses tap queue i both ways. After
+reset only pair 0 is used; VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET k (1..N, MQ negotiated, else
+VIRTIO_NET_ERR) enables pairs 0..k-1. As QEMU does, the tap queues of unused pairs are detached
+(TUNSETQUEUE), so the kernel steers every frame to a used pair, and buffers on unused transmit queues
+wait until their pair is enabled.
 """
 
 from __future__ import annotations
@@ -80,6 +89,7 @@ F_CTRL_RX = 18
 F_CTRL_VLAN = 19
 F_CTRL_RX_EXTRA = 20
 F_GUEST_ANNOUNCE = 21
+F_MQ = 22
 F_CTRL_MAC_ADDR = 23
 F_SPEED_DUPLEX = 63
 _CTRL_FEATURES = (F_CTRL_GUEST_OFFLOADS, F_CTRL_VQ, F_CTRL_RX, F_CTRL_VLAN, F_CTRL_RX_EXTRA, F_GUEST_ANNOUNCE,
@@ -87,6 +97,8 @@ _CTRL_FEATURES = (F_CTRL_GUEST_OFFLOADS, F_CTRL_VQ, F_CTRL_RX, F_CTRL_VLAN, F_CT
 
 S_LINK_UP, S_ANNOUNCE = 1, 2
 ANNOUNCE_ACK = 0
+MQ_VQ_PAIRS_SET = 0
+CFG_MAX_PAIRS = 8
 ETH_P_RARP = 0x8035
 # 5.1.6.5 control classes / commands
 CLASS_RX, CLASS_MAC, CLASS_VLAN, CLASS_ANNOUNCE, CLASS_MQ, CLASS_GUEST_OFFLOADS = 0, 1, 2, 3, 4, 5
@@ -106,7 +118,7 @@ SPEED_UNKNOWN = -1
 #: 5.1.4.2 (device normative): duplex values
 DUPLEX_FULL, DUPLEX_HALF, DUPLEX_UNKNOWN = 0x00, 0x01, 0xFF
 #: (feature, end of the last field it brings in), QEMU's feature_sizes for virtio_net_config
-_CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MTU, 12), (F_SPEED_DUPLEX, 17))
+_CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MQ, 10), (F_MTU, 12), (F_SPEED_DUPLEX, 17))
 
 
 def parse_mac(text: str) -> bytes:
@@ -155,15 +167,17 @@ class VirtioNet(VirtioDevice):
 
     device_id = 1
     feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
-                     18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 23: "CTRL_MAC_ADDR",
-                     63: "SPEED_DUPLEX"}
+                     18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 22: "MQ",
+                     23: "CTRL_MAC_ADDR", 63: "SPEED_DUPLEX"}
 
     def __init__(self, mem: GuestMemory, tap: Tap, *, mac: bytes = bytes.fromhex("525400123456"),
                  ctrl_vq: bool = True, status: bool = True, mrg_rxbuf: bool = True,
                  rx_queue_size: int = 256, tx_queue_size: int = 256, host_mtu: int = 0,
-                 speed: int = SPEED_UNKNOWN, duplex: int | None = None, start_reader: bool = True,
-                 **virtio: bool) -> None:
+                 speed: int = SPEED_UNKNOWN, duplex: int | None = None, mq: bool = False,
+                 start_reader: bool = True, **virtio: bool) -> None:
         self.tap = tap
+        self.max_pairs = max(tap.queues, 1)
+        self.curr_pairs = 1
         self.perm_mac = mac
         self.host_mtu = host_mtu
         feats = 1 << F_MAC
@@ -178,23 +192,29 @@ class VirtioNet(VirtioDevice):
         if ctrl_vq:
             for b in _CTRL_FEATURES:
                 feats |= 1 << b
+            if mq:
+                feats |= 1 << F_MQ
         self.features = feats
-        self.queue_max_sizes = (rx_queue_size, tx_queue_size) + ((64,) if ctrl_vq else ())
+        self.queue_max_sizes = (rx_queue_size, tx_queue_size) * self.max_pairs + ((64,) if ctrl_vq else ())
+        self.ctrl_index = 2 * self.max_pairs
         self.link_up = True
         self.net_status = S_LINK_UP  # QEMU's n->status: LINK_UP and ANNOUNCE
         self.announces = 0  # announce rounds done (RARP frames sent or not)
         self.qdev_id: str | None = None  # the -device id: the NIC's name for announce-self "interfaces"
-        self.rx_backlog: deque[bytes] = deque()
+        self.rx_backlogs: list[deque[bytes]] = [deque() for _ in range(self.max_pairs)]
         self.rx_dropped = 0
         self.rx_filtered = 0
         self.rx_oversize = 0
         self.rx_packets = self.tx_packets = 0
-        self._held: list[Chain] = []  # receive buffers popped but not yet used
+        self._helds: list[list[Chain]] = [[] for _ in range(self.max_pairs)]  # rx buffers popped, not yet used
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         super().__init__(mem, config_size=config_size(feats), **virtio)
         self.config[0:6] = mac
         self._sync_status()
+        if feats >> F_MQ & 1:
+            self.config[CFG_MAX_PAIRS:CFG_MAX_PAIRS + 2] = self.max_pairs.to_bytes(2, "little")
+        self._apply_pairs()
         if host_mtu:
             self.config[CFG_MTU:CFG_MTU + 2] = host_mtu.to_bytes(2, "little")  # never changes (5.1.4.1)
         if feats >> F_SPEED_DUPLEX & 1:
@@ -207,7 +227,7 @@ class VirtioNet(VirtioDevice):
             self._thread.start()
 
     PROPERTIES = ("netdev", "mac", "ctrl_vq", "status", "mrg_rxbuf", "rx_queue_size", "tx_queue_size",
-                  "host_mtu", "speed", "duplex")
+                  "host_mtu", "speed", "duplex", "mq")
 
     @classmethod
     def create(
@@ -255,7 +275,7 @@ class VirtioNet(VirtioDevice):
             raise ValueError("'speed' must be between 0 and INT_MAX")
         dev = cls(mem, tap, mac=mac, ctrl_vq=p.flag("ctrl_vq", True), status=p.flag("status", True),
                   mrg_rxbuf=p.flag("mrg_rxbuf", True), rx_queue_size=sizes[0], tx_queue_size=sizes[1],
-                  host_mtu=host_mtu, speed=speed, duplex=duplex, **p.virtio_flags())
+                  host_mtu=host_mtu, speed=speed, duplex=duplex, mq=p.flag("mq", False), **p.virtio_flags())
         dev.qdev_id = p.text("id")
         dev.netdev_id = nid  # QMP set_link may name the NIC by its backend's id
         return dev
@@ -269,9 +289,34 @@ class VirtioNet(VirtioDevice):
         self.uni_overflow = self.multi_overflow = False
         self.vlans: set[int] | None = None  # None: every VLAN passes (CTRL_VLAN not negotiated)
 
+    @property
+    def rx_backlog(self) -> deque[bytes]:
+        """Frames pair 0 has not delivered yet."""
+        return self.rx_backlogs[0]
+
+    def _apply_pairs(self) -> None:
+        """Attach the tap queues of used pairs and detach the others (QEMU's virtio_net_set_queue_pairs)."""
+        if self.max_pairs < 2:
+            return
+        for i in range(self.max_pairs):
+            try:
+                self.tap.enable_queue(i, i < self.curr_pairs)
+            except OSError as exc:
+                log.warning("virtio-net: %s", exc)
+        try:
+            os.write(self._wake_w, b"q")  # the reader selects on the attached queues only
+        except OSError:
+            pass
+
     def reset_device(self) -> None:
-        self._held.clear()
-        self.rx_backlog.clear()
+        for held in self._helds:
+            held.clear()
+        for backlog in self.rx_backlogs:
+            backlog.clear()
+        self.ctrl_index = 2 * self.max_pairs
+        if self.curr_pairs != 1:
+            self.curr_pairs = 1  # 5.1.6.5.5: after reset only the first pair is used
+            self._apply_pairs()
         self._filter_reset()
         self.config[0:6] = self.perm_mac
         self.net_status &= ~S_ANNOUNCE  # QEMU's virtio_net_reset
@@ -314,12 +359,31 @@ class VirtioNet(VirtioDevice):
 
     # ------------------------------------------------------------------ queues
     def handle_queue(self, queue: Virtqueue) -> None:
-        if queue.index == 0:
-            self._flush_rx()
-        elif queue.index == 1:
-            self._transmit(queue)
-        elif queue.index == 2:
+        i = queue.index
+        if i == self.ctrl_index:
             self._control(queue)
+        elif i < self.ctrl_index and i // 2 < self.curr_pairs:  # unused pairs wait (5.1.6.5.5)
+            if i % 2:
+                self._transmit(queue)
+            else:
+                self._flush_rx(i // 2)
+
+    def _setup_queues(self) -> None:
+        """Without MQ negotiated only one pair exists and the control queue is queue 2 (5.1.2; QEMU's
+        virtio_net_change_num_queue_pairs): the other pairs' queues become unavailable (size 0)."""
+        super()._setup_queues()
+        self.ctrl_index = 2 * self.max_pairs
+        if self.max_pairs > 1 and not self.negotiated(F_MQ) and len(self.queues) > 2 * self.max_pairs:
+            first = self.queues[0]
+            for i in range(2, len(self.queues)):
+                nq = type(first)(self.mem, i, 64 if i == 2 else 0)
+                nq.event_idx, nq.indirect = first.event_idx, first.indirect
+                self.queues[i] = nq
+            self.ctrl_index = 2
+
+    def queue_reset_device(self, index: int) -> None:
+        if index < self.ctrl_index and index % 2 == 0:
+            self._helds[index // 2].clear()
 
     def _transmit(self, queue: Virtqueue) -> None:
         for _ in range(queue.size):
@@ -333,35 +397,40 @@ class VirtioNet(VirtioDevice):
             queue.push(chain, 0)
             if self.link_up and frame:
                 self.tx_packets += 1
-                self.tap.write(bytes(VNET_HDR_LEN) + frame)  # no offloads negotiated: a plain frame
+                self.tap.write(bytes(VNET_HDR_LEN) + frame, queue.index // 2)  # no offloads: a plain frame
 
     # ------------------------------------------------------------------ receive (5.1.6.3, 5.1.6.4)
     def _reader(self) -> None:
         while not self._stop.is_set():
+            fds = {fd: i for i, fd in enumerate(self.tap.fds) if fd >= 0 and self.tap.enabled[i]}
             try:
-                ready, _, _ = select.select([self.tap.fd, self._wake_r], [], [], 1.0)
+                ready, _, _ = select.select([*fds, self._wake_r], [], [], 1.0)
             except (OSError, ValueError):
                 return
-            if self._wake_r in ready or self._stop.is_set():
+            if self._stop.is_set():
                 return
-            if self.tap.fd not in ready:
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)  # the attached queues changed
                 continue
-            for _ in range(64):
-                pkt = self.tap.read()
-                if not pkt:
-                    break
-                self.receive(pkt[VNET_HDR_LEN:])
+            for fd in ready:
+                for _ in range(64):
+                    pkt = self.tap.read(fds[fd])
+                    if not pkt:
+                        break
+                    self.receive(pkt[VNET_HDR_LEN:], fds[fd])
 
-    def receive(self, frame: bytes) -> None:
-        """A frame from the backend (any thread): deliver it now or keep it for later buffers."""
+    def receive(self, frame: bytes, pair: int = 0) -> None:
+        """A frame from tap queue ``pair`` (any thread): deliver it on that pair's receive queue now, or
+        keep it for later buffers."""
         with self.lock:
             if not self.link_up:
                 return
-            if len(self.rx_backlog) >= RX_BACKLOG:
-                self.rx_backlog.popleft()
+            backlog = self.rx_backlogs[pair]
+            if len(backlog) >= RX_BACKLOG:
+                backlog.popleft()
                 self.rx_dropped += 1
-            self.rx_backlog.append(frame)
-            self._flush_rx()
+            backlog.append(frame)
+            self._flush_rx(pair)
 
     def _accepts(self, frame: bytes) -> bool:
         """QEMU's receive filter (5.1.6.5.1, 5.1.6.5.2, 5.1.6.5.3)."""
@@ -384,27 +453,34 @@ class VirtioNet(VirtioDevice):
             return False
         return self.alluni or self.uni_overflow or dest == self.mac or dest in self.uni_macs
 
-    def _flush_rx(self) -> None:
-        if not self.live or not self.queues or not self.queues[0].ready:
+    def _flush_rx(self, pair: int | None = None) -> None:
+        """Deliver waiting frames of ``pair`` (default: every used pair) into its receive queue."""
+        if pair is None:
+            for p in range(self.curr_pairs):
+                self._flush_rx(p)
             return
-        q = self.queues[0]
+        if not self.live or pair >= self.curr_pairs or 2 * pair >= len(self.queues) or \
+                not self.queues[2 * pair].ready:
+            return
+        q = self.queues[2 * pair]
+        backlog = self.rx_backlogs[pair]
         delivered = False
         try:
             limit = self._rx_limit()
-            while self.rx_backlog:
-                frame = self.rx_backlog[0]
+            while backlog:
+                frame = backlog[0]
                 if limit is not None and len(frame) > limit + (VLAN_HLEN if frame[12:14] == b"\x81\x00" else 0):
-                    self.rx_backlog.popleft()  # 5.1.4.1: MUST NOT pass packets exceeding mtu
+                    backlog.popleft()  # 5.1.4.1: MUST NOT pass packets exceeding mtu
                     self.rx_oversize += 1
                     continue
                 if not self._accepts(frame):
-                    self.rx_backlog.popleft()
+                    backlog.popleft()
                     self.rx_filtered += 1
                     continue
-                done = self._deliver(q, frame)
+                done = self._deliver(q, frame, self._helds[pair])
                 if done is None:
                     break  # wait for more buffers
-                self.rx_backlog.popleft()
+                backlog.popleft()
                 delivered = delivered or done
         except Exception as exc:  # a VirtqueueError/GuestMemoryError from the driver's ring: fail the device
             self.fail(f"virtio-net receive: {exc}")
@@ -416,21 +492,22 @@ class VirtioNet(VirtioDevice):
         """Longest frame the driver may receive: ``mtu`` + Ethernet header once MTU is negotiated (5.1.4.1)."""
         return self.host_mtu + ETH_HLEN if self.host_mtu and self.negotiated(F_MTU) else None
 
-    def _deliver(self, q: Virtqueue, frame: bytes) -> bool | None:
-        """Put one frame into held buffers: True if used, False if dropped, None if buffers are missing."""
+    def _deliver(self, q: Virtqueue, frame: bytes, held: list[Chain]) -> bool | None:
+        """Put one frame into ``held`` buffers (popped from ``q`` as needed): True if used, False if
+        dropped, None if buffers are missing."""
         need = VNET_HDR_LEN + len(frame)
         merge = self.negotiated(F_MRG_RXBUF)
         limit = MAX_MERGE if merge else 1
-        while len(self._held) < limit and sum(c.writable_len for c in self._held[:limit]) < need:
+        while len(held) < limit and sum(c.writable_len for c in held[:limit]) < need:
             chain = q.pop()
             if chain is None:
                 break
-            self._held.append(chain)
-        if not self._held:
+            held.append(chain)
+        if not held:
             return None
-        room = sum(c.writable_len for c in self._held[:limit])
+        room = sum(c.writable_len for c in held[:limit])
         if room < need:
-            if not merge or len(self._held) >= limit:
+            if not merge or len(held) >= limit:
                 log.debug("virtio-net: %d-byte frame does not fit the receive buffer: dropped", len(frame))
                 self.rx_dropped += 1
                 return False
@@ -439,7 +516,7 @@ class VirtioNet(VirtioDevice):
         used: list[tuple[Chain, int]] = []
         pos = 0
         while pos < need:
-            chain = self._held.pop(0)
+            chain = held.pop(0)
             n = chain.write_into(data[pos:])
             used.append((chain, n))
             pos += n
@@ -513,6 +590,20 @@ class VirtioNet(VirtioDevice):
                 return ERR
             self.net_status &= ~S_ANNOUNCE
             self._sync_status()
+            return OK
+        if cls == CLASS_MQ:  # 5.1.6.5.5 (QEMU reads the first 2 bytes of the command data)
+            pairs = int.from_bytes(data[:2], "little")
+            if cmd != MQ_VQ_PAIRS_SET or len(data) < 2 or not self.negotiated(F_MQ) or \
+                    not 1 <= pairs <= self.max_pairs:
+                return ERR
+            old, self.curr_pairs = self.curr_pairs, pairs
+            self._apply_pairs()
+            for p in range(old, pairs):  # newly used pairs: buffers the driver already posted
+                self._flush_rx(p)
+                tx = self.queues[2 * p + 1]
+                if tx.ready:
+                    self._transmit(tx)
+                    self.notify_used(tx)
             return OK
         if cls == CLASS_GUEST_OFFLOADS:
             if cmd != 0 or len(data) != 8:
