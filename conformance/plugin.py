@@ -137,9 +137,12 @@ def probe(target: Target, probe_kernel: str, consoles) -> SerialConsole:  # noqa
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if report.failed:
+    if report.failed:  # show what every target started by the test printed, and how it was started
         for con in getattr(item, "_consoles", []):
             report.sections.append((f"serial log of {con.name}", con.transcript[-8000:]))
+        for session in getattr(item, "_qtest_sessions", []):
+            report.sections.append((f"qtest target stderr ({session.name})", session.stderr[-4000:] or "(empty)"))
+            report.sections.append(("qtest target argv", " ".join(session.argv)))
     if report.when == "call" or (report.when == "setup" and not report.passed):
         verdict = "xfail" if hasattr(report, "wasxfail") else report.outcome
         item.config._test_results[item.nodeid] = verdict  # type: ignore[attr-defined]

@@ -186,14 +186,3 @@ def block_vm(target: Target, request: pytest.FixtureRequest) -> Iterator[Callabl
         for name in os.listdir(d):
             os.unlink(os.path.join(d, name))
         os.rmdir(d)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """A failing test shows what the target printed and the argv it was started with."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for session in getattr(item, "_qtest_sessions", []):
-            report.sections.append((f"qtest target stderr ({session.name})", session.stderr[-4000:] or "(empty)"))
-            report.sections.append(("qtest target argv", " ".join(session.argv)))

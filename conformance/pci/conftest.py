@@ -110,13 +110,3 @@ def known_deviation(request: pytest.FixtureRequest, target: Target, kind: str, w
     """Mark the running test as an expected failure on one external target (strict: a fix shows up)."""
     if target.kind == kind:
         request.applymarker(pytest.mark.xfail(reason=why, strict=True))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for session in getattr(item, "_qtest_sessions", []):
-            report.sections.append((f"qtest target stderr ({session.name})", session.stderr[-4000:] or "(empty)"))
-            report.sections.append(("qtest target argv", " ".join(session.argv)))

@@ -274,13 +274,3 @@ def short_tmp() -> Iterator[str]:
     for name in os.listdir(d):
         os.unlink(os.path.join(d, name))
     os.rmdir(d)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for session in getattr(item, "_qtest_sessions", []):
-            report.sections.append((f"qtest target stderr ({session.name})", session.stderr[-4000:] or "(empty)"))
-            report.sections.append(("qtest target argv", " ".join(session.argv)))
