@@ -77,6 +77,7 @@ class Machine:
         self._runners: list[VcpuRunner] = []
         self._state = "prelaunch" if config.start_paused else "running"
         self.kvm = None
+        self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
         self.qtest = None
         self.fastpath = None
@@ -204,9 +205,7 @@ class Machine:
         from refvm.vcpu_runner import VcpuRunner
 
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
-        cpuid = kvm.supported_cpuid()
-        for runner in self._runners:
-            vcpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
+        vcpu_setup.setup_cpuid(self, kvm.supported_cpuid())
         self._load_kernel()
         # Queue notifies through ioeventfds handled on an I/O thread, MSI-X through irqfds (off with
         # REFVM_NO_FASTPATH=1); the exit-based path stays underneath for everything else.
