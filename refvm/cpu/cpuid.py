@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refvm.cpu.features import AMD_EXT2_ALIASES, DYNAMIC, FEATURE_BITS, WORD_BY_KEY, WORDS
+from refvm.cpu.features import AMD_EXT2_ALIASES, DYNAMIC, WORD_BY_KEY, WORDS, feature_masks
 from refvm.cpu.models import MODEL_BY_NAME
 from refvm.cpu.spec import CpuSpec
 from refvm.cpu.topology import Topology
@@ -100,16 +100,19 @@ def plan_cpu(spec: CpuSpec, supported: list[Entry]) -> CpuPlan:
         words = dict(host)
     else:
         m = MODEL_BY_NAME[spec.model]
-        ident = Identity(m.vendor, m.family, m.model, m.stepping, m.level, m.xlevel, m.model_id)
+        # As QEMU on KVM: the guest is told the host's vendor (syscall/sysenter in compatibility mode work
+        # only on their own vendor's CPUs); `vendor=` overrides it.
+        ident = Identity(host_identity(supported).vendor, m.family, m.model, m.stepping, m.level, m.xlevel,
+                         m.model_id)
         words = {w.key: 0 for w in WORDS}
         for feat in m.feature_set():
-            key, bit = FEATURE_BITS[feat]
-            words[key] |= 1 << bit
+            for key, mask in feature_masks(feat):
+                words[key] |= mask
     for key, value in spec.identity.items():
         setattr(ident, key.replace("model-id", "model_id"), value)
     for feat, on in spec.overrides.items():
-        key, bit = FEATURE_BITS[feat]
-        words[key] = words[key] | (1 << bit) if on else words[key] & ~(1 << bit)
+        for key, mask in feature_masks(feat):
+            words[key] = words[key] | mask if on else words[key] & ~mask
     if ident.vendor == "AuthenticAMD":
         words["80000001_edx"] |= words["1_edx"] & AMD_EXT2_ALIASES
     warnings: list[str] = []

@@ -132,6 +132,16 @@ def _index() -> dict[str, tuple[str, int]]:
 #: feature name -> (word key, bit)
 FEATURE_BITS: dict[str, tuple[str, int]] = _index()
 
+#: Features that set more than one bit: QEMU's "kvmclock" names both KVM clock-source bits (0 and 3).
+EXTRA_BITS: dict[str, tuple[tuple[str, int], ...]] = {"kvmclock": (("kvm", 3),)}
+
+
+def feature_masks(name: str) -> list[tuple[str, int]]:
+    """(word key, mask) pairs a canonical feature name sets."""
+    key, bit = FEATURE_BITS[name]
+    return [(key, 1 << bit), *((k, 1 << b) for k, b in EXTRA_BITS.get(name, ()))]
+
+
 #: Features whose bit KVM computes itself (osxsave follows CR4.OSXSAVE); accepted, never filtered.
 DYNAMIC = frozenset({"osxsave"})
 
