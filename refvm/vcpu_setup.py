@@ -101,6 +101,8 @@ def setup_cpuid(machine: Any, supported: list[Any]) -> None:
         except (CpuidError, ValueError) as err:
             from refvm.machine import MachineError
 
+            for line in getattr(err, "warnings", []):
+                print(f"refvm: warning: {line}", file=sys.stderr)
             raise MachineError(str(err)) from None
         for line in plan.warnings:
             print(f"refvm: warning: {line}", file=sys.stderr)

@@ -25,7 +25,11 @@ LEGACY_CACHES = ((1, 1, 64, 8, 64, 1), (2, 1, 64, 8, 64, 1), (3, 2, 64, 16, 4096
 
 
 class CpuidError(ValueError):
-    """`,enforce` and the host cannot give a feature (QEMU's text)."""
+    """`,enforce` and the host cannot give a feature (QEMU's text); `warnings` name each missing one."""
+
+    def __init__(self, message: str, warnings: list[str]) -> None:
+        super().__init__(message)
+        self.warnings = warnings
 
 
 @dataclass
@@ -128,7 +132,7 @@ def plan_cpu(spec: CpuSpec, supported: list[Entry]) -> CpuPlan:
                 unavailable.append(name)
         words[w.key] &= host[w.key]
     if spec.enforce and unavailable:
-        raise CpuidError("Host doesn't support requested features")
+        raise CpuidError("Host doesn't support requested features", warnings)
     return CpuPlan(ident, words, warnings if spec.check or spec.enforce else [], unavailable)
 
 
