@@ -354,6 +354,7 @@ class Machine:
         from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.block_resize import BlockResizeCommands
+        from refvm.monitor.cpu_qmp import CpuCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
@@ -371,6 +372,7 @@ class Machine:
                 BlockCommands(server, self, drives, self.throttle_groups)
                 BlockResizeCommands(server, self, drives)
                 QomCommands(server, self)
+                CpuCommands(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:
