@@ -101,7 +101,8 @@ def plan_cpu(spec: CpuSpec, supported: list[Entry]) -> CpuPlan:
     host = supported_words(supported)
     if spec.model in ("host", "max"):
         ident = host_identity(supported)
-        words = dict(host)
+        # every feature the host KVM gives that has a name (QEMU sets no bit it cannot name)
+        words = {w.key: host[w.key] & sum(1 << b for b, n in enumerate(w.names) if n) for w in WORDS}
     else:
         m = MODEL_BY_NAME[spec.model]
         # As QEMU on KVM: the guest is told the host's vendor (syscall/sysenter in compatibility mode work
