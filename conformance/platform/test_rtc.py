@@ -80,7 +80,7 @@ def test_register_c_reads_clear(rtc) -> None:
     assert cmos(rtc, REG_A) & 0x7F == 0x26, "divider 010 (32.768 kHz), rate 0110 (1024 Hz), as a BIOS leaves it"
 
 
-@pytest.mark.clause("pc-cmos", "memory-size")
+@pytest.mark.clause("mc146818", "cmos/memory-size")
 @pytest.mark.parametrize(
     ("mem", "expect"),
     [("256", {0x15: 0x80, 0x16: 0x02, 0x34: 0x00, 0x35: 0x0F, 0x5B: 0, 0x5C: 0, 0x5D: 0}),
