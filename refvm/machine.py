@@ -272,10 +272,13 @@ class Machine:
         self._end(Outcome("debug-exit", status))
 
     def request_shutdown(self, message: str = "", reason: str = "guest-shutdown") -> None:
+        parking = self.config.no_shutdown and reason == "guest-shutdown"
+        if parking:
+            self._park("shutdown")  # -no-shutdown: stop the guest, keep the process (and its monitors)
         if not reason.startswith("host-qmp"):  # QMP-initiated events are emitted by the monitor
             self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
-        if self.config.no_shutdown and reason == "guest-shutdown":
-            self._park("shutdown")  # -no-shutdown: stop the guest, keep the process (and its monitors)
+        if parking:
+            self._emit("STOP")  # as QEMU's vm_stop(RUN_STATE_SHUTDOWN)
             return
         self._end(Outcome("shutdown", 0, message))
 

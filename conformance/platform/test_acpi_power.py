@@ -107,6 +107,7 @@ def test_no_shutdown_keeps_process_in_shutdown_state(no_shutdown_guest) -> None:
     qmp.execute("system_powerdown")
     event = qmp.wait_event("SHUTDOWN")
     assert event["data"] == {"guest": True, "reason": "guest-shutdown"}
+    qmp.wait_event("STOP")
     status = qmp.execute("query-status")
     assert status["status"] == "shutdown" and status["running"] is False
     assert con.child.isalive(), "with -no-shutdown the process must stay up after the guest powers off"
