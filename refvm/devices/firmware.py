@@ -46,8 +46,16 @@ class PcFirmware:
         self.memory = memory
         self.ram_regions = ram_regions
         cpus = config.smp
-        max_cpus = getattr(config, "max_cpus", None) or cpus
-        self.apic_ids: list[int] = list(getattr(config, "apic_ids", None) or range(cpus))
+        # -smp's topology (refvm.cpu.Topology, duck-typed here): APIC ids and QEMU's max_cpus item, which is
+        # the APIC id limit (highest id of the possible CPUs + 1); without one, ids 0..N-1, one core each.
+        topo = getattr(config, "topology", None)
+        if topo is not None:
+            self.apic_ids: list[int] = [topo.apic_id(i) for i in range(cpus)]
+            max_cpus = topo.apic_id(topo.maxcpus - 1) + 1
+            sockets, cores, threads = topo.sockets, topo.cores * getattr(topo, "dies", 1), topo.threads
+        else:
+            self.apic_ids = list(range(cpus))
+            max_cpus, sockets, cores, threads = cpus, 1, cpus, 1
         self.uuid = uuidlib.UUID(config.uuid) if getattr(config, "uuid", None) else uuidlib.UUID(int=0)
         smbios = getattr(config, "smbios", None) or SmbiosOptions()
         self.smbios_table, count, largest = build_tables(
@@ -55,9 +63,9 @@ class PcFirmware:
             ram_size=config.memory_bytes,
             ram_regions=ram_regions,
             uuid=self.uuid.bytes_le,
-            sockets=getattr(config, "sockets", None) or 1,
-            cores=getattr(config, "cores", None) or cpus,
-            threads=getattr(config, "threads", None) or 1,
+            sockets=sockets,
+            cores=cores,
+            threads=threads,
         )
         self.smbios_count, self.smbios_largest = count, largest
         self.fw_cfg = FwCfg(memory)
