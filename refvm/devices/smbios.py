@@ -168,7 +168,8 @@ def _type1(f: dict[str, str], uuid: bytes) -> bytes:
 
 def _type2(f: dict[str, str]) -> bytes:
     def body(s: _Strings) -> bytes:
-        refs = [s.ref(f.get(k)) for k in ("manufacturer", "product", "version", "serial", "asset")]
+        defaults = {"manufacturer": "QEMU", "product": PRODUCT, "version": MACHINE_VERSION}  # as type 1's
+        refs = [s.ref(f.get(k, defaults.get(k))) for k in ("manufacturer", "product", "version", "serial", "asset")]
         location = s.ref(f.get("location"))
         # feature flags: hosting board; chassis handle: the type 3 structure; board type: motherboard
         return struct.pack("<5BBBHBB", *refs, 0x01, location, 0x0300, 0x0A, 0)
