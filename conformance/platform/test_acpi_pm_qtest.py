@@ -65,3 +65,18 @@ def test_s5_with_no_shutdown_leaves_shutdown_state(libqtest) -> None:
     # A running machine stops in state shutdown; QEMU under -S (prelaunch, never ran) keeps its state.
     expected = "shutdown" if before == "running" else before
     assert qt.qmp.execute("query-status")["status"] == expected
+
+
+@pytest.mark.clause("qmp", "power/system_wakeup")
+def test_s3_suspend_and_system_wakeup(libqtest) -> None:
+    qt = libqtest()
+    if qt.qmp.execute("query-status")["status"] != "running":
+        # QEMU without a qtest accelerator runs -S: S3 from prelaunch aborts it ("invalid runstate transition").
+        pytest.skip("the target's qtest machine is not running (QEMU under -S), and S3 needs a running machine")
+    _program_pm_base(qt)
+    qt.outw(PM1_CNT, SLP_EN | (1 << 10))  # SLP_TYP 1: QEMU's PIIX4 S3
+    _wait_event(qt, "SUSPEND")
+    assert qt.qmp.execute("query-status")["status"] == "suspended"
+    assert qt.qmp.execute("system_wakeup") == {}
+    _wait_event(qt, "WAKEUP")
+    assert qt.inw(PM1_STS) & (1 << 15), "WAK_STS tells the OS it woke"
