@@ -1,0 +1,1 @@
+"""Hypervisor drivers behind one interface (``base.Driver``), chosen by the URI scheme."""
