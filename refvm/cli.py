@@ -509,6 +509,10 @@ def run_machine(config: MachineConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["virsh"]:
+        from refvm.mgmt.virsh import run_virsh
+
+        return run_virsh(args[1:])
     if args[:1] == ["doctor"]:
         from refvm.kvm import doctor
 
