@@ -39,6 +39,9 @@ VIR_ERR_XML_ERROR = 27
 VIR_ERR_DOM_EXIST = 28
 VIR_ERR_OPERATION_DENIED = 29
 VIR_ERR_XML_DETAIL = 35
+VIR_ERR_NO_SOURCE = 19
+VIR_ERR_NO_TARGET = 20
+VIR_ERR_NO_NAME = 21
 VIR_ERR_SYSTEM_ERROR = 38
 VIR_ERR_RPC = 39
 VIR_ERR_NO_DOMAIN = 42
@@ -49,6 +52,7 @@ VIR_ERR_OPERATION_TIMEOUT = 68
 VIR_ERR_ARGUMENT_UNSUPPORTED = 74
 VIR_ERR_OPERATION_ABORTED = 78
 VIR_ERR_OPERATION_UNSUPPORTED = 84
+VIR_ERR_XML_INVALID_SCHEMA = 92
 VIR_ERR_DEVICE_MISSING = 99
 
 # code -> (message without detail, message with detail as a %s format): libvirt's wording.
@@ -63,6 +67,9 @@ _MESSAGES: dict[int, tuple[str, str]] = {
     VIR_ERR_INVALID_DOMAIN: ("invalid domain pointer in", "invalid domain pointer in %s"),
     VIR_ERR_INVALID_ARG: ("invalid argument", "invalid argument: %s"),
     VIR_ERR_OPERATION_FAILED: ("operation failed", "operation failed: %s"),
+    VIR_ERR_NO_SOURCE: ("missing source information for device", "missing source information for device %s"),
+    VIR_ERR_NO_TARGET: ("missing target information for device", "missing target information for device %s"),
+    VIR_ERR_NO_NAME: ("missing name information", "missing name information in %s"),
     VIR_ERR_XML_ERROR: ("XML description is invalid or not well formed", "XML error: %s"),
     VIR_ERR_DOM_EXIST: ("this domain exists already", "domain %s exists already"),
     VIR_ERR_OPERATION_DENIED: ("operation forbidden for read only access", "operation forbidden: %s"),
@@ -77,6 +84,8 @@ _MESSAGES: dict[int, tuple[str, str]] = {
     VIR_ERR_ARGUMENT_UNSUPPORTED: ("argument unsupported", "argument unsupported: %s"),
     VIR_ERR_OPERATION_ABORTED: ("operation aborted", "operation aborted: %s"),
     VIR_ERR_OPERATION_UNSUPPORTED: ("Operation not supported", "Operation not supported: %s"),
+    VIR_ERR_XML_INVALID_SCHEMA: ("XML document failed to validate against schema",
+                                 "XML document failed to validate against schema: %s"),
     VIR_ERR_DEVICE_MISSING: ("device not found", "device not found: %s"),
 }
 
