@@ -178,12 +178,13 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         with obj.begin_job("undefine", self.job_timeout):
             if obj.definition is None:
                 raise operation_invalid("cannot undefine transient domain")
+            uuid = obj.uuid
             self.store.delete_config(obj.definition.name)
             self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_UNDEFINED, vir.VIR_DOMAIN_EVENT_UNDEFINED_REMOVED)
             obj.definition, obj.autostart = None, False
             if not obj.active():
                 with self.lock:
-                    self.domains.pop(obj.uuid, None)
+                    self.domains.pop(uuid, None)
 
     def xml_desc(self, dom: DomainRef, flags: int = 0) -> str:
         check_flags(flags, vir.VIR_DOMAIN_XML_SECURE | vir.VIR_DOMAIN_XML_INACTIVE | vir.VIR_DOMAIN_XML_UPDATE_CPU

@@ -113,7 +113,7 @@ class DeviceOps:
             guest = self._qmp(obj, "qom-get", {"path": "/machine/peripheral/balloon0", "property": "guest-stats"})
             values = guest.get("stats", {}) if isinstance(guest, dict) else {}
             stats += [(tag, int(values[key]) // 1024) for key, tag in MEMSTAT_KEYS
-                      if isinstance(values.get(key), int) and values[key] >= 0]
+                      if isinstance(values.get(key), int) and 0 <= values[key] < 1 << 63]
         except VirError:
             pass
         balloon = self._qmp(obj, "query-balloon")
@@ -180,7 +180,7 @@ class DeviceOps:
                 plans.append((target, index, d, values))
             for target, index, d, values in plans:
                 if target is obj.live:
-                    args = {"id": f"virtio-disk{index}", **{QMP_THROTTLE[k]: v for k, v in values.items() if v}}
+                    args = {"id": self._qdev(obj, index), **{QMP_THROTTLE[k]: v for k, v in values.items() if v}}
                     args.update({k: args.get(k, 0) for k in MANDATORY})
                     if isinstance(params.get("group_name"), str) and params["group_name"]:
                         args["group"] = params["group_name"]
@@ -190,6 +190,13 @@ class DeviceOps:
                 self._save_status(obj)
             if config:
                 self._save_config(obj)
+
+    def _qdev(self, obj: DomainObj, index: int) -> str:
+        """The id block_set_io_throttle wants: query-block's qdev path of the disk (QEMU also takes the id)."""
+        for entry in self._qmp(obj, "query-block"):
+            if _is_disk(entry, index) and entry.get("qdev"):
+                return str(entry["qdev"])
+        return f"virtio-disk{index}"
 
     def get_block_io_tune(self, dom: DomainRef, disk: str | None, flags: int = 0) -> list[tuple[str, int, int | str]]:
         from refvm.mgmt.drivers.vmm_driver import check_flags
@@ -207,7 +214,6 @@ class DeviceOps:
                 if _is_disk(entry, index):
                     inserted = entry.get("inserted", {})
                     values = {k: int(inserted.get(q, values.get(k, 0)) or 0) for k, q in QMP_THROTTLE.items()}
-                    group = inserted.get("group", group) or group
         return [(name, kind, group if kind == vir.VIR_TYPED_PARAM_STRING else int(values.get(name, 0)))
                 for name, kind in vir.BLOCK_IOTUNE_PARAMS]
 
