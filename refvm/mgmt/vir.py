@@ -131,6 +131,7 @@ VIR_TYPED_PARAM_ULLONG = 4
 VIR_TYPED_PARAM_DOUBLE = 5
 VIR_TYPED_PARAM_BOOLEAN = 6
 VIR_TYPED_PARAM_STRING = 7
+VIR_TYPED_PARAM_STRING_OKAY = 4  # a flag of the Get*Parameters calls
 
 # virDomainBlockIoTune's typed parameters, in the order libvirt's QEMU driver returns them, with their types.
 BLOCK_IOTUNE_PARAMS: tuple[tuple[str, int], ...] = (

@@ -254,6 +254,11 @@ class VmmDriverCore:
             for fd in fds:
                 os.close(fd)
         obj.vmm, obj.live = vmm, live
+        for i, dev in enumerate(sorted(live.serials, key=lambda d: d.target_port)):
+            if dev.type == "pty":
+                dev.path = vmm.ptys.get(f"charserial{i}")
+        if live.consoles and live.serials and live.consoles[0].type == "pty":
+            live.consoles[0].path = live.serials[0].path
         try:
             if flags & vir.VIR_DOMAIN_START_PAUSED:
                 obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_USER
