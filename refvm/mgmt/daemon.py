@@ -62,7 +62,7 @@ class Daemon:
                     from refvm.mgmt.drivers import open_driver
                 except ImportError as exc:
                     raise errors.VirError(errors.VIR_ERR_NO_CONNECT, uri) from exc
-                drv = open_driver(uri, self.state_dir)
+                drv = open_driver(uri, str(self.state_dir) if self.state_dir else None)
                 self._drivers[uri] = drv
             return drv
 
