@@ -1,12 +1,13 @@
 """Domain procedures: lookup, definition, lifecycle, autostart, XML, devices."""
 from __future__ import annotations
 
+from refvm.mgmt import vir
 from refvm.mgmt.dispatch import driver_of, procedure
 from refvm.mgmt.rpc.protocol import Proc
 from refvm.mgmt.rpc.types import UUID_LEN, pack_domain, unpack_domain
 from refvm.mgmt.rpc.xdr import Packer, Unpacker
 
-# virDomainXMLFlags refvmd's drivers do not honour but which must not fail (virsh passes them freely).
+#: virDomainGetOSType: refvmd's drivers run full-virtualisation guests only.
 _OS_TYPE = "hvm"
 
 
@@ -138,12 +139,12 @@ def has_managed_save_image(session, args: Unpacker, ret: Packer) -> None:
 
 
 def _device(method: str, with_flags: bool):
-    """attach/detach device: (domain, xml[, flags]) -> void; the legacy calls mean flags 0 (live)."""
+    """attach/detach device: (domain, xml[, flags]) -> void; the legacy calls act on the live domain."""
 
     def handler(session, args: Unpacker, ret: Packer) -> None:
         dom = unpack_domain(args)
         xml = args.string()
-        flags = args.uint() if with_flags else 0
+        flags = args.uint() if with_flags else vir.VIR_DOMAIN_AFFECT_LIVE
         getattr(driver_of(session), method)(dom, xml, flags)
 
     return handler

@@ -1,15 +1,12 @@
 """Domain state, resources and statistics: info, state, memory, block and interface stats, block I/O tuning."""
 from __future__ import annotations
 
-from refvm.mgmt import errors
+from refvm.mgmt import errors, vir
 from refvm.mgmt.dispatch import check_flags, driver_of, procedure
 from refvm.mgmt.rpc import protocol as P
 from refvm.mgmt.rpc.protocol import Proc
 from refvm.mgmt.rpc.types import pack_typed_param, unpack_domain, unpack_typed_params
 from refvm.mgmt.rpc.xdr import Packer, Unpacker
-
-#: VIR_DOMAIN_VCPU_MAXIMUM: getVcpusFlags asks for the maximum rather than the current count.
-VCPU_MAXIMUM = 4
 
 
 @procedure(Proc.DOMAIN_GET_INFO)
@@ -51,7 +48,7 @@ def get_vcpus_flags(session, args: Unpacker, ret: Packer) -> None:
 @procedure(Proc.DOMAIN_SET_MEMORY)
 def set_memory(session, args: Unpacker, ret: Packer) -> None:
     dom = unpack_domain(args)
-    driver_of(session).set_memory(dom, args.uhyper(), 0)
+    driver_of(session).set_memory(dom, args.uhyper(), vir.VIR_DOMAIN_AFFECT_LIVE)  # the legacy call is live
 
 
 @procedure(Proc.DOMAIN_SET_MEMORY_FLAGS)
