@@ -151,3 +151,32 @@ def test_refvmd_help_and_refvm_virsh(daemon):
                          timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"refvm+unix:///session?socket={daemon.socket}"
+
+
+def _pids_serving(sock) -> list[int]:
+    """Processes whose command line names this socket (only refvmds this test started use it)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"refvm.mgmt.refvmd" in cmdline and str(sock).encode() in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_system_socket_is_0660_with_group_and_daemon_mode_detaches(tmp_path):
+    sock = tmp_path / "system-sock"
+    out = subprocess.run([sys.executable, "-m", "refvm.mgmt.refvmd", "--daemon", "--system", "--group", "root",
+                          "--socket", str(sock), "--state-dir", str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=30)
+    try:
+        assert out.returncode == 0, out.stderr  # the parent returns once the socket listens
+        st = sock.stat()
+        assert st.st_mode & 0o777 == 0o660 and st.st_gid == 0
+        assert _pids_serving(sock), "the detached refvmd is not running"
+    finally:
+        for pid in _pids_serving(sock):
+            os.kill(pid, 15)
