@@ -258,3 +258,25 @@ def test_starting_a_running_domain_is_operation_invalid(conn, guest):
         assert exc.value.get_error_message() == "Requested operation is not valid: domain is already running"
     finally:
         dom.destroy()
+
+
+def qemu_xml(name: str) -> str:
+    """The probe guest for refvmd's qemu driver (a real qemu-system-x86_64 under TCG)."""
+    return probe_xml(name).replace("type='kvm'", "type='qemu'")
+
+
+def test_qemu_driver_lifecycle_and_events_through_refvmd(daemon):
+    """qemu:///session served by refvmd drives a real QEMU with the same events as libvirt's test driver."""
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    conn = libvirt.open(daemon.uri.replace("refvm+unix", "qemu+unix"))
+    try:
+        assert conn.getType() == "QEMU"
+        events = lifecycle(conn, qemu_xml, "qtck1")
+    finally:
+        conn.close()
+    test = libvirt.open("test:///default")
+    try:
+        assert events == lifecycle(test, xml_for_test_driver, "qtck1")
+    finally:
+        test.close()
