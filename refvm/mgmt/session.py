@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from refvm.mgmt import errors
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from refvm.mgmt.daemon import Daemon
     from refvm.mgmt.drivers.base import Driver
 
+#: libvirtd's max_client_requests default: calls of one client that may run at once.
+MAX_CLIENT_REQUESTS = 5
+
 #: Stream packets from the client go to the handler registered for the call's serial.
 StreamHandler = Callable[[Header, bytes], None]
 
@@ -52,11 +56,26 @@ class Session:
         self.sink_handle: int | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.closing = False
-        #: the call being dispatched, and what to run once its reply is queued (streams start then)
-        self.current_call: Header | None = None
-        self.after_reply: Callable[[], None] | None = None
+        # Calls run on a few worker threads (libvirt's max_client_requests, default 5), so a slow call does
+        # not hold up keepalive answers or another thread's call; per-call state is thread-local.
+        self._workers = ThreadPoolExecutor(max_workers=MAX_CLIENT_REQUESTS, thread_name_prefix="refvmd-call")
+        self._call_state = threading.local()
         self._out: queue.Queue[bytes | None] = queue.Queue()
         self._handlers = daemon.handlers
+
+    @property
+    def current_call(self) -> Header:
+        """The header of the call this worker thread is dispatching."""
+        return self._call_state.hdr
+
+    @property
+    def after_reply(self) -> Callable[[], None] | None:
+        """What to run once this call's reply is queued (a stream starts sending only then)."""
+        return getattr(self._call_state, "after_reply", None)
+
+    @after_reply.setter
+    def after_reply(self, fn: Callable[[], None] | None) -> None:
+        self._call_state.after_reply = fn
 
     # ---- sending ----------------------------------------------------------------------------------------
 
@@ -117,6 +136,7 @@ class Session:
                     break
                 self._handle(message.parse_header(body), body)
         finally:
+            self._workers.shutdown(wait=True)
             self.cleanup()
             self._out.put(None)
             writer.join(timeout=5)
@@ -139,7 +159,7 @@ class Session:
             return
         if hdr.type not in (MsgType.CALL, MsgType.CALL_WITH_FDS):
             return  # libvirt drops unexpected replies and messages without answering
-        self._call(hdr, body)
+        self._workers.submit(self._call, hdr, body)
 
     def _call(self, hdr: Header, body: bytes) -> None:
         if hdr.status != Status.OK:
@@ -149,7 +169,7 @@ class Session:
         if handler is None:
             self.send_error(hdr, message.rpc_error(f"unknown procedure: {hdr.proc}"))
             return
-        self.current_call = hdr
+        self._call_state.hdr = hdr
         self.after_reply = None
         args = Unpacker(body, message.HEADER_SIZE + (4 if hdr.type == MsgType.CALL_WITH_FDS else 0))
         ret = Packer()
@@ -169,7 +189,7 @@ class Session:
             return
         self.send(message.encode(hdr.reply(), ret.bytes()))
         if self.after_reply is not None:
-            self.after_reply()  # e.g. a stream starts sending only once its call is answered
+            self.after_reply()
 
     # ---- teardown ---------------------------------------------------------------------------------------
 
