@@ -180,3 +180,29 @@ def test_system_socket_is_0660_with_group_and_daemon_mode_detaches(tmp_path):
     finally:
         for pid in _pids_serving(sock):
             os.kill(pid, 15)
+
+
+def test_attach_detach_config_iotune_persisted_and_autostart(daemon, tmp_path):
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    image = tmp_path / "vdb.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{image}'/>"
+            "<target dev='vdb' bus='virtio'/></disk>")
+    conn = libvirt.open(daemon.uri)
+    dom = conn.defineXML(probe_xml("cfg1"))
+    try:
+        dom.attachDeviceFlags(disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        assert "vdb" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dom.setBlockIoTune("vdb", {"read_iops_sec": 7}, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        assert "<iotune>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert dom.blockIoTune("vdb", libvirt.VIR_DOMAIN_AFFECT_CONFIG)["read_iops_sec"] == 7
+        dom.detachDeviceFlags(disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        assert "vdb" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dom.setAutostart(1)
+        assert dom.autostart() == 1
+        with pytest.raises(libvirt.libvirtError) as exc:
+            conn.listAllDomains(1 << 30)
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+    finally:
+        dom.undefine()
+        conn.close()
