@@ -61,6 +61,7 @@ def pci_device_models() -> dict[str, object]:
 USAGE = f"""\
 usage: {PROG} [options]
        {PROG} doctor          describe this host's KVM and what refvm needs from it
+       {PROG} virsh ARGS      the system's virsh, connected to the user's refvmd (see refvmd --help)
 
 A reference hypervisor for Linux KVM. Options use qemu-system-x86_64's spelling:
 

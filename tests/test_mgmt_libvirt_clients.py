@@ -256,6 +256,10 @@ def test_starting_a_running_domain_is_operation_invalid(conn, guest):
             dom.create()
         assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
         assert exc.value.get_error_message() == "Requested operation is not valid: domain is already running"
+        # virError's str1/str2 as libvirt's virReportError fills them: the message template, then the detail
+        assert exc.value.get_str1() == "Requested operation is not valid: %s"
+        assert exc.value.get_str2() == "domain is already running"
+        assert exc.value.get_error_level() == libvirt.VIR_ERR_ERROR
     finally:
         dom.destroy()
 

@@ -157,3 +157,30 @@ def test_many_clients_at_once(daemon):
     for i, c in enumerate(clients):
         assert c.recv()[0] == (REMOTE, 1, AUTH_LIST, REPLY, 100 + i, 0)
         c.close()
+
+
+def test_stream_packet_for_no_stream_is_ignored(daemon):
+    """libvirt drops stream data that arrives after its stream closed; the connection goes on."""
+    c = RawClient(daemon.socket)
+    c.send(packet(REMOTE, 1, 201, type_=3, serial=77, status=2, payload=b"late data"))
+    hdr, _ = c.call(AUTH_LIST, serial=78)
+    assert hdr == (REMOTE, 1, AUTH_LIST, REPLY, 78, 0)
+    c.close()
+
+
+def test_client_leaving_mid_call_and_mid_packet(daemon):
+    for data in (packet(REMOTE, 1, AUTH_LIST), struct.pack(">I", 1000) + b"\0" * 100):
+        c = RawClient(daemon.socket)
+        c.send(data)
+        c.close()
+    still_serves(daemon)
+
+
+def test_sigterm_removes_socket_and_exits_zero(tmp_path):
+    d = Refvmd(tmp_path)
+    d.start()
+    c = RawClient(d.socket)  # a connected client must not keep the daemon alive
+    d.proc.terminate()
+    assert d.proc.wait(15) == 0
+    assert not d.socket.exists()
+    c.close()
