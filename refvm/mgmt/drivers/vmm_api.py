@@ -192,7 +192,7 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         obj = self._find(dom)
         if obj.live is not None and not (flags & vir.VIR_DOMAIN_XML_INACTIVE and obj.definition is not None):
             return format_domain(obj.live, live=True)
-        return format_domain(obj.current)
+        return format_domain(obj.definition or obj.current)
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
