@@ -277,3 +277,26 @@ def test_lookup_and_define_conflicts(h: Harness) -> None:
     other = DomainRef("p1", b"\x02" * 16)
     assert vir_error(d.create, other).code == errors.VIR_ERR_NO_DOMAIN
     assert vir_error(d.destroy, ref, 8).code == errors.VIR_ERR_INVALID_ARG
+
+
+def test_tap_opened_by_the_daemon_is_passed_as_an_fd(h: Harness) -> None:
+    """<interface type='ethernet'>: refvmd creates the tap and passes it as -netdev tap,fd=N, as libvirt does."""
+    require(os.access("/dev/net/tun", os.R_OK | os.W_OK), "/dev/net/tun is not accessible")
+    tap = f"mgd{h.kind[:2]}{os.getpid() % 10000}"
+    d = h.driver
+    ref = d.create(d.define_xml(h.xml(extra=f"<interface type='ethernet'><target dev='{tap}'/>"
+                                             "<model type='virtio'/></interface>")))
+    pid = d.domains[ref.uuid_str].vmm.pid
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    netdev = next(a for a in argv if a.startswith(b"tap,fd="))
+    fd = int(netdev.split(b",")[1][3:])
+    assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/net/tun"
+    assert Path(f"/sys/class/net/{tap}").exists()
+    stats = d.interface_stats(ref, tap)
+    assert stats.rx_bytes >= 0 and stats.tx_packets >= 0
+    assert "<target dev='" + tap + "'/>" in d.xml_desc(ref)
+    d.destroy(ref)
+    deadline = time.monotonic() + 5
+    while Path(f"/sys/class/net/{tap}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/sys/class/net/{tap}").exists(), "the tap goes away with the hypervisor"
