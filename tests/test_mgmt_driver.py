@@ -300,3 +300,58 @@ def test_tap_opened_by_the_daemon_is_passed_as_an_fd(h: Harness) -> None:
     while Path(f"/sys/class/net/{tap}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/sys/class/net/{tap}").exists(), "the tap goes away with the hypervisor"
+
+
+def test_sigterm_from_the_host_is_a_shutdown_not_a_crash(h: Harness) -> None:
+    """A hypervisor told to quit by the host emits SHUTDOWN (host) and exits: libvirt reports SHUTDOWN HOST then
+    STOPPED SHUTDOWN and keeps reason 'shutdown', where a SIGKILL gives 'crashed'."""
+    d = h.driver
+    ref = d.create(d.define_xml(h.xml()))
+    h.events.clear()
+    os.kill(d.domains[ref.uuid_str].vmm.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while d.is_active(ref) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    assert [e[2:] for e in h.wait_events(2)] == [
+        (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_HOST),
+        (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+    ]
+
+
+def test_autostart_on_driver_start(h: Harness) -> None:
+    d = h.driver
+    ref = d.define_xml(h.xml())
+    d.set_autostart(ref, True)
+    assert d.get_autostart(ref)
+    d.close()
+    h.driver = d2 = h.open()  # a new daemon starts the autostart domains it finds
+    assert d2.is_active(ref) and d2.get_autostart(ref)
+    d2.set_autostart(ref, False)
+    assert not d2.get_autostart(ref)
+
+
+def test_attach_and_detach_device_config(h: Harness) -> None:
+    d = h.driver
+    ref = d.define_xml(h.xml())
+    (h.state / "extra.img").write_bytes(b"\0" * 65536)
+    disk = f"<disk type='file'><source file='{h.state / 'extra.img'}'/><target dev='vdb' bus='virtio'/></disk>"
+    d.attach_device(ref, disk, vir.VIR_DOMAIN_AFFECT_CONFIG)
+    assert "<target dev='vdb' bus='virtio'/>" in d.xml_desc(ref)
+    assert vir_error(d.attach_device, ref, disk, vir.VIR_DOMAIN_AFFECT_CONFIG).code == errors.VIR_ERR_OPERATION_FAILED
+    d.create(ref)
+    err = vir_error(d.attach_device, ref, disk.replace("vdb", "vdc"), vir.VIR_DOMAIN_AFFECT_LIVE)
+    assert err.code == errors.VIR_ERR_OPERATION_UNSUPPORTED
+    d.detach_device(ref, disk, vir.VIR_DOMAIN_AFFECT_CONFIG)
+    assert "vdb" not in d.xml_desc(ref, vir.VIR_DOMAIN_XML_INACTIVE)
+    err = vir_error(d.detach_device, ref, disk, vir.VIR_DOMAIN_AFFECT_CONFIG)
+    assert err.code == errors.VIR_ERR_DEVICE_MISSING
+
+
+def test_a_hypervisor_that_fails_to_start_leaves_the_domain_shut_off(h: Harness) -> None:
+    d = h.driver
+    ref = d.define_xml(h.xml().replace(str(h.state / "p1.img"), str(h.state / "missing.img")))
+    err = vir_error(d.create, ref)
+    assert err.code == errors.VIR_ERR_INTERNAL_ERROR and "missing.img" in err.message
+    assert d.state(ref)[0] == vir.VIR_DOMAIN_SHUTOFF and not d.is_active(ref)
+    assert [e[2] for e in h.wait_events(1, timeout=0.5)] == [vir.VIR_DOMAIN_EVENT_DEFINED]

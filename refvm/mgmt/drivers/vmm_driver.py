@@ -247,6 +247,7 @@ class VmmDriverCore:
                 vmm = Vmm.start(cmd, self.store.qmp_path(live.name), self.store.log_path(live.name),
                                 self._on_qmp(obj))
             except (OSError, QmpClosed) as err:
+                obj.starting = False
                 text = (f"process exited while connecting to monitor: {_log_tail(self, live)}"
                         if isinstance(err, QmpClosed) else f"failed to start {cmd.argv[0]}: {err}")
                 raise internal_error(text) from None
