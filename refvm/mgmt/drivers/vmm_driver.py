@@ -156,11 +156,11 @@ class VmmDriverCore:
             elif obj.starting or obj.stopping:
                 if event == "SHUTDOWN":
                     obj.got_shutdown = True
-            elif event == "STOP" and obj.state != vir.VIR_DOMAIN_PAUSED:
+            elif event == "STOP" and obj.state == vir.VIR_DOMAIN_RUNNING:  # not after SHUTDOWN (-no-shutdown)
                 reason = vir.VIR_DOMAIN_PAUSED_USER if obj.paused_by_user else vir.VIR_DOMAIN_PAUSED_UNKNOWN
                 self._set_state(obj, vir.VIR_DOMAIN_PAUSED, reason)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SUSPENDED, vir.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)
-            elif event == "RESUME" and obj.state != vir.VIR_DOMAIN_RUNNING:
+            elif event == "RESUME" and obj.state == vir.VIR_DOMAIN_PAUSED:
                 self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_UNPAUSED)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED)
             elif event == "SHUTDOWN":
