@@ -198,23 +198,55 @@ def test_memory_balloon_and_stats(h: Harness) -> None:
     assert "<currentMemory unit='KiB'>24576</currentMemory>" in d.xml_desc(ref, vir.VIR_DOMAIN_XML_INACTIVE)
 
 
+def console_command(fd: int, command: bytes, timeout: float = 30.0) -> bytes:
+    """Wait for the probe's prompt on the console fd, send ``command``, return what came back until the next
+    prompt (or until the timeout, when the command ends the guest)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    os.write(fd, b"\r")
+    while b"probe>" not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except (BlockingIOError, OSError):
+                break
+        else:
+            os.write(fd, b"\r")
+    assert b"probe>" in seen, seen
+    os.write(fd, command + b"\r")
+    return seen
+
+
 def test_console_reaches_the_probe_shell(h: Harness) -> None:
     d = h.driver
     ref = d.create(d.define_xml(h.xml()))
     fd = d.open_console(ref, None)
     try:
-        seen = b""
-        deadline = time.monotonic() + 30
-        os.write(fd, b"\r")
-        while b"probe>" not in seen and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.5)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except BlockingIOError:
-                    pass
-            else:
-                os.write(fd, b"\r")
-        assert b"probe>" in seen
+        console_command(fd, b"help")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("on_reboot", ["restart", "destroy"])
+def test_guest_reset_is_a_reboot_or_a_shutdown(h: Harness, on_reboot: str) -> None:
+    """A reset the guest asks for (port 0xcf9) is a REBOOT event with on_reboot=restart; with destroy (-no-reboot)
+    the hypervisor reports a guest SHUTDOWN and the domain ends shut off with reason 'shutdown'."""
+    d = h.driver
+    xml = h.xml().replace("</os>", f"</os><on_reboot>{on_reboot}</on_reboot>")
+    ref = d.create(d.define_xml(xml))
+    fd = d.open_console(ref, None)
+    h.events.clear()
+    try:
+        console_command(fd, b"outb 0xcf9 6")
+        if on_reboot == "restart":
+            assert h.wait_events(1)[0][1] == vir.VIR_DOMAIN_EVENT_ID_REBOOT
+            assert d.state(ref)[0] == vir.VIR_DOMAIN_RUNNING
+            return
+        assert [e[2:] for e in h.wait_events(2)] == [
+            (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+            (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+        ]
+        assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
     finally:
         os.close(fd)
 

@@ -163,6 +163,8 @@ class VmmDriverCore:
             elif event == "RESUME" and obj.state == vir.VIR_DOMAIN_PAUSED:
                 self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_UNPAUSED)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED)
+            elif event == "SHUTDOWN" and obj.got_shutdown:
+                pass  # the host's own quit after a guest shutdown: libvirt ignores a repeated SHUTDOWN too
             elif event == "SHUTDOWN":
                 obj.got_shutdown = True
                 guest = bool(data.get("guest"))
