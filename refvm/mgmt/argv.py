@@ -69,7 +69,7 @@ def build_argv(kind: str, dom: Domain, qmp_path: str, tap_fds: list[int] | None 
     if kind == "refvm" and accel != "kvm":
         raise config_unsupported(f"domain type '{dom.type}' is not supported by refvm (kvm only)")
     args = emulator_command(kind, dom)
-    args += ["-name", dom.name if kind == "refvm" else f"guest={dom.name}"]
+    args += ["-name", dom.name if kind == "refvm" else f"guest={_escape(dom.name)}"]
     args += ["-S", "-machine", f"pc,accel={accel}"]
     if kind == "qemu":
         args += ["-uuid", dom.uuid]

@@ -60,6 +60,15 @@ class QmpClient:
         sock.settimeout(max(1.0, deadline - time.monotonic()))
         self.sock = sock
         self._file = sock.makefile("rb")
+        try:
+            self._negotiate()
+        except OSError as err:  # the hypervisor exited (reset) or hung (timeout) right after accepting
+            sock.close()
+            raise QmpClosed(f"the monitor failed during negotiation: {err}") from None
+        sock.settimeout(None)
+        threading.Thread(target=self._reader, name=f"qmp:{self.path}", daemon=True).start()
+
+    def _negotiate(self) -> None:
         self.greeting = self._read_message() or {}
         if "QMP" not in self.greeting:
             raise QmpClosed("the monitor sent no QMP greeting")
@@ -69,9 +78,7 @@ class QmpClient:
             if msg is None:
                 raise QmpClosed("the monitor closed during capabilities negotiation")
             if msg.get("id") == "cap":
-                break
-        sock.settimeout(None)
-        threading.Thread(target=self._reader, name=f"qmp:{self.path}", daemon=True).start()
+                return
 
     def _read_message(self) -> dict[str, Any] | None:
         line = self._file.readline()

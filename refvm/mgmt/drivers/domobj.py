@@ -58,7 +58,7 @@ class DomainObj:
     def begin_job(self, name: str, timeout: float) -> Iterator[None]:
         """Hold this domain's job lock for one operation (libvirt's virDomainObjBeginJob)."""
         if not self.job.acquire(timeout=timeout):
-            held = f" (held by monitor=remote{self.job_name})" if self.job_name else ""
+            held = f" (held by monitor={self.job_name})" if self.job_name else ""
             raise VirError(VIR_ERR_OPERATION_TIMEOUT, f"cannot acquire state change lock{held}",
                            domain=VIR_FROM_QEMU)
         self.job_name = name

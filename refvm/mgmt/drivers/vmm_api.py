@@ -28,8 +28,10 @@ from refvm.mgmt.errors import (
 )
 
 LIST_FILTERS = vir.VIR_CONNECT_LIST_DOMAINS_ALL_FLAGS
-START_FLAGS = vir.VIR_DOMAIN_START_PAUSED | vir.VIR_DOMAIN_START_AUTODESTROY | vir.VIR_DOMAIN_START_VALIDATE \
-    | vir.VIR_DOMAIN_START_BYPASS_CACHE | vir.VIR_DOMAIN_START_FORCE_BOOT
+# AUTODESTROY (destroy when the client's connection closes) is not offered: refvmd would have to tie domains
+# to connections; BYPASS_CACHE and FORCE_BOOT only concern managed save, which refvmd has none of.
+START_FLAGS = vir.VIR_DOMAIN_START_PAUSED | vir.VIR_DOMAIN_START_VALIDATE | vir.VIR_DOMAIN_START_BYPASS_CACHE \
+    | vir.VIR_DOMAIN_START_FORCE_BOOT
 UNDEFINE_FLAGS = (vir.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | vir.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                   | vir.VIR_DOMAIN_UNDEFINE_NVRAM | vir.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
                   | vir.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
@@ -192,7 +194,7 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         obj = self._find(dom)
         if obj.live is not None and not (flags & vir.VIR_DOMAIN_XML_INACTIVE and obj.definition is not None):
             return format_domain(obj.live, live=True)
-        return format_domain(obj.current)
+        return format_domain(obj.definition or obj.current)
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 

@@ -156,13 +156,15 @@ class VmmDriverCore:
             elif obj.starting or obj.stopping:
                 if event == "SHUTDOWN":
                     obj.got_shutdown = True
-            elif event == "STOP" and obj.state != vir.VIR_DOMAIN_PAUSED:
+            elif event == "STOP" and obj.state == vir.VIR_DOMAIN_RUNNING:  # not after SHUTDOWN (-no-shutdown)
                 reason = vir.VIR_DOMAIN_PAUSED_USER if obj.paused_by_user else vir.VIR_DOMAIN_PAUSED_UNKNOWN
                 self._set_state(obj, vir.VIR_DOMAIN_PAUSED, reason)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SUSPENDED, vir.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)
-            elif event == "RESUME" and obj.state != vir.VIR_DOMAIN_RUNNING:
+            elif event == "RESUME" and obj.state == vir.VIR_DOMAIN_PAUSED:
                 self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_UNPAUSED)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED)
+            elif event == "SHUTDOWN" and obj.got_shutdown:
+                pass  # the host's own quit after a guest shutdown: libvirt ignores a repeated SHUTDOWN too
             elif event == "SHUTDOWN":
                 obj.got_shutdown = True
                 guest = bool(data.get("guest"))
@@ -247,6 +249,7 @@ class VmmDriverCore:
                 vmm = Vmm.start(cmd, self.store.qmp_path(live.name), self.store.log_path(live.name),
                                 self._on_qmp(obj))
             except (OSError, QmpClosed) as err:
+                obj.starting = False
                 text = (f"process exited while connecting to monitor: {_log_tail(self, live)}"
                         if isinstance(err, QmpClosed) else f"failed to start {cmd.argv[0]}: {err}")
                 raise internal_error(text) from None
