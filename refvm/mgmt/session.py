@@ -55,7 +55,8 @@ class Session:
         self.callbacks: dict[int, tuple[int, bytes | None]] = {}
         self.sink_handle: int | None = None
         self.streams: dict[int, StreamHandler] = {}
-        self.closing = False
+        #: set once the writer stopped (client gone): later packets are dropped instead of queued
+        self.closed = False
         # Calls run on a few worker threads (libvirt's max_client_requests, default 5), so a slow call does
         # not hold up keepalive answers or another thread's call; per-call state is thread-local.
         self._workers = ThreadPoolExecutor(max_workers=MAX_CLIENT_REQUESTS, thread_name_prefix="refvmd-call")
@@ -81,7 +82,7 @@ class Session:
 
     def send(self, packet: bytes) -> None:
         """Queue a packet for the writer thread (safe from any thread, never blocks)."""
-        if not self.closing:
+        if not self.closed:
             self._out.put(packet)
 
     def send_message(self, proc: int, payload: bytes) -> None:
@@ -101,6 +102,7 @@ class Session:
                 self.sock.sendall(packet)
             except OSError:
                 break
+        self.closed = True
         self._shutdown_socket()
 
     # ---- receiving --------------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ class Session:
         writer = threading.Thread(target=self._writer, name="refvmd-writer", daemon=True)
         writer.start()
         try:
-            while not self.closing:
+            while True:
                 word = self._recv_exact(LEN_SIZE)
                 if word is None:
                     break
