@@ -284,3 +284,15 @@ def test_qemu_driver_lifecycle_and_events_through_refvmd(daemon):
         assert events == lifecycle(test, xml_for_test_driver, "qtck1")
     finally:
         test.close()
+
+
+def test_virsh_handshake_is_auth_list_feature_then_open(tmp_path):
+    """DESIGN.md §3's measured handshake: AUTH_LIST (66), SUPPORTS_FEATURE (60), CONNECT_OPEN (1) first."""
+    d = Refvmd(tmp_path)
+    d.start()
+    try:
+        subprocess.run(["virsh", "-c", d.uri, "uri"], capture_output=True, timeout=60, check=True)
+    finally:
+        d.stop()
+    procs = [int(line.split("proc=")[1].split()[0]) for line in d.log.read_text().splitlines() if "proc=" in line]
+    assert procs[:3] == [66, 60, 1]

@@ -164,6 +164,7 @@ class Session:
         self._workers.submit(self._call, hdr, body)
 
     def _call(self, hdr: Header, body: bytes) -> None:
+        self.daemon.log(f"call proc={hdr.proc} serial={hdr.serial}")
         if hdr.status != Status.OK:
             self.send_error(hdr, message.rpc_error(f"Unexpected message status {hdr.status}"))
             return
