@@ -206,3 +206,33 @@ def test_attach_detach_config_iotune_persisted_and_autostart(daemon, tmp_path):
     finally:
         dom.undefine()
         conn.close()
+
+
+def test_event_callback_filtered_by_domain(daemon):
+    require(kvm_available(), "/dev/kvm is missing or not accessible to this user")
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    conn = libvirt.open(daemon.uri)
+    watched = conn.defineXML(probe_xml("evA"))
+    other = conn.defineXML(probe_xml("evB"))
+    seen: list[tuple[str, int]] = []
+    everything: list[str] = []
+    cb = conn.domainEventRegisterAny(watched, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                     lambda c, d, ev, det, opaque: seen.append((d.name(), ev)), None)
+    cb_all = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         lambda c, d, ev, det, opaque: everything.append(d.name()), None)
+    try:
+        other.create()
+        other.destroy()
+        watched.create()
+        watched.destroy()
+        deadline = time.monotonic() + 10
+        while len(everything) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == [("evA", libvirt.VIR_DOMAIN_EVENT_STARTED), ("evA", libvirt.VIR_DOMAIN_EVENT_STOPPED)]
+        assert everything == ["evB", "evB", "evA", "evA"]
+    finally:
+        conn.domainEventDeregisterAny(cb)
+        conn.domainEventDeregisterAny(cb_all)
+        watched.undefine()
+        other.undefine()
+        conn.close()
