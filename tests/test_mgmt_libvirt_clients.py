@@ -296,3 +296,37 @@ def test_virsh_handshake_is_auth_list_feature_then_open(tmp_path):
         d.stop()
     procs = [int(line.split("proc=")[1].split()[0]) for line in d.log.read_text().splitlines() if "proc=" in line]
     assert procs[:3] == [66, 60, 1]
+
+
+def test_unknown_devices_give_the_test_drivers_codes_and_calls_run_concurrently(conn, guest):
+    dom = conn.createXML(probe_xml("dev1"), 0)
+    test = libvirt.open("test:///default")
+
+    def codes(d) -> list[int | None]:
+        out: list[int | None] = []
+        for fn in (lambda: d.interfaceStats("eth9"), lambda: d.blockStats("vdz"), lambda: d.blockIoTune("vdz", 0),
+                   lambda: d.setBlockIoTune("vdz", {"total_bytes_sec": 1}, 0)):
+            try:
+                fn()
+                out.append(None)
+            except libvirt.libvirtError as exc:
+                out.append(exc.get_error_code())
+        return out
+
+    try:
+        assert codes(dom) == codes(test.lookupByName("test")) == [libvirt.VIR_ERR_INVALID_ARG] * 4
+        states: list[int] = []  # four threads share one connection: replies find their callers by serial
+
+        def worker() -> None:
+            for _ in range(20):
+                states.append(conn.lookupByName("dev1").info()[0])
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert states == [libvirt.VIR_DOMAIN_RUNNING] * 80
+    finally:
+        test.close()
+        dom.destroy()
