@@ -184,3 +184,11 @@ def test_sigterm_removes_socket_and_exits_zero(tmp_path):
     assert d.proc.wait(15) == 0
     assert not d.socket.exists()
     c.close()
+
+
+def test_session_daemon_refuses_system_uris(daemon):
+    c = RawClient(daemon.socket)
+    hdr, payload = c.call(CONNECT_OPEN, struct.pack(">i", 1) + xdr_string("refvm:///system") + struct.pack(">I", 0))
+    assert hdr[5] == STATUS_ERROR
+    assert decode_error(payload)[:2] == (VIR_ERR_NO_CONNECT, 0)
+    c.close()

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from refvm.mgmt import errors
 from refvm.mgmt.drivers.base import Driver
@@ -55,6 +56,10 @@ class Daemon:
     def open_driver(self, uri: str | None) -> Driver:
         """The shared driver for a URI (libvirt's "no connection driver available for URI" if none serves it)."""
         uri = uri or self.default_uri
+        mode = "system" if self.system else "session"
+        if urlsplit(uri).path.strip("/") != mode:
+            # a session daemon must not manage /system state and vice versa (libvirtd serves its own mode)
+            raise errors.VirError(errors.VIR_ERR_NO_CONNECT, uri)
         with self._drivers_lock:
             drv = self._drivers.get(uri)
             if drv is None:
