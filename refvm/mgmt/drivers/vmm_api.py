@@ -1,6 +1,7 @@
 """The ``Driver`` API on top of ``VmmDriverCore``: each libvirt call, with libvirt's QEMU-driver checks/errors."""
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -63,7 +64,10 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         return NodeInfo("x86_64", mem_kib, cpus, mhz, 1, 1, cpus, 1)
 
     def max_vcpus(self, type_: str | None) -> int:
-        return 255 if self.kind == "qemu" else 2
+        """KVM's own limit (as libvirt asks /dev/kvm); QEMU's TCG limit for its 'qemu' type."""
+        if self.kind == "qemu" and type_ in (None, "qemu"):
+            return 255
+        return kvm_max_vcpus()
 
     def capabilities_xml(self) -> str:
         info = self.node_info()
@@ -343,6 +347,24 @@ def _matches(obj: DomainObj, flags: int) -> bool:
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT, True)))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, False),
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT, True))))
+
+
+def kvm_max_vcpus() -> int:
+    """KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS), else KVM_CAP_NR_VCPUS, else 4 (KVM's documented default)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return 4
+    try:
+        for cap in (66, 9):  # KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS
+            value = fcntl.ioctl(fd, 0xAE03, cap)  # KVM_CHECK_EXTENSION
+            if value > 0:
+                return value
+        return 4
+    except OSError:
+        return 4
+    finally:
+        os.close(fd)
 
 
 def _cpu_time_ns(pid: int) -> int:
