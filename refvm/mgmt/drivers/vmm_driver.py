@@ -23,6 +23,7 @@ from refvm.mgmt.drivers.base import DomainRef, EventSink
 from refvm.mgmt.drivers.domobj import DomainObj
 from refvm.mgmt.errors import (
     VIR_ERR_INTERNAL_ERROR,
+    VIR_ERR_OPERATION_UNSUPPORTED,
     VIR_FROM_QEMU,
     VirError,
     internal_error,
@@ -287,6 +288,9 @@ class VmmDriverCore:
         try:
             return vmm.qmp.execute(command, args)
         except QmpError as err:
+            if err.klass == "CommandNotFound":
+                raise VirError(VIR_ERR_OPERATION_UNSUPPORTED, f"{self.kind} has no QMP command '{command}'",
+                               domain=Q) from None
             raise VirError(VIR_ERR_INTERNAL_ERROR, f"unable to execute QEMU command '{command}': {err.desc}",
                            domain=Q) from None
         except QmpClosed:
