@@ -215,9 +215,9 @@ def _read_until(fd: int, needle: bytes, seen: bytes, deadline: float, poke: bool
     return seen
 
 
-def console_command(fd: int, command: bytes, timeout: float = 30.0) -> bytes:
-    """Wait for the probe's prompt on the console fd, run ``command`` and return its output up to the next prompt
-    (or whatever came before the guest went away, for a command that ends it)."""
+def console_command(fd: int, command: bytes, timeout: float = 30.0, until: bytes = b"probe>") -> bytes:
+    """Wait for the probe's prompt on the console fd, run ``command`` and return its output up to ``until`` (the
+    next prompt by default), or whatever came before the guest went away, for a command that ends it."""
     deadline = time.monotonic() + timeout
     os.write(fd, b"\r")
     seen = _read_until(fd, b"probe>", b"", deadline, poke=True)
@@ -225,7 +225,7 @@ def console_command(fd: int, command: bytes, timeout: float = 30.0) -> bytes:
     os.write(fd, command + b"\r")
     echoed = _read_until(fd, command, b"", deadline, poke=False)
     tail = echoed.split(command, 1)[-1]
-    return _read_until(fd, b"probe>", tail, deadline, poke=False)
+    return _read_until(fd, until, tail, deadline, poke=False)
 
 
 def test_console_reaches_the_probe_shell(h: Harness) -> None:
@@ -253,6 +253,34 @@ def test_guest_reset_is_a_reboot_or_a_shutdown(h: Harness, on_reboot: str) -> No
             assert h.wait_events(1)[0][1] == vir.VIR_DOMAIN_EVENT_ID_REBOOT
             assert d.state(ref)[0] == vir.VIR_DOMAIN_RUNNING
             return
+        assert [e[2:] for e in h.wait_events(2)] == [
+            (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+            (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+        ]
+        assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    finally:
+        os.close(fd)
+
+
+def test_acpi_shutdown_and_reboot(h: Harness) -> None:
+    """virDomainShutdown presses the ACPI power button (system_powerdown); the probe's `pwrbtn` powers off on it.
+    virDomainReboot is libvirt's fake reboot: the same button, then reset + cont once the guest powered off."""
+    d = h.driver
+    ref = d.create(d.define_xml(h.xml()))
+    fd = d.open_console(ref, None)
+    try:
+        assert b"waiting for the power button" in console_command(fd, b"pwrbtn", until=b"power button")
+        h.events.clear()
+        d.reboot(ref)
+        assert [e[1:] for e in h.wait_events(3)] == [
+            (E, vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+            (vir.VIR_DOMAIN_EVENT_ID_REBOOT, 0, 0),
+            (E, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED),
+        ]
+        assert d.state(ref) == (vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_BOOTED)
+        assert b"waiting for the power button" in console_command(fd, b"pwrbtn", until=b"power button")
+        h.events.clear()
+        d.shutdown(ref)
         assert [e[2:] for e in h.wait_events(2)] == [
             (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
             (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),

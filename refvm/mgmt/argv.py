@@ -80,8 +80,7 @@ def build_argv(kind: str, dom: Domain, qmp_path: str, tap_fds: list[int] | None 
     args += ["-nodefaults", "-display", "none", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if dom.on_reboot == "destroy":
         args.append("-no-reboot")
-    if kind == "qemu":
-        args.append("-no-shutdown")
+    args.append("-no-shutdown")  # as libvirt: a guest poweroff stops the VMM, refvmd then quits (or fake-reboots) it
     if dom.os.kernel:
         args += ["-kernel", dom.os.kernel]
         if dom.os.initrd:

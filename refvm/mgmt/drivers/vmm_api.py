@@ -20,7 +20,6 @@ from refvm.mgmt.drivers.domobj import DomainObj
 from refvm.mgmt.drivers.vmm_api_devices import DeviceOps
 from refvm.mgmt.drivers.vmm_driver import Q, VmmDriverCore, check_flags
 from refvm.mgmt.errors import (
-    VIR_ERR_OPERATION_UNSUPPORTED,
     VirError,
     invalid_arg,
     no_domain,
@@ -267,9 +266,17 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
             self._qmp(obj, "system_powerdown")
 
     def reboot(self, dom: DomainRef, flags: int = 0) -> None:
+        """The ACPI power button with libvirt's 'fake reboot': when the guest has powered off, reset and cont."""
         check_flags(flags, vir.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN, "qemuDomainReboot")
-        raise VirError(VIR_ERR_OPERATION_UNSUPPORTED, "reboot through ACPI needs a guest agent or fake reboot, "
-                       "which refvmd does not have; use reset", domain=Q)
+        obj = self._active(dom)
+        with obj.begin_job("reboot", self.job_timeout):
+            self._require_active(obj)
+            obj.fake_reboot = True
+            try:
+                self._qmp(obj, "system_powerdown")
+            except VirError:
+                obj.fake_reboot = False
+                raise
 
     def reset(self, dom: DomainRef, flags: int = 0) -> None:
         check_flags(flags, 0, "qemuDomainReset")
