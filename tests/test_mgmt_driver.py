@@ -228,6 +228,16 @@ def console_command(fd: int, command: bytes, timeout: float = 30.0, until: bytes
     return _read_until(fd, until, tail, deadline, poke=False)
 
 
+def assert_guest_powered_off(h: Harness, ref: DomainRef) -> None:
+    """After a guest poweroff: SHUTDOWN (guest) then STOPPED (shutdown), and the domain is shut off, reason
+    shutdown, as libvirt's QEMU driver reports it."""
+    assert [e[2:] for e in h.wait_events(2)] == [
+        (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+        (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+    ]
+    assert h.driver.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+
+
 def test_console_reaches_the_probe_shell(h: Harness) -> None:
     d = h.driver
     ref = d.create(d.define_xml(h.xml()))
@@ -253,11 +263,7 @@ def test_guest_reset_is_a_reboot_or_a_shutdown(h: Harness, on_reboot: str) -> No
             assert h.wait_events(1)[0][1] == vir.VIR_DOMAIN_EVENT_ID_REBOOT
             assert d.state(ref)[0] == vir.VIR_DOMAIN_RUNNING
             return
-        assert [e[2:] for e in h.wait_events(2)] == [
-            (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
-            (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
-        ]
-        assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+        assert_guest_powered_off(h, ref)
     finally:
         os.close(fd)
 
@@ -281,11 +287,7 @@ def test_acpi_shutdown_and_reboot(h: Harness) -> None:
         assert b"waiting for the power button" in console_command(fd, b"pwrbtn", until=b"power button")
         h.events.clear()
         d.shutdown(ref)
-        assert [e[2:] for e in h.wait_events(2)] == [
-            (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
-            (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
-        ]
-        assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+        assert_guest_powered_off(h, ref)
     finally:
         os.close(fd)
 
