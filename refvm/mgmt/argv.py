@@ -12,7 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-from refvm.mgmt.domain_model import Domain
+from refvm.mgmt.domain_model import Domain, PciAddress
 from refvm.mgmt.errors import config_unsupported
 
 MIB_KIB = 1024
@@ -138,8 +138,8 @@ def _serial_args(dom: Domain) -> list[str]:
     return args
 
 
-def _addr(address: object) -> list[str]:
-    return [f"addr={address.bdf()}"] if address is not None else []  # type: ignore[attr-defined]
+def _addr(address: PciAddress | None) -> list[str]:
+    return [f"addr={address.bdf()}"] if address is not None else []
 
 
 def _escape(value: str) -> str:
