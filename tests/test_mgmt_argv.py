@@ -77,3 +77,12 @@ def test_state_store_survives_a_torn_status_file(tmp_path) -> None:
     store.delete_config("d1")
     assert store.load_configs() == {} and not store.autostart("d1")
     assert oct(store.paths.config.stat().st_mode & 0o777) == "0o700"
+
+
+def test_session_state_lives_in_the_users_config_and_runtime_dirs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "rt"))
+    paths = StatePaths.for_uri("qemu", "session")
+    assert paths.config == tmp_path / "cfg" / "refvm" / "qemu"
+    assert paths.run == tmp_path / "rt" / "refvm" / "qemu"
+    assert StatePaths.for_uri("refvm", "session").config != paths.config, "one state tree per URI"
