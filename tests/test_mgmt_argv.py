@@ -40,7 +40,7 @@ def test_refvm_and_qemu_argv_differ_only_where_the_vmms_differ() -> None:
         assert any(d.startswith("virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:00:00:01,addr=0x")
                    for d in _opt(argv, "-device"))
     assert _opt(refvm, "-name") == ["a,b"] and _opt(qemu, "-name") == ["guest=a,,b"]
-    assert "-no-shutdown" in qemu and "-no-shutdown" not in refvm
+    assert "-no-shutdown" in qemu and "-no-shutdown" in refvm  # libvirt's way: refvmd quits or fake-reboots
     assert set(_opt(refvm, "-device")) == set(_opt(qemu, "-device"))
 
 
@@ -77,3 +77,12 @@ def test_state_store_survives_a_torn_status_file(tmp_path) -> None:
     store.delete_config("d1")
     assert store.load_configs() == {} and not store.autostart("d1")
     assert oct(store.paths.config.stat().st_mode & 0o777) == "0o700"
+
+
+def test_session_state_lives_in_the_users_config_and_runtime_dirs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "rt"))
+    paths = StatePaths.for_uri("qemu", "session")
+    assert paths.config == tmp_path / "cfg" / "refvm" / "qemu"
+    assert paths.run == tmp_path / "rt" / "refvm" / "qemu"
+    assert StatePaths.for_uri("refvm", "session").config != paths.config, "one state tree per URI"

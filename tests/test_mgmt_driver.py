@@ -198,23 +198,44 @@ def test_memory_balloon_and_stats(h: Harness) -> None:
     assert "<currentMemory unit='KiB'>24576</currentMemory>" in d.xml_desc(ref, vir.VIR_DOMAIN_XML_INACTIVE)
 
 
-def console_command(fd: int, command: bytes, timeout: float = 30.0) -> bytes:
-    """Wait for the probe's prompt on the console fd, send ``command``, return what came back until the next
-    prompt (or until the timeout, when the command ends the guest)."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    os.write(fd, b"\r")
-    while b"probe>" not in seen and time.monotonic() < deadline:
+def _read_until(fd: int, needle: bytes, seen: bytes, deadline: float, poke: bool) -> bytes:
+    while needle not in seen and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.5)[0]:
             try:
-                seen += os.read(fd, 4096)
-            except (BlockingIOError, OSError):
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: the hypervisor closed its end of the pty
                 break
-        else:
+            if not chunk:
+                break
+            seen += chunk
+        elif poke:
             os.write(fd, b"\r")
+    return seen
+
+
+def console_command(fd: int, command: bytes, timeout: float = 30.0, until: bytes = b"probe>") -> bytes:
+    """Wait for the probe's prompt on the console fd, run ``command`` and return its output up to ``until`` (the
+    next prompt by default), or whatever came before the guest went away, for a command that ends it."""
+    deadline = time.monotonic() + timeout
+    os.write(fd, b"\r")
+    seen = _read_until(fd, b"probe>", b"", deadline, poke=True)
     assert b"probe>" in seen, seen
     os.write(fd, command + b"\r")
-    return seen
+    echoed = _read_until(fd, command, b"", deadline, poke=False)
+    tail = echoed.split(command, 1)[-1]
+    return _read_until(fd, until, tail, deadline, poke=False)
+
+
+def assert_guest_powered_off(h: Harness, ref: DomainRef) -> None:
+    """After a guest poweroff: SHUTDOWN (guest) then STOPPED (shutdown), and the domain is shut off, reason
+    shutdown, as libvirt's QEMU driver reports it."""
+    assert [e[2:] for e in h.wait_events(2)] == [
+        (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+        (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+    ]
+    assert h.driver.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
 
 
 def test_console_reaches_the_probe_shell(h: Harness) -> None:
@@ -242,11 +263,31 @@ def test_guest_reset_is_a_reboot_or_a_shutdown(h: Harness, on_reboot: str) -> No
             assert h.wait_events(1)[0][1] == vir.VIR_DOMAIN_EVENT_ID_REBOOT
             assert d.state(ref)[0] == vir.VIR_DOMAIN_RUNNING
             return
-        assert [e[2:] for e in h.wait_events(2)] == [
-            (vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
-            (vir.VIR_DOMAIN_EVENT_STOPPED, vir.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+        assert_guest_powered_off(h, ref)
+    finally:
+        os.close(fd)
+
+
+def test_acpi_shutdown_and_reboot(h: Harness) -> None:
+    """virDomainShutdown presses the ACPI power button (system_powerdown); the probe's `pwrbtn` powers off on it.
+    virDomainReboot is libvirt's fake reboot: the same button, then reset + cont once the guest powered off."""
+    d = h.driver
+    ref = d.create(d.define_xml(h.xml()))
+    fd = d.open_console(ref, None)
+    try:
+        assert b"waiting for the power button" in console_command(fd, b"pwrbtn", until=b"power button")
+        h.events.clear()
+        d.reboot(ref)
+        assert [e[1:] for e in h.wait_events(3)] == [
+            (E, vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+            (vir.VIR_DOMAIN_EVENT_ID_REBOOT, 0, 0),
+            (E, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED),
         ]
-        assert d.state(ref) == (vir.VIR_DOMAIN_SHUTOFF, vir.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+        assert d.state(ref) == (vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_BOOTED)
+        assert b"waiting for the power button" in console_command(fd, b"pwrbtn", until=b"power button")
+        h.events.clear()
+        d.shutdown(ref)
+        assert_guest_powered_off(h, ref)
     finally:
         os.close(fd)
 
@@ -387,3 +428,21 @@ def test_a_hypervisor_that_fails_to_start_leaves_the_domain_shut_off(h: Harness)
     assert err.code == errors.VIR_ERR_INTERNAL_ERROR and "missing.img" in err.message
     assert d.state(ref)[0] == vir.VIR_DOMAIN_SHUTOFF and not d.is_active(ref)
     assert [e[2] for e in h.wait_events(1, timeout=0.5)] == [vir.VIR_DOMAIN_EVENT_DEFINED]
+
+
+def test_block_stats_count_the_guests_requests(h: Harness) -> None:
+    d = h.driver
+    ref = d.create(d.define_xml(h.xml()))
+    if h.kind == "refvm":  # refvm has no query-blockstats: libvirt's "not supported" error, not a wrong number
+        err = vir_error(d.block_stats, ref, "vda")
+        assert err.code == errors.VIR_ERR_OPERATION_UNSUPPORTED and "query-blockstats" in err.message
+        return
+    before = d.block_stats(ref, "vda")
+    fd = d.open_console(ref, None)
+    try:
+        assert b"probe>" in console_command(fd, b"blk read 0")  # the prompt again: the request completed
+    finally:
+        os.close(fd)
+    after = d.block_stats(ref, str(h.state / "p1.img"))  # by source path too
+    assert after.rd_req > before.rd_req and after.rd_bytes >= before.rd_bytes + 512
+    assert vir_error(d.block_stats, ref, "vdz").code == errors.VIR_ERR_INVALID_ARG

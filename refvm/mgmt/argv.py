@@ -12,7 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-from refvm.mgmt.domain_model import Domain
+from refvm.mgmt.domain_model import Domain, PciAddress
 from refvm.mgmt.errors import config_unsupported
 
 MIB_KIB = 1024
@@ -80,8 +80,7 @@ def build_argv(kind: str, dom: Domain, qmp_path: str, tap_fds: list[int] | None 
     args += ["-nodefaults", "-display", "none", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if dom.on_reboot == "destroy":
         args.append("-no-reboot")
-    if kind == "qemu":
-        args.append("-no-shutdown")
+    args.append("-no-shutdown")  # as libvirt: a guest poweroff stops the VMM, refvmd then quits (or fake-reboots) it
     if dom.os.kernel:
         args += ["-kernel", dom.os.kernel]
         if dom.os.initrd:
@@ -139,8 +138,8 @@ def _serial_args(dom: Domain) -> list[str]:
     return args
 
 
-def _addr(address: object) -> list[str]:
-    return [f"addr={address.bdf()}"] if address is not None else []  # type: ignore[attr-defined]
+def _addr(address: PciAddress | None) -> list[str]:
+    return [f"addr={address.bdf()}"] if address is not None else []
 
 
 def _escape(value: str) -> str:

@@ -6,7 +6,7 @@ Layout (one tree per URI, as libvirt keeps one per driver and mode):
   RUN/NAME.status             JSON: pid, QMP socket, live XML, state and reason of a running domain
   RUN/NAME.qmp, RUN/NAME.log  the hypervisor's monitor socket and its stderr
 For ``session`` CONFIG is $XDG_CONFIG_HOME/refvm/DRIVER and RUN $XDG_RUNTIME_DIR/refvm/DRIVER (or ~/.cache);
-for ``system`` they are /etc/refvm/DRIVER and /run/refvm/DRIVER. ``--state-dir D`` puts both under D.
+for ``system`` they are /var/lib/refvm/DRIVER and /run/refvm/DRIVER. ``--state-dir D`` puts both under D.
 Files are written to a temporary name and renamed, so a crash never leaves half a definition.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class StatePaths:
             base = Path(state_dir) / f"{driver}-{mode}"
             paths = cls(base / "config", base / "run")
         elif mode == "system":
-            paths = cls(Path("/etc/refvm") / driver, Path("/run/refvm") / driver)
+            paths = cls(Path("/var/lib/refvm") / driver, Path("/run/refvm") / driver)
         else:
             home = Path.home()
             config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "refvm" / driver

@@ -187,7 +187,8 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def create_xml(self, xml: str, flags: int = 0) -> DomainRef:
-        """virDomainCreateXML: start a transient domain (START_PAUSED honoured); emits STARTED BOOTED."""
+        """virDomainCreateXML: start a transient domain; emits STARTED BOOTED (and SUSPENDED PAUSED with
+        START_PAUSED). START_AUTODESTROY is refused (VIR_ERR_INVALID_ARG, unsupported flags)."""
 
     @abc.abstractmethod
     def create(self, dom: DomainRef, flags: int = 0) -> DomainRef:
@@ -203,11 +204,14 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def shutdown(self, dom: DomainRef, flags: int = 0) -> None:
-        """virDomainShutdownFlags: ask the guest (ACPI power button, QMP system_powerdown); returns at once."""
+        """virDomainShutdownFlags: ask the guest (ACPI power button, QMP system_powerdown); returns at once. When
+        the guest powers off: SHUTDOWN GUEST, then STOPPED SHUTDOWN, state shut off with reason shutdown."""
 
     @abc.abstractmethod
     def reboot(self, dom: DomainRef, flags: int = 0) -> None:
-        """virDomainReboot: ACPI reboot request, as a guest-initiated reboot; emits REBOOT when it happens."""
+        """virDomainReboot, libvirt's fake reboot: the ACPI power button; once the guest has powered off, the
+        driver resets it and lets it run again (events SHUTDOWN GUEST, REBOOT, RESUMED UNPAUSED). A guest that
+        ignores the button is not rebooted, as with libvirt."""
 
     @abc.abstractmethod
     def reset(self, dom: DomainRef, flags: int = 0) -> None:

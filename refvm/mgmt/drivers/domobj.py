@@ -32,6 +32,7 @@ class DomainObj:
     got_shutdown: bool = False
     starting: bool = False
     paused_by_user: bool = False
+    fake_reboot: bool = False            # virDomainReboot asked: the next guest shutdown becomes reset + cont
 
     @property
     def current(self) -> Domain:

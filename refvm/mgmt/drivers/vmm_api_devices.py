@@ -14,6 +14,7 @@ from refvm.mgmt.domain_model import Disk, Domain, IoTune
 from refvm.mgmt.domain_xml import assign_pci_addresses, random_mac
 from refvm.mgmt.drivers.base import BlockStats, DomainRef, InterfaceStats
 from refvm.mgmt.drivers.domobj import DomainObj
+from refvm.mgmt.drivers.vmm_driver import check_flags
 from refvm.mgmt.errors import (
     VIR_ERR_DEVICE_MISSING,
     VIR_ERR_OPERATION_UNSUPPORTED,
@@ -78,7 +79,6 @@ class DeviceOps:
 
     def set_memory(self, dom: DomainRef, kib: int, flags: int = 0) -> None:
         """setMemory is this with AFFECT_LIVE; setMaxMemory with MEM_MAXIMUM."""
-        from refvm.mgmt.drivers.vmm_driver import check_flags
         check_flags(flags, AFFECT | vir.VIR_DOMAIN_MEM_MAXIMUM, "qemuDomainSetMemoryFlags")
         obj = self._find(dom)
         with obj.begin_job("setmem", self.job_timeout):
@@ -159,7 +159,6 @@ class DeviceOps:
     # ---- block I/O tuning -------------------------------------------------------------------------------
 
     def set_block_io_tune(self, dom: DomainRef, disk: str, params: dict[str, int | str], flags: int = 0) -> None:
-        from refvm.mgmt.drivers.vmm_driver import check_flags
         check_flags(flags, AFFECT, "qemuDomainSetBlockIoTune")
         known = dict(vir.BLOCK_IOTUNE_PARAMS)
         for name, value in params.items():
@@ -185,7 +184,8 @@ class DeviceOps:
                     if isinstance(params.get("group_name"), str) and params["group_name"]:
                         args["group"] = params["group_name"]
                     self._qmp(obj, "block_set_io_throttle", args)
-                d.iotune = IoTune(values, params.get("group_name", d.iotune.group_name) or None)  # type: ignore[arg-type]
+                group = params.get("group_name", d.iotune.group_name)
+                d.iotune = IoTune(values, group if isinstance(group, str) and group else None)
             if live:
                 self._save_status(obj)
             if config:
@@ -199,7 +199,6 @@ class DeviceOps:
         return f"virtio-disk{index}"
 
     def get_block_io_tune(self, dom: DomainRef, disk: str | None, flags: int = 0) -> list[tuple[str, int, int | str]]:
-        from refvm.mgmt.drivers.vmm_driver import check_flags
         check_flags(flags, AFFECT | vir.VIR_TYPED_PARAM_STRING_OKAY, "qemuDomainGetBlockIoTune")
         obj = self._find(dom)
         live, _config = resolve_affect(obj, flags & AFFECT)
@@ -226,8 +225,8 @@ class DeviceOps:
         self._modify_device(dom, xml, flags, attach=False)
 
     def _modify_device(self, dom: DomainRef, xml: str, flags: int, attach: bool) -> None:
-        from refvm.mgmt.drivers.vmm_driver import check_flags
-        check_flags(flags, AFFECT | 4, "qemuDomainAttachDeviceFlags" if attach else "qemuDomainDetachDeviceFlags")
+        func = "qemuDomainAttachDeviceFlags" if attach else "qemuDomainDetachDeviceFlags"
+        check_flags(flags, AFFECT | vir.VIR_DOMAIN_DEVICE_MODIFY_FORCE, func)
         node = _parse_device_root(xml)
         obj = self._find(dom)
         with obj.begin_job("modify-device", self.job_timeout):
@@ -266,8 +265,7 @@ class DeviceOps:
     # ---- console ----------------------------------------------------------------------------------------
 
     def open_console(self, dom: DomainRef, dev_name: str | None, flags: int = 0) -> int:
-        from refvm.mgmt.drivers.vmm_driver import check_flags
-        check_flags(flags, 3, "qemuDomainOpenConsole")
+        check_flags(flags, vir.VIR_DOMAIN_CONSOLE_FORCE | vir.VIR_DOMAIN_CONSOLE_SAFE, "qemuDomainOpenConsole")
         obj = self._find(dom)
         if not obj.active():
             raise operation_invalid("domain is not running")

@@ -23,6 +23,7 @@ from refvm.mgmt.drivers.base import DomainRef, EventSink
 from refvm.mgmt.drivers.domobj import DomainObj
 from refvm.mgmt.errors import (
     VIR_ERR_INTERNAL_ERROR,
+    VIR_ERR_OPERATION_UNSUPPORTED,
     VIR_FROM_QEMU,
     VirError,
     internal_error,
@@ -171,21 +172,44 @@ class VmmDriverCore:
                 self._set_state(obj, vir.VIR_DOMAIN_SHUTDOWN, vir.VIR_DOMAIN_SHUTDOWN_UNKNOWN)
                 self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SHUTDOWN, vir.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST if guest
                                 else vir.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
-                if self.kind == "qemu":  # -no-shutdown keeps QEMU alive: finish the poweroff as libvirt does
-                    threading.Thread(target=self._quit_after_shutdown, args=(obj,), daemon=True).start()
+                # -no-shutdown keeps the VMM alive: finish the poweroff, or reboot, as libvirt does
+                threading.Thread(target=self._after_guest_shutdown, args=(obj,), daemon=True).start()
             elif event == "RESET":
                 self._emit(obj, vir.VIR_DOMAIN_EVENT_ID_REBOOT)
             elif event == "BALLOON_CHANGE" and obj.live is not None and "actual" in data:
                 obj.live.current_memory = int(data["actual"]) // 1024
         return handle
 
-    def _quit_after_shutdown(self, obj: DomainObj) -> None:
+    def _after_guest_shutdown(self, obj: DomainObj) -> None:
+        if obj.fake_reboot:
+            self._fake_reboot(obj)
+            return
         vmm = obj.vmm
         if vmm is not None:
             try:
                 vmm.qmp.execute("quit", timeout=5)
             except (QmpClosed, QmpError, TimeoutError, OSError):
                 vmm.terminate(graceful=False)
+
+    def _fake_reboot(self, obj: DomainObj) -> None:
+        """libvirt's fake reboot: the guest powered off after virDomainReboot; reset it and run it again."""
+        try:
+            with obj.begin_job("fake-reboot", 300.0):
+                obj.fake_reboot = False
+                vmm = obj.vmm
+                if vmm is None:
+                    return
+                try:
+                    vmm.qmp.execute("system_reset")
+                    vmm.qmp.execute("cont")
+                except (QmpClosed, QmpError, TimeoutError, OSError):
+                    vmm.terminate(graceful=False)
+                    return
+                obj.got_shutdown = False
+                self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_BOOTED)
+                self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED)
+        except VirError:
+            pass
 
     def _monitor_eof(self, obj: DomainObj) -> None:
         """The hypervisor's monitor closed: it exited (after a shutdown) or crashed."""
@@ -287,6 +311,9 @@ class VmmDriverCore:
         try:
             return vmm.qmp.execute(command, args)
         except QmpError as err:
+            if err.klass == "CommandNotFound":
+                raise VirError(VIR_ERR_OPERATION_UNSUPPORTED, f"{self.kind} has no QMP command '{command}'",
+                               domain=Q) from None
             raise VirError(VIR_ERR_INTERNAL_ERROR, f"unable to execute QEMU command '{command}': {err.desc}",
                            domain=Q) from None
         except QmpClosed:
