@@ -139,4 +139,5 @@ def known(request: pytest.FixtureRequest, conn: libvirt.virConnect, driver: str,
     driver with an assertion, strictly: a fixed driver shows up, and a harness error stays an error.
     """
     if conn.getType().lower() == driver.lower():
-        request.applymarker(pytest.mark.xfail(reason=f"{kind} ({driver}): {reason}", strict=True, raises=AssertionError))
+        mark = pytest.mark.xfail(reason=f"{kind} ({driver}): {reason}", strict=True, raises=AssertionError)
+        request.applymarker(mark)
