@@ -77,7 +77,7 @@ class LifecycleRecorder:
     """Lifecycle events (event, detail) per domain name, in the order the target sent them."""
 
     events: list[tuple[str, int, int]] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
 
     def callback(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
         with self.cond:
@@ -85,8 +85,20 @@ class LifecycleRecorder:
             self.cond.notify_all()
 
     def for_domain(self, name: str) -> list[tuple[int, int]]:
-        with self.cond:
+        with self.cond:  # reentrant use from wait_until: Condition wraps an RLock
             return [(e, d) for n, e, d in self.events if n == name]
+
+    def wait_until(self, name: str, last: tuple[int, int], timeout: float = 10.0) -> list[tuple[int, int]]:
+        """Every event of domain `name` up to and including the first `last` (all of them on a timeout)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while last not in self.for_domain(name):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self.for_domain(name)
+                self.cond.wait(left)
+            seen = self.for_domain(name)
+            return seen[: seen.index(last) + 1]
 
     def wait_for(self, name: str, count: int, timeout: float = 10.0) -> list[tuple[int, int]]:
         """The first `count` events of domain `name`, waiting up to `timeout` for them to arrive."""
@@ -110,9 +122,11 @@ class GuestKind:
 
 
 def guest_kind(conn: libvirt.virConnect) -> GuestKind:
-    """The first hvm guest the capabilities XML offers: its domain type and architecture."""
+    """The first hvm guest the capabilities XML offers (x86_64 first): its domain type and architecture."""
     caps = ET.fromstring(conn.getCapabilities())
-    for guest in caps.findall("guest"):
+    guests = caps.findall("guest")
+    guests.sort(key=lambda g: (g.find("arch") is None or g.find("arch").get("name") != "x86_64"))
+    for guest in guests:
         if (guest.findtext("os_type") or "").strip() != "hvm":
             continue
         arch = guest.find("arch")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -18,10 +22,15 @@ def _disk(path: str) -> str:
 
 
 @pytest.fixture
-def disk_image(tmp_path) -> str:  # noqa: ANN001
-    path = tmp_path / "disk.raw"
+def disk_image() -> Iterator[str]:
+    """A 1 MiB raw image the hypervisor's own user can open (libvirtd runs QEMU as libvirt-qemu)."""
+    folder = Path(tempfile.mkdtemp(prefix="tck-disk-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    path = folder / "disk.raw"
     path.write_bytes(b"\0" * (1 << 20))
-    return str(path)
+    path.chmod(0o666)
+    yield str(path)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.clause(SPEC, "virDomainSetMemory/within-max")
