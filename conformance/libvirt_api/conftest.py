@@ -57,7 +57,7 @@ def libvirt_uri(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
     if uri != "refvmd":
         yield uri
         return
-    command = pytestconfig.getoption("--refvmd-command") or f"{sys.executable} -m refvm.mgmt"
+    command = pytestconfig.getoption("--refvmd-command") or f"{sys.executable} -m refvm.mgmt.refvmd"
     proc, real_uri = _start_refvmd(tmp_path_factory.mktemp("refvmd"), command)
     yield real_uri
     proc.terminate()
@@ -131,13 +131,3 @@ def skip_unsupported(err: object, what: str) -> None:
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
-
-def known(request: pytest.FixtureRequest, conn: libvirt.virConnect, driver: str, kind: str, reason: str) -> None:
-    """A documented behaviour of one driver (by getType(), e.g. "TEST") that differs from the expectation.
-
-    `kind` says what the difference is (see the README's verdict kinds); the test then must fail on that
-    driver with an assertion, strictly: a fixed driver shows up, and a harness error stays an error.
-    """
-    if conn.getType().lower() == driver.lower():
-        mark = pytest.mark.xfail(reason=f"{kind} ({driver}): {reason}", strict=True, raises=AssertionError)
-        request.applymarker(mark)

@@ -16,7 +16,12 @@ import libvirt
 import pytest
 
 from conformance.drivers.libvirt import call_error
-from conformance.libvirt_api.conftest import known
+from conformance.libvirt_api.known import (
+    AUTOSTART_TRANSIENT_ALLOWED,
+    CREATE_RUNNING_INTERNAL_ERROR,
+    SUSPEND_INACTIVE_INTERNAL_ERROR,
+)
+from conformance.verdicts import expect
 
 SPEC = "libvirt-api"
 DRIVER = "driver"  # stands for the driver's own error domain
@@ -30,9 +35,9 @@ class Misuse:
 
 
 def _check(err, want: Misuse, driver_domain: int) -> None:  # noqa: ANN001
-    assert err is not None, f"the misuse succeeded; expected error {want.code}"
+    expect(err is not None, f"the misuse succeeded; expected error {want.code}")
     domain = driver_domain if want.domain == DRIVER else want.domain
-    assert (err.code, err.domain) == (want.code, domain), f"got {err}"
+    expect((err.code, err.domain) == (want.code, domain), f"expected ({want.code}, {domain}), got {err}")
 
 
 @pytest.mark.clause(SPEC, "virDomainLookupByName/missing")
@@ -48,9 +53,8 @@ def test_lookup_of_a_missing_domain(conn, driver_error_domain, how: str) -> None
 
 
 @pytest.mark.clause(SPEC, "virDomainCreate/already-running")
-def test_starting_a_running_domain(conn, make_xml, name, driver_error_domain, request) -> None:  # noqa: ANN001
-    known(request, conn, "test", "implementation-defined",
-          "the test driver reports VIR_ERR_INTERNAL_ERROR ('Domain ... is already running')")
+@pytest.mark.known(CREATE_RUNNING_INTERNAL_ERROR)
+def test_starting_a_running_domain(conn, make_xml, name, driver_error_domain) -> None:  # noqa: ANN001
     dom = conn.defineXML(make_xml(name()))
     dom.create()
     _check(call_error(dom.create), Misuse("", libvirt.VIR_ERR_OPERATION_INVALID, DRIVER), driver_error_domain)
@@ -64,9 +68,8 @@ def test_destroying_an_inactive_domain(conn, make_xml, name, driver_error_domain
 
 
 @pytest.mark.clause(SPEC, "virDomainSuspend/not-running")
-def test_suspending_an_inactive_domain(conn, make_xml, name, driver_error_domain, request) -> None:  # noqa: ANN001
-    known(request, conn, "test", "implementation-defined",
-          "the test driver reports VIR_ERR_INTERNAL_ERROR ('domain ... not running') in VIR_FROM_TEST")
+@pytest.mark.known(SUSPEND_INACTIVE_INTERNAL_ERROR)
+def test_suspending_an_inactive_domain(conn, make_xml, name, driver_error_domain) -> None:  # noqa: ANN001
     dom = conn.defineXML(make_xml(name()))
     _check(call_error(dom.suspend), Misuse("", libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_DOMAIN),
            driver_error_domain)
@@ -127,8 +130,8 @@ def test_set_max_memory_of_a_running_domain(conn, make_xml, name, driver_error_d
 
 
 @pytest.mark.clause(SPEC, "virDomainSetAutostart/transient")
-def test_autostart_of_a_transient_domain(conn, make_xml, name, driver_error_domain, request) -> None:  # noqa: ANN001
-    known(request, conn, "test", "implementation-defined", "the test driver lets a transient domain autostart")
+@pytest.mark.known(AUTOSTART_TRANSIENT_ALLOWED)
+def test_autostart_of_a_transient_domain(conn, make_xml, name, driver_error_domain) -> None:  # noqa: ANN001
     dom = conn.createXML(make_xml(name()))
     err = call_error(lambda: dom.setAutostart(1))
     _check(err, Misuse("", libvirt.VIR_ERR_OPERATION_INVALID, DRIVER), driver_error_domain)
