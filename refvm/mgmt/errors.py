@@ -125,6 +125,11 @@ def operation_invalid(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:
     return VirError(VIR_ERR_OPERATION_INVALID, detail, domain=domain)
 
 
+def not_running() -> VirError:
+    """libvirt's shared active-domain check (virDomainObjCheckActive) reports in VIR_FROM_DOMAIN."""
+    return operation_invalid("domain is not running", domain=VIR_FROM_DOMAIN)
+
+
 def no_domain(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:
     """VIR_ERR_NO_DOMAIN, e.g. "no domain with matching name 'x'"."""
     return VirError(VIR_ERR_NO_DOMAIN, detail, domain=domain)
