@@ -6,6 +6,8 @@ constants). Messages are formatted as libvirt's virErrorMsg formats them: a fixe
 """
 from __future__ import annotations
 
+from refvm.mgmt import deviations
+
 # virErrorLevel
 VIR_ERR_NONE = 0
 VIR_ERR_WARNING = 1
@@ -127,7 +129,8 @@ def operation_invalid(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:
 
 def not_running() -> VirError:
     """libvirt's shared active-domain check (virDomainObjCheckActive) reports in VIR_FROM_DOMAIN."""
-    return operation_invalid("domain is not running", domain=VIR_FROM_DOMAIN)
+    domain = VIR_FROM_QEMU if deviations.active("error-domain-driver") else VIR_FROM_DOMAIN
+    return operation_invalid("domain is not running", domain=domain)
 
 
 def no_domain(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:

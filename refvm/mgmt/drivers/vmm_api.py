@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from refvm.mgmt import vir
+from refvm.mgmt import deviations, vir
 from refvm.mgmt.domain_format import format_domain
 from refvm.mgmt.domain_xml import parse_domain
 from refvm.mgmt.drivers.base import (
@@ -189,7 +189,8 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
                 raise operation_invalid("cannot undefine transient domain")
             uuid = obj.uuid
             self.store.delete_config(obj.definition.name)
-            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_UNDEFINED, vir.VIR_DOMAIN_EVENT_UNDEFINED_REMOVED)
+            if not deviations.active("no-undefined-event"):
+                self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_UNDEFINED, vir.VIR_DOMAIN_EVENT_UNDEFINED_REMOVED)
             obj.definition, obj.autostart = None, False
             if not obj.active():
                 with self.lock:
@@ -352,8 +353,9 @@ def _matches(obj: DomainObj, flags: int) -> bool:
                        (vir.VIR_CONNECT_LIST_DOMAINS_OTHER, other)))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, False),
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE, True)))
-            and group(((vir.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, obj.autostart),
-                       (vir.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART, not obj.autostart)))
+            and (deviations.active("list-ignores-autostart")
+                 or group(((vir.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, obj.autostart),
+                           (vir.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART, not obj.autostart))))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, False),
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT, True)))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, False),
