@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from refvm.cli_firmware import HELP as FIRMWARE_HELP
+from refvm.cli_firmware import firmware_options
 from refvm.config import MIB, DeviceSpec, MachineConfig
 
 PROG = "refvm"
@@ -76,7 +78,7 @@ Standard options:
   -smp [cpus=]N           number of vCPUs (default 1)
   -S                      do not start the vCPUs at startup
   -no-reboot              exit instead of rebooting when the guest resets
-  -no-shutdown            accepted for compatibility; refvm always exits on guest shutdown
+  -no-shutdown            on guest poweroff stop the guest (run state 'shutdown') instead of exiting
   -nodefaults             create no default devices (no default serial port)
 
 Boot:
@@ -105,6 +107,8 @@ Devices and backends:
                           stdio | null | pty | file,path=P | socket,path=P,server=on,wait=off
   -nographic              no display; the serial port goes to stdio
   -display none           no display
+
+{FIRMWARE_HELP.rstrip()}
 
 Testing:
   -qtest unix:PATH[,server=on]
@@ -381,6 +385,9 @@ def parse_args(argv: list[str]) -> Parsed:
         "version": lambda: setattr(parsed, "action", "version"),
     }
 
+    fw_args, fw_flags = firmware_options(cfg, UsageError)
+    with_arg.update(fw_args)
+    flags.update(fw_flags)
     i = 0
     while i < len(argv):
         arg = argv[i]
