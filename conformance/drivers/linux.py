@@ -83,7 +83,7 @@ class LinuxGuest:
             "-kernel", image.kernel, "-initrd", image.initrd, "-append", image.append, *extra,
         ]  # fmt: skip
 
-    def wait_ready(self, timeout: float = 90.0) -> float:
+    def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for /init's ready marker and the first prompt; returns seconds since the target started."""
         self.console.expect(self.image.ready_marker, timeout)
         self.boot_seconds = time.monotonic() - self.console.started
@@ -92,8 +92,8 @@ class LinuxGuest:
         return self.boot_seconds
 
     def sync(self, timeout: float = 15.0) -> None:
-        """Bring the shell to a known state: echo off, and everything before this point consumed."""
-        self.run("stty -echo", timeout)
+        """Bring the shell to a known state: everything it printed before this point is consumed."""
+        self.run("true", timeout)
 
     @property
     def transcript(self) -> str:

@@ -148,7 +148,7 @@ def rig(target: Target, linux_image: LinuxImage) -> Iterator[Rig]:
         args = [*device_args(workdir, "lgtap0"), "-qmp", f"unix:{qmp_path},server=on,wait=off"]
         prepare_disks(workdir)
         argv = in_netns(target, netns).argv(LinuxGuest.argv(linux_image, args, str(MEMORY_MIB)))
-        console = SerialConsole(argv, prompt=linux_image.prompt, timeout=90, name=f"{target.name} linux")
+        console = SerialConsole(argv, prompt=linux_image.prompt, timeout=180, name=f"{target.name} linux")
         qmp = None
         try:
             guest = boot(console, linux_image)
