@@ -117,10 +117,29 @@ def target(pytestconfig: pytest.Config) -> Target:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Needs a test declares with a marker: `kvm` (refvm runs the guest on /dev/kvm; qtest suites need none)."""
+    """Needs a test declares with a marker: `kvm` (refvm runs the guest on /dev/kvm; qtest suites need none),
+    `hw_kvm` (refvm runs a real OS: a software KVM is too slow and incomplete for it)."""
     named: NamedTarget = item.config._named_target  # type: ignore[attr-defined]
     if item.get_closest_marker("kvm") and named.target.kind == "refvm":
         require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is missing or not accessible to this user")
+    if item.get_closest_marker("hw_kvm") and named.target.kind == "refvm":
+        reason = hardware_kvm_missing()
+        if reason:
+            pytest.skip(reason)  # no package can install hardware: a skip even in CI
+
+
+def hardware_kvm_missing(sys_module: Path = Path("/sys/module")) -> str | None:
+    """Why this host cannot run a full OS on refvm, or None where /dev/kvm is hardware KVM."""
+    if (sys_module / "kvm_pvm").exists():
+        return (
+            "hw_kvm: /dev/kvm is kvm-pvm, a software KVM; a Linux guest on refvm needs hardware KVM "
+            "(here its boot dies, see guests/linux/README.md)"
+        )
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "hw_kvm: /dev/kvm is missing or not accessible to this user"
+    if not any((sys_module / m).exists() for m in ("kvm_intel", "kvm_amd")):
+        return "hw_kvm: neither kvm_intel nor kvm_amd is loaded: /dev/kvm is not hardware KVM"
+    return None
 
 
 @pytest.fixture(scope="session")
