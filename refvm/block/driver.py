@@ -126,6 +126,12 @@ class RawDriver:
     def writev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         self.write(offset, _join(offset, buffers))
 
+    def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self._f.preadv_into(offset, bufs)
+
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self._f.pwritev_from(offset, bufs)
+
     def flush(self) -> None:
         self._f.flush()
 

@@ -14,6 +14,8 @@ import mmap
 import os
 import stat
 
+from refvm.block.vectored import Buffers, preadv_full, pwritev_full, read_into, write_from
+
 __all__ = ["RawFile"]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -98,6 +100,24 @@ class RawFile:
         done = 0
         while done < view.nbytes:
             done += os.pwrite(self.fd, view[done:], offset + done)
+
+    def preadv_into(self, offset: int, bufs: Buffers) -> None:
+        """Read straight into ``bufs`` (guest RAM views): one ``preadv``, no copy (O_DIRECT: a bounce buffer)."""
+        self._check(offset, sum(len(b) for b in bufs))
+        if self.direct:
+            read_into(self, offset, bufs)
+        else:
+            preadv_full(self.fd, bufs, offset)
+
+    def pwritev_from(self, offset: int, bufs: Buffers) -> None:
+        """Write ``bufs`` (guest RAM views) with one ``pwritev``, no copy (O_DIRECT: a bounce buffer)."""
+        if self.readonly:
+            raise OSError(errno.EROFS, "read-only image")
+        self._check(offset, sum(len(b) for b in bufs))
+        if self.direct:
+            write_from(self, offset, bufs)
+        else:
+            pwritev_full(self.fd, bufs, offset)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)
