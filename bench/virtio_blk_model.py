@@ -5,7 +5,9 @@ throttle group), a :class:`~refvm.virtio.devices.blk.VirtioBlk` on a split queue
 and the driver side of the ring from ``tests/test_virtio_helpers.py``. Each request is the probe guest's
 layout (16-byte header, one data buffer, one status byte) made available and notified on its own, so
 the time is what one notify exit costs inside refvm: pop, descriptor walk, I/O, status, used ring,
-interrupt decision. Driver-side work (writing the avail entry) is timed separately and subtracted.
+interrupt decision. Driver-side work (writing the avail entry) is timed separately and subtracted. Times
+are the vCPU-side thread's CPU time (``time.thread_time``), fastest batch of 500 per run, median over runs:
+on a CPU shared with other work, wall time mostly measures the neighbours.
 
 This is the number the issue's "device-model time per 4 KiB request" goal is about; ``bench/virtio_blk.py``
 measures the whole guest round trip against QEMU.
@@ -33,10 +35,11 @@ from refvm.virtio.devices.blk import VirtioBlk  # noqa: E402
 from tests.test_virtio_helpers import SplitDriver, bring_up, make_mem  # noqa: E402
 
 HDR, DATA, STATUS = 0x100000, 0x200000, 0x180000
+BATCH = 500  # requests per timed batch; a run reports its fastest batch (the least disturbed by contention)
 
 
 def run(size: int, write: bool, n: int, disk: Path) -> float:
-    """Median-free single pass: µs of device model per request."""
+    """µs of device model per request: the fastest batch of the run, in thread CPU time."""
     mem = make_mem(16 << 20)
     drive = open_drive("d0", {"file": str(disk), "format": "raw"}, clock=RealtimeClock())
     dev = VirtioBlk(mem, drive)
@@ -47,21 +50,25 @@ def run(size: int, write: bool, n: int, disk: Path) -> float:
     drv.chain(0, [(HDR, 16, False), (DATA, size, not write), (STATUS, 1, True)])
     notify = dev.queue_notify
     publish = drv.publish
-    t0 = time.perf_counter()
-    for _ in range(n):
-        publish(0)
-    t_drv = time.perf_counter() - t0
-    drv.set_avail_idx(0)  # rewind: the device has consumed nothing yet
-    drv.idx = 0
-    t0 = time.perf_counter()
-    for _ in range(n):
-        publish(0)
-        notify(0)
-    t_all = time.perf_counter() - t0
-    assert dev.error is None and mem.read_u8(STATUS) == 0 and drv.used_idx() == n & 0xFFFF, dev.error
+    clock = time.thread_time  # CPU time of this thread: other processes on a shared CPU do not count
+    best = float("inf")
+    for _ in range(max(1, n // BATCH)):
+        base = drv.idx
+        t0 = clock()
+        for _ in range(BATCH):
+            publish(0)
+        t_drv = clock() - t0
+        drv.set_avail_idx(base)  # rewind: the device has not seen these yet
+        drv.idx = base
+        t0 = clock()
+        for _ in range(BATCH):
+            publish(0)
+            notify(0)
+        best = min(best, (clock() - t0 - t_drv) / BATCH)
+    assert dev.error is None and mem.read_u8(STATUS) == 0 and drv.used_idx() == drv.idx, dev.error
     drive.close()
     mem.close()
-    return (t_all - t_drv) / n * 1e6
+    return best * 1e6
 
 
 def main() -> None:

@@ -110,6 +110,11 @@ class CachePolicyBackend:
         self.readonly = bool(driver.readonly)
         self.flushes_requested = 0
         self.syncs = 0
+        # reads and writes pass through the policy unchanged: bind the driver's vectored path once
+        if getattr(driver, "preadv_into", None) is not None:
+            self.preadv_into = driver.preadv_into  # type: ignore[method-assign]
+        if getattr(driver, "pwritev_from", None) is not None:
+            self.pwritev_from = driver.pwritev_from  # type: ignore[method-assign]
         self._count_lock = threading.Lock()
 
     def length(self) -> int:

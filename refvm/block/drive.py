@@ -108,6 +108,8 @@ class Drive:
         self.detect_zeroes = props.get("detect-zeroes", "off")
         self.backing_file_depth = _chain_depth(driver)
         self.closed = False
+        self.preadv_into = self.policy.preadv_into  # type: ignore[method-assign]  # per request: no extra layer
+        self.pwritev_from = self.policy.pwritev_from  # type: ignore[method-assign]
 
     # --- BlockBackend ---------------------------------------------------------------------------
     def length(self) -> int:

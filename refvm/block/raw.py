@@ -14,7 +14,7 @@ import mmap
 import os
 import stat
 
-from refvm.block.vectored import Buffers, preadv_full, pwritev_full, read_into, write_from
+from refvm.block.vectored import IOV_MAX, Buffers, preadv_full, pwritev_full, read_into, write_from
 
 __all__ = ["RawFile"]
 
@@ -103,21 +103,23 @@ class RawFile:
 
     def preadv_into(self, offset: int, bufs: Buffers) -> None:
         """Read straight into ``bufs`` (guest RAM views): one ``preadv``, no copy (O_DIRECT: a bounce buffer)."""
-        self._check(offset, sum(len(b) for b in bufs))
+        total = sum(map(len, bufs))
+        self._check(offset, total)
         if self.direct:
             read_into(self, offset, bufs)
-        else:
-            preadv_full(self.fd, bufs, offset)
+        elif len(bufs) > IOV_MAX or os.preadv(self.fd, bufs, offset) != total:
+            preadv_full(self.fd, bufs, offset)  # short (EOF) or too many iovecs: the careful loop, from the start
 
     def pwritev_from(self, offset: int, bufs: Buffers) -> None:
         """Write ``bufs`` (guest RAM views) with one ``pwritev``, no copy (O_DIRECT: a bounce buffer)."""
         if self.readonly:
             raise OSError(errno.EROFS, "read-only image")
-        self._check(offset, sum(len(b) for b in bufs))
+        total = sum(map(len, bufs))
+        self._check(offset, total)
         if self.direct:
             write_from(self, offset, bufs)
-        else:
-            pwritev_full(self.fd, bufs, offset)
+        elif len(bufs) > IOV_MAX or os.pwritev(self.fd, bufs, offset) != total:
+            pwritev_full(self.fd, bufs, offset)  # short write: rewrite it all (same bytes, same place)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)

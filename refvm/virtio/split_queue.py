@@ -69,6 +69,7 @@ class SplitQueue(Virtqueue):
         self.used_idx = 0  # the device's used idx (what it will publish)
         self._published = 0  # used idx as stored in guest memory
         self._avail_shadow = 0  # avail idx as last read: guest memory is read again only when it is used up
+        self._avail_event = -1  # avail_event as this device last wrote it (-1: not written)
         self._signalled_used = 0  # used idx at the last needs_interrupt()
         self._pushed = 0  # used elements written since then
         self.in_flight = 0
@@ -94,11 +95,12 @@ class SplitQueue(Virtqueue):
         if avail_idx == last:
             avail_idx = _U16.unpack_from(avail, 2)[0]
             if avail_idx == last:
-                if not self.event_idx or self.suppressed:
-                    return None
+                if not self.event_idx or self.suppressed or self._avail_event == last:
+                    return None  # (avail_event already asks for entry `last`: nothing to write or re-read)
                 # 2.7.10: ask for a notification when the driver fills entry `last`, then re-check so a
                 # buffer made available in between is not missed.
                 _U16.pack_into(self._device, 4 + 8 * self.size, last)  # type: ignore[arg-type]
+                self._avail_event = last
                 avail_idx = _U16.unpack_from(avail, 2)[0]
                 if avail_idx == last:
                     return None
@@ -275,6 +277,7 @@ class SplitQueue(Virtqueue):
         """2.7.10.2: VIRTQ_USED_F_NO_NOTIFY without EVENT_IDX; with it, flags stay 0 and
         ``avail_event`` stops (or restarts) tracking the ring."""
         self.suppressed = suppress
+        self._avail_event = -1
         if self._device is None:
             if not self.ready:
                 return

@@ -482,7 +482,7 @@ class VirtioBlk(VirtioDevice):
                     return self._do_rw(chain, rtype, sector, data_in, data_out)
 
                 return self._throttle_rw(queue, chain, bool(rtype & T_OUT), nbytes, io)
-            return self._do_rw(chain, rtype, sector, data_in, data_out)
+            return self._do_rw(chain, rtype, sector, data_in, data_out, valid)
         elif kind == T_FLUSH:
             status = self._flush()
         elif kind == T_GET_ID:
@@ -499,13 +499,14 @@ class VirtioBlk(VirtioDevice):
         _set_status(chain, status)
         return written + 1
 
-    def _do_rw(self, chain: Chain, rtype: int, sector: int, data_in: int, data_out: int) -> int:
-        """An IN or OUT request: the I/O, the status byte; returns the used length."""
+    def _do_rw(self, chain: Chain, rtype: int, sector: int, data_in: int, data_out: int, valid: bool = True) -> int:
+        """An IN or OUT request: the I/O, the status byte; returns the used length. ``valid``: the range and
+        size were checked (False: IOERR without I/O)."""
         written = 0
         if rtype & T_OUT:
-            status = self._write(chain, sector, data_out)
+            status = self._write(chain, sector, data_out, valid)
         else:
-            status, written = self._read(chain, sector, data_in)
+            status, written = self._read(chain, sector, data_in, valid)
         _set_status(chain, status)
         return written + 1
 
@@ -515,8 +516,8 @@ class VirtioBlk(VirtioDevice):
             return False
         return sector <= self.capacity and nbytes // SECTOR <= self.capacity - sector
 
-    def _read(self, chain: Chain, sector: int, nbytes: int) -> tuple[int, int]:
-        if not self._range_ok(sector, nbytes) or nbytes > MAX_RW_BYTES:
+    def _read(self, chain: Chain, sector: int, nbytes: int, valid: bool) -> tuple[int, int]:
+        if not valid:
             self.stats["failed_rd_operations"] += 1
             return S_IOERR, 0
         bufs = chain.writable_views(0, nbytes)  # straight into guest RAM: no bytes object, no copy
@@ -534,9 +535,9 @@ class VirtioBlk(VirtioDevice):
         stats["rd_operations"] += 1
         return S_OK, nbytes
 
-    def _write(self, chain: Chain, sector: int, nbytes: int) -> int:
+    def _write(self, chain: Chain, sector: int, nbytes: int, valid: bool) -> int:
         # 5.2.6.2: a write to a read-only device is IOERR and writes nothing.
-        if self.readonly or not self._range_ok(sector, nbytes) or nbytes > MAX_RW_BYTES:
+        if self.readonly or not valid:
             self.stats["failed_wr_operations"] += 1
             return S_IOERR
         try:
