@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from refvm.cli_firmware import HELP as FIRMWARE_HELP
+from refvm.cli_firmware import firmware_options
 from refvm.config import MIB, DeviceSpec, MachineConfig
 
 PROG = "refvm"
@@ -61,6 +63,7 @@ def pci_device_models() -> dict[str, object]:
 USAGE = f"""\
 usage: {PROG} [options]
        {PROG} doctor          describe this host's KVM and what refvm needs from it
+       {PROG} virsh ARGS      the system's virsh, connected to the user's refvmd (see refvmd --help)
 
 A reference hypervisor for Linux KVM. Options use qemu-system-x86_64's spelling:
 
@@ -73,10 +76,13 @@ Standard options:
   -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
                           qtest client drive the machine (-enable-kvm is accepted too)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
-  -smp [cpus=]N           number of vCPUs (default 1)
+  -smp [cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]
+                          vCPUs and their topology (QEMU 7.2's defaults; default 1)
+  -cpu MODEL[,+FEAT|-FEAT|FEAT=on|off|enforce]
+                          CPU model and CPUID flags ('-cpu help' lists them; default qemu64)
   -S                      do not start the vCPUs at startup
   -no-reboot              exit instead of rebooting when the guest resets
-  -no-shutdown            accepted for compatibility; refvm always exits on guest shutdown
+  -no-shutdown            on guest poweroff stop the guest (run state 'shutdown') instead of exiting
   -nodefaults             create no default devices (no default serial port)
 
 Boot:
@@ -105,6 +111,8 @@ Devices and backends:
                           stdio | null | pty | file,path=P | socket,path=P,server=on,wait=off
   -nographic              no display; the serial port goes to stdio
   -display none           no display
+
+{FIRMWARE_HELP.rstrip()}
 
 Testing:
   -qtest unix:PATH[,server=on]
@@ -163,18 +171,29 @@ def parse_keyvals(opt: str, text: str, first_key: str | None = None) -> dict[str
     return result
 
 
-def parse_smp(text: str) -> int:
+def parse_smp(text: str) -> object:
+    """-smp with QEMU 7.2's defaults and texts (refvm/cpu/topology.py); prints its deprecation warnings."""
+    from refvm.cpu import TopologyError
+    from refvm.cpu.options import smp_topology
+
     props = parse_keyvals("smp", text, "cpus")
-    for key in props:
-        if key not in ("cpus", "maxcpus", "sockets", "cores", "threads", "dies"):
-            raise UsageError(f"-smp {text}: Invalid parameter '{key}'")
     try:
-        cpus = int(props.get("cpus", "1"), 0)
-    except ValueError:
-        raise UsageError(f"-smp {text}: Parameter 'cpus' expects a number") from None
-    if cpus < 1:
-        raise UsageError(f"-smp {text}: Invalid CPU topology: cpus must be at least 1")
-    return cpus
+        topology, warnings = smp_topology(props)
+    except TopologyError as err:
+        raise UsageError(f"-smp {text}: {err}") from None
+    for line in warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    return topology
+
+
+def parse_cpu(text: str) -> str:
+    from refvm.cpu import CpuSpecError
+    from refvm.cpu.options import check_cpu
+
+    try:
+        return check_cpu(text)
+    except CpuSpecError as err:
+        raise UsageError(f"-cpu {text}: {err}") from None
 
 
 def parse_device(text: str) -> DeviceSpec | None:
@@ -243,7 +262,7 @@ class Parsed:
     """What main() needs besides the machine config."""
 
     config: MachineConfig
-    action: str = "run"  # run | help | version | device-help
+    action: str = "run"  # run | help | version | device-help | cpu-help
 
 
 def _chardev_module():  # imported lazily: `refvm -help` must work even if a device module is broken
@@ -335,6 +354,16 @@ def parse_args(argv: list[str]) -> Parsed:
             return
         cfg.globals.setdefault(driver, {})[prop] = value
 
+    def set_smp(text: str) -> None:
+        cfg.topology = parse_smp(text)
+        cfg.smp = cfg.topology.cpus  # type: ignore[attr-defined]
+
+    def set_cpu(text: str) -> None:
+        if text in ("help", "?"):
+            parsed.action = "cpu-help"
+        else:
+            cfg.cpu = parse_cpu(text)
+
     def add_device(text: str) -> None:
         spec = parse_device(text)
         if spec is None:
@@ -344,7 +373,8 @@ def parse_args(argv: list[str]) -> Parsed:
 
     with_arg: dict[str, Callable[[str], None]] = {
         "m": lambda t: setattr(cfg, "memory_bytes", parse_size("m", t)),
-        "smp": lambda t: setattr(cfg, "smp", parse_smp(t)),
+        "smp": set_smp,
+        "cpu": set_cpu,
         "kernel": lambda t: setattr(cfg, "kernel", t),
         "initrd": lambda t: setattr(cfg, "initrd", t),
         "append": lambda t: setattr(cfg, "append", t),
@@ -381,6 +411,9 @@ def parse_args(argv: list[str]) -> Parsed:
         "version": lambda: setattr(parsed, "action", "version"),
     }
 
+    fw_args, fw_flags = firmware_options(cfg, UsageError)
+    with_arg.update(fw_args)
+    flags.update(fw_flags)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -509,6 +542,10 @@ def run_machine(config: MachineConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["virsh"]:
+        from refvm.mgmt.virsh import run_virsh
+
+        return run_virsh(args[1:])
     if args[:1] == ["doctor"]:
         from refvm.kvm import doctor
 
@@ -527,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if parsed.action == "version":
         print(f"{PROG} version {VERSION} (QEMU-compatible command line subset)")
+        return 0
+    if parsed.action == "cpu-help":
+        from refvm.cpu.options import cpu_help
+
+        print(cpu_help(), end="")
         return 0
     if parsed.action == "device-help":
         _print_devices()
