@@ -5,8 +5,8 @@
 ``reports/fuzz.md`` lists, per target, the examples, the time and the outcome, and for a failure the
 falsifying example with hypothesis' ``@reproduce_failure`` blob, so it can be replayed.
 
-Hooks for targets being written elsewhere: a fuzz target for the domain XML parser (refvm/mgmt/domain_xml)
-and the RPC decoder (refvm/mgmt/rpc) belongs in this folder as ``test_fuzz_mgmt.py``, using
+The domain XML parser and the RPC decoders (refvm/mgmt) have their target in ``test_fuzz_mgmt.py``; a new
+untrusted input gets one here, using
 :data:`FUZZ` and :func:`example` the same way.
 """
 
