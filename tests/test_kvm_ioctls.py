@@ -12,10 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
 
 from refvm.kvm import caps, exits, ioctls
 from refvm.kvm._ffi import ffi
+from tests.conftest import require
 
 STRUCTS = [
     "kvm_regs", "kvm_segment", "kvm_dtable", "kvm_sregs", "kvm_fpu", "kvm_msr_entry", "kvm_msrs",
