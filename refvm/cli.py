@@ -14,6 +14,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from refvm import cli_devices
+from refvm.cli_netdev import TAP_FD_KEYS, check_tap_fds
+from refvm.cli_platform import HELP as PLATFORM_HELP
+from refvm.cli_platform import PlatformOptions, platform_options
 from refvm.config import MIB, DeviceSpec, MachineConfig
 
 PROG = "refvm"
@@ -24,7 +28,10 @@ MAX_SERIALS = 4
 #: from refvm.virtio.devices.DEVICE_MODELS, which validate their own properties.
 DEVICE_PROPS: dict[str, tuple[str, ...]] = {
     "isa-debug-exit": ("iobase", "iosize", "id"),
+    "isa-serial": cli_devices.ISA_SERIAL_PROPS,
 }
+#: -global drivers refvm has besides its -device models, with the properties they check (others are kept).
+GLOBAL_ENUMS = {("kvm-pit", "lost_tick_policy"): ("discard", "delay", "slew")}
 
 DRIVE_KEYS = {
     "file",
@@ -43,7 +50,7 @@ DRIVE_KEYS = {
 }
 DRIVE_PREFIXES = ("throttling.", "cache.")
 NETDEV_KEYS = {
-    "tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"},
+    "tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues", *TAP_FD_KEYS},
     "hubport": {"id", "hubid", "netdev"},
 }
 OBJECT_KEYS = {"rng-random": {"id", "filename"}, "rng-builtin": {"id"}}
@@ -69,7 +76,7 @@ Standard options:
   -version                show the version and exit
   -name NAME              name the guest (used in messages and pty labels)
   -machine, -M pc[,accel=kvm]
-                          the machine type (only 'pc')
+                          the machine type: pc and its versioned names ('-machine help' lists them)
   -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
                           qtest client drive the machine (-enable-kvm is accepted too)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
@@ -105,6 +112,8 @@ Devices and backends:
                           stdio | null | pty | file,path=P | socket,path=P,server=on,wait=off
   -nographic              no display; the serial port goes to stdio
   -display none           no display
+
+{PLATFORM_HELP.rstrip()}
 
 Testing:
   -qtest unix:PATH[,server=on]
@@ -183,14 +192,21 @@ def parse_device(text: str) -> DeviceSpec | None:
     driver = props.pop("driver", "")
     if driver == "help":
         return None
+    why = cli_devices.refuse_reason(driver)
+    if why:
+        raise UsageError(f"-device {text}: '{driver}' is not supported: {why}")
+    try:
+        props, bootindex = cli_devices.split_generic_props(driver, props, text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if driver not in DEVICE_PROPS:
         if driver in pci_device_models():
-            return DeviceSpec(driver, props, text)  # the device model validates its own properties
+            return DeviceSpec(driver, props, text, bootindex)  # the device model validates its own properties
         raise UsageError(f"-device {text}: '{driver}' is not a valid device model name")
     for key, value in props.items():
         if key not in DEVICE_PROPS[driver]:
             raise UsageError(f"-device {text}: Property '{driver}.{key}' not found")
-        if key in ("iobase", "iosize"):
+        if key in ("iobase", "iosize") and driver == "isa-debug-exit":
             try:
                 number = int(value, 0)
             except ValueError:
@@ -198,7 +214,7 @@ def parse_device(text: str) -> DeviceSpec | None:
             limit = 0xFFFF if key == "iobase" else 4
             if not 0 <= number <= limit or (key == "iosize" and number not in (1, 2, 4)):
                 raise UsageError(f"-device {text}: Property '{driver}.{key}' value {value} is out of range")
-    return DeviceSpec(driver, props, text)
+    return DeviceSpec(driver, props, text, bootindex)
 
 
 def parse_drive(text: str) -> dict[str, str]:
@@ -243,7 +259,10 @@ class Parsed:
     """What main() needs besides the machine config."""
 
     config: MachineConfig
-    action: str = "run"  # run | help | version | device-help
+    action: str = "run"  # run | help | version | device-help | text
+    #: What main() prints for action "text" (-machine help).
+    text: str = ""
+    platform: PlatformOptions | None = None
 
 
 def _chardev_module():  # imported lazily: `refvm -help` must work even if a device module is broken
@@ -255,7 +274,10 @@ def _chardev_module():  # imported lazily: `refvm -help` must work even if a dev
 def parse_args(argv: list[str]) -> Parsed:
     """Translate QEMU-style argv into a MachineConfig; raises UsageError for anything wrong."""
     cfg = MachineConfig()
-    parsed = Parsed(cfg)
+    plat = PlatformOptions()
+    cfg.platform = plat
+    parsed = Parsed(cfg, platform=plat)
+    isa_serials: list[cli_devices.IsaSerial] = []
     serial_texts: list[str] = []
     chardev_texts: list[str] = []
     qmp_texts: list[str] = []
@@ -263,13 +285,6 @@ def parse_args(argv: list[str]) -> Parsed:
     mon_texts: list[str] = []
     nographic = False
     nodefaults = False
-
-    def set_machine(text: str) -> None:
-        props = parse_keyvals("machine", text, "type")
-        if props.get("type", "pc") not in ("pc", "pc-i440fx", "none"):
-            raise UsageError(f"-machine {text}: unsupported machine type '{props['type']}' (refvm has 'pc')")
-        if "accel" in props:
-            set_accel(props["accel"])
 
     def set_accel(text: str) -> None:
         name = text.split(",", 1)[0]
@@ -314,8 +329,11 @@ def parse_args(argv: list[str]) -> Parsed:
         kind, props = parse_typed("netdev", text, NETDEV_KEYS)
         if props["id"] in cfg.netdevs:
             raise UsageError(f"-netdev {text}: Duplicate ID '{props['id']}' for netdev")
-        if props.get("vhost") == "on":
-            raise UsageError(f"-netdev {text}: vhost-net requested but could not be initialized (refvm has no vhost)")
+        if kind == "tap":
+            try:
+                check_tap_fds(f"-netdev {text}", props)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         cfg.netdevs[props["id"]] = {"type": kind, **props}
 
     def add_object(text: str) -> None:
@@ -333,12 +351,23 @@ def parse_args(argv: list[str]) -> Parsed:
                 raise UsageError(f"-global {text}: unknown deviation '{value}' (known: {', '.join(sorted(KNOWN))})")
             cfg.deviations.append(value)
             return
+        allowed = GLOBAL_ENUMS.get((driver, prop))
+        if allowed and value not in allowed:
+            raise UsageError(f"-global {text}: Parameter '{prop}' does not accept value '{value}'")
         cfg.globals.setdefault(driver, {})[prop] = value
 
     def add_device(text: str) -> None:
         spec = parse_device(text)
         if spec is None:
             parsed.action = "device-help"
+            return
+        if spec.bootindex is not None:
+            plat.boot_indexes[spec.props.get("id") or spec.driver] = spec.bootindex
+        if spec.driver == "isa-serial":
+            try:
+                isa_serials.append(cli_devices.parse_isa_serial(spec))
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         else:
             cfg.devices.append(spec)
 
@@ -351,8 +380,6 @@ def parse_args(argv: list[str]) -> Parsed:
         "serial": serial_texts.append,
         "chardev": chardev_texts.append,
         "device": add_device,
-        "machine": set_machine,
-        "M": set_machine,
         "accel": set_accel,
         "display": set_display,
         "name": set_name,
@@ -381,6 +408,12 @@ def parse_args(argv: list[str]) -> Parsed:
         "version": lambda: setattr(parsed, "action", "version"),
     }
 
+    def show_text(text: str) -> None:
+        parsed.action, parsed.text = "text", text
+
+    plat_args, plat_flags = platform_options(cfg, plat, UsageError, show_text)
+    with_arg.update(plat_args)
+    flags.update(plat_flags)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -426,13 +459,14 @@ def parse_args(argv: list[str]) -> Parsed:
             cfg.chardevs[spec.id] = spec
         for text in serial_texts:
             cfg.serials.append(_serial_spec(chardev, text, cfg.chardevs))
+        cfg.serial_ports = cli_devices.place_isa_serials(isa_serials, cfg.serials, cfg.chardevs)
         for text in qmp_texts:
             cfg.qmp.append(_qmp_socket("qmp", text, chardev.parse_serial_option(text)))
         for text in mon_texts:
             cfg.qmp.append(_monitor_chardev(text, cfg.chardevs))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if not serial_texts and not nodefaults:
+    if not serial_texts and not isa_serials and not nodefaults:
         # refvm has no graphical console: the first serial port goes to stdio as with -nographic.
         cfg.serials.append(chardev.parse_serial_option("mon:stdio" if nographic else "stdio"))
     if cfg.qtest and cfg.accel != "qtest":
@@ -482,13 +516,28 @@ def _print_devices() -> None:
         print(f'name "{name}", bus PCI')
 
 
+_TIMESTAMPS = False  # -msg timestamp=on
+
+
+def report_error(message: object) -> None:
+    """One `refvm: message` line on stderr, time-stamped as QEMU's -msg timestamp=on does."""
+    stamp = ""
+    if _TIMESTAMPS:
+        import datetime
+
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+    print(f"{stamp}{PROG}: {message}", file=sys.stderr)
+
+
 def run_machine(config: MachineConfig) -> int:
+    from refvm.cli_platform import apply_at_start
     from refvm.machine import Machine, MachineError
 
     try:
+        apply_at_start(config.platform)
         machine = Machine(config)
     except (MachineError, ValueError, OSError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
 
     def on_signal(signum: int, frame: object) -> None:
@@ -500,10 +549,10 @@ def run_machine(config: MachineConfig) -> int:
     try:
         outcome = machine.run()
     except MachineError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
     if outcome.message and outcome.kind in ("error", "watchdog", "signal"):
-        print(f"{PROG}: {outcome.message}", file=sys.stderr)
+        report_error(outcome.message)
     return outcome.status
 
 
@@ -520,8 +569,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parsed = parse_args(args)
     except UsageError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
+    global _TIMESTAMPS
+    _TIMESTAMPS = bool(parsed.platform and parsed.platform.msg_timestamp)
+    if parsed.action == "text":
+        print(parsed.text, end="")
+        return 0
     if parsed.action == "help":
         print(USAGE, end="")
         return 0

@@ -146,7 +146,8 @@ class Machine:
             self._resettables.append(device)  # type: ignore[arg-type]
 
     def _add_platform_devices(self) -> None:
-        for (base, irq), chardev in zip(COM_PORTS, self.chardevs, strict=False):
+        for index, chardev in enumerate(self.chardevs[: len(COM_PORTS)]):
+            base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
             if chardev is not None:
                 self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
