@@ -358,8 +358,8 @@ class Machine:
         from refvm.monitor.block_resize import BlockResizeCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
+        from refvm.monitor.platform_qmp import register_platform_qmp
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
-        from refvm.monitor.qom import QomCommands
 
         servers = []
         try:
@@ -372,7 +372,7 @@ class Machine:
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)
                 BlockResizeCommands(server, self, drives)
-                QomCommands(server, self)
+                register_platform_qmp(server, self)  # qom-*, fds, info, HMP, query-qmp-schema
                 server.start()
                 servers.append(server)
         except OSError as err:
