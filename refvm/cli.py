@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from refvm import cli_devices
 from refvm.cli_netdev import TAP_FD_KEYS, check_tap_fds
 from refvm.cli_platform import HELP as PLATFORM_HELP
-from refvm.cli_platform import PlatformOptions, platform_options
+from refvm.cli_platform import PlatformOptions, platform_options, resolve_monitor
 from refvm.config import MIB, DeviceSpec, MachineConfig
 
 PROG = "refvm"
@@ -469,6 +469,7 @@ def parse_args(argv: list[str]) -> Parsed:
     if not serial_texts and not isa_serials and not nodefaults:
         # refvm has no graphical console: the first serial port goes to stdio as with -nographic.
         cfg.serials.append(chardev.parse_serial_option("mon:stdio" if nographic else "stdio"))
+    resolve_monitor(plat, cfg, chardev.parse_chardev_option, UsageError)
     if cfg.qtest and cfg.accel != "qtest":
         cfg.accel = "qtest"  # as QEMU: -qtest selects the qtest accelerator unless another is forced
     if cfg.accel == "qtest" and not cfg.qtest:

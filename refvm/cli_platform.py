@@ -31,11 +31,13 @@ Management-stack options (accepted as libvirt/OpenStack pass them):
   -msg timestamp=on|off   prefix error lines with an ISO 8601 UTC time stamp
   -sandbox on|off[,obsolete=,elevateprivileges=,spawn=,resourcecontrol=]
                           accepted; refvm installs no seccomp filter (a warning says so for 'on')
-  -monitor none           no human monitor (refvm has none; use -qmp and human-monitor-command)
+  -monitor none|stdio|chardev:ID
+                          a human monitor ("(qemu) " prompt: info status|pci|block|cpus|qtree, stop, cont, quit)
   -add-fd fd=N,set=S[,opaque=TEXT]
                           put inherited descriptor N into fd set S (/dev/fdset/S for QMP add-fd users)
 """
 
+HMP_STDIO_ID = "compat_monitor0"  # QEMU's label for -monitor stdio's chardev
 BOOT_KEYS = ("order", "once", "menu", "strict", "splash", "splash-time", "reboot-timeout")
 SANDBOX_KEYS = ("enable", "obsolete", "elevateprivileges", "spawn", "resourcecontrol")
 #: Options that need a display or USB, which refvm does not model, with why (one line each).
@@ -61,6 +63,8 @@ class PlatformOptions:
     msg_timestamp: bool = False
     sandbox: dict[str, str] = field(default_factory=dict)
     no_user_config: bool = False
+    #: -monitor stdio|chardev:ID: the id of the chardev the human monitor reads (None: no human monitor).
+    monitor_chardev: str | None = None
     #: -add-fd: fd set id -> [(fd, opaque)].
     fd_sets: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
 
@@ -146,11 +150,13 @@ def platform_options(
 
     def monitor(text: str) -> None:
         if text == "none":
-            return
-        raise error(
-            f"-monitor {text}: refvm has no human monitor on a character device "
-            "(use -monitor none, and -qmp with human-monitor-command)"
-        )
+            plat.monitor_chardev = None
+        elif text == "stdio":
+            plat.monitor_chardev = HMP_STDIO_ID  # cli.py adds the stdio chardev under QEMU's label
+        elif text.startswith("chardev:") and text[8:]:
+            plat.monitor_chardev = text[8:]  # checked once every -chardev is known
+        else:
+            raise error(f"-monitor {text}: refvm's human monitor takes none, stdio or chardev:ID")
 
     def add_fd(text: str) -> None:
         props = parse_opts(text)
@@ -226,3 +232,20 @@ def apply_at_start(plat: object) -> None:
         if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"mlockall: {os.strerror(err)}: locking memory failed")
+
+
+def resolve_monitor(plat: PlatformOptions, cfg: MachineConfig, parse_chardev: Callable[[str], object],
+                    error: Callable[[str], Exception]) -> None:  # fmt: skip
+    """Bind -monitor to its chardev once every -chardev and serial port is known (QEMU's texts)."""
+    ident = plat.monitor_chardev
+    if ident is None:
+        return
+    serial_specs = [s for s in cfg.serials if s is not None]
+    if ident == HMP_STDIO_ID:
+        if any(getattr(s, "backend", "") == "stdio" for s in [*serial_specs, *cfg.chardevs.values()]):
+            raise error("-monitor stdio: cannot use stdio by multiple character devices")
+        cfg.chardevs[ident] = parse_chardev(f"stdio,id={ident}")
+    elif ident not in cfg.chardevs:
+        raise error(f'-monitor chardev:{ident}: chardev "{ident}" not found')
+    elif any(s is cfg.chardevs[ident] for s in serial_specs):
+        raise error(f"-monitor chardev:{ident}: chardev '{ident}' is already in use by a serial port")

@@ -338,7 +338,9 @@ class Machine:
 
     def run(self) -> Outcome:
         """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
-        monitors = self._start_qmp()
+        from refvm.monitor.hmp_chardev import start_human_monitor
+
+        monitors = self._start_qmp() + start_human_monitor(self)  # -qmp, then -monitor stdio|chardev:ID
         try:
             if self.config.accel == "qtest":
                 return self._run_qtest()

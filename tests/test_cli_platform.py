@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,6 +58,8 @@ SAME_AS_QEMU = [
     (["-add-fd", "set=1"], "-add-fd set=1: fd option is required and must be non-negative"),
     (["-device", "isa-serial,index=5"], "-device isa-serial,index=5: Max. supported number of ISA serial ports is 4."),
     (["-device", "isa-serial,chardev=nope"], "Property 'serial.chardev' can't find value 'nope'"),
+    (["-monitor", "chardev:nope"], 'chardev "nope" not found'),
+    (["-monitor", "stdio", "-serial", "stdio"], "cannot use stdio by multiple character devices"),
 ]
 
 
@@ -72,7 +76,7 @@ REFVM_ONLY = [
     (["-realtime", "mlock=x"], "-realtime mlock=x: Parameter 'mlock' expects 'on' or 'off'"),
     (["-realtime", "foo=on"], "-realtime foo=on: Invalid parameter 'foo'"),
     (["-machine", "pc,usb=on"], "refvm models no USB controller"),
-    (["-monitor", "stdio"], "-monitor stdio: refvm has no human monitor"),
+    (["-monitor", "foo:bar"], "-monitor foo:bar: refvm's human monitor takes none, stdio or chardev:ID"),
     (["-netdev", "tap,id=n,fd=3,vhost=on"], "vhost-net requested but could not be initialized: /dev/vhost-net"),
     (["-netdev", "tap,id=n,fd=3,vhostfd=4,vhost=off"], "vhostfd=/vhostfds= is not valid with vhost=off"),
     (["-device", "isa-serial,irq=99"], "Property 'isa-serial.irq' value 99 is out of range"),
@@ -181,3 +185,40 @@ def test_msg_timestamp_prefixes_runtime_errors() -> None:
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert line[:4].isdigit() and line[10] == "T" and " refvm: " in line, line
+
+
+def test_human_monitor_on_stdio(tmp_path) -> None:  # noqa: ANN001
+    """-monitor stdio: QEMU's greeting and prompt, info status through the run states, cont starts the guest."""
+    import pexpect
+
+    probe = "guests/probe/build/probe.elf"
+    require(os.path.exists(probe), "probe guest not built")
+    log = tmp_path / "serial.log"
+    argv = ["-m", "refvm", "-kernel", probe, "-nodefaults", "-S", "-monitor", "stdio", "-serial", f"file:{log}",
+            "-watchdog-timeout", "60"]  # fmt: skip
+    child = pexpect.spawn(sys.executable, argv, timeout=30)
+    try:
+        # (the pty's output processing turns each CR LF into CR CR LF: refvm leaves the terminal's modes alone)
+        def answer(text: str) -> None:
+            child.expect(re.escape(text).replace("\\\r\\\n", "\\r+\\n") + re.escape("(qemu) "))
+
+        answer("QEMU 7.2.0 monitor - type 'help' for more information\r\n")
+        child.sendline("info status")
+        answer("VM status: paused (prelaunch)\r\n")
+        child.sendline("cont")
+        answer("")
+        child.sendline("info status")
+        answer("VM status: running\r\n")
+        child.sendline("info frob")
+        answer("unknown command: 'info frob'\r\n")
+        deadline = time.monotonic() + 30
+        while "probe> " not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "refvm probe guest" in log.read_text()
+        child.sendline("info cpus")
+        child.expect(r"\* CPU #0: thread_id=[1-9][0-9]*\r+\n")
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0

@@ -54,9 +54,10 @@ def format_pci(buses: list[dict[str, Any]]) -> str:
 class HmpCommands:
     """Registers human-monitor-command for one machine."""
 
-    def __init__(self, server: QmpServer, machine: Any) -> None:
+    def __init__(self, server: QmpServer | None, machine: Any) -> None:
         self.machine = machine
-        server.register("human-monitor-command", self.run, args={"command-line": str, "*cpu-index": int})
+        if server is not None:  # None: used by the -monitor human monitor only
+            server.register("human-monitor-command", self.run, args={"command-line": str, "*cpu-index": int})
 
     def run(self, args: dict[str, Any]) -> str:
         line = args["command-line"].strip()
