@@ -17,8 +17,11 @@ import yaml
 
 CLAUSES_DIR = Path(__file__).resolve().parent / "clauses"
 #: Worst first: one failing test makes its statement fail.
-VERDICT_ORDER = ("fail", "deviation", "pass", "skip", "not run")
-_TEST_VERDICT = {"passed": "pass", "failed": "fail", "skipped": "skip", "xfail": "deviation"}
+VERDICT_ORDER = ("fail", "deviation", "should", "policy", "implementation-defined", "erratum", "pass", "skip",
+                 "not run")  # fmt: skip
+#: Test verdicts (conformance/report.py) as statement verdicts; a bare "xfail" is an old-style deviation.
+_TEST_VERDICT = {"passed": "pass", "failed": "fail", "skipped": "skip", "xfail": "deviation",
+                 **{v: v for v in VERDICT_ORDER}}  # fmt: skip
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Statement:
     spec: str
     clause: str
     text: str
-    verdict: str  # pass | fail | deviation | skip | not run | not applicable | not covered
+    verdict: str  # one of VERDICT_ORDER | not applicable | not covered
     reason: str = ""
 
 
@@ -47,7 +50,7 @@ def _verdict_of(refs: list[str], results: dict[str, str]) -> str:
 def load_statements(results: dict[str, str], by_label: dict[tuple[str, str], list[str]]) -> list[Statement]:
     """Every statement of every catalog with its verdict in this run.
 
-    `results` maps node ids to test verdicts (passed/failed/skipped/xfail); `by_label` maps (spec, label)
+    `results` maps node ids to test verdicts (passed/failed/skipped or a not-met kind); `by_label` maps (spec, label)
     to the node ids carrying that clause mark, for catalog statements that name no tests of their own.
     """
     statements: list[Statement] = []
@@ -76,7 +79,8 @@ def summary(statements: list[Statement]) -> dict[str, Counter]:
     return per_spec
 
 
-COLUMNS = ("pass", "fail", "deviation", "skip", "not run", "not covered", "not applicable")
+COLUMNS = ("pass", "fail", "deviation", "should", "policy", "implementation-defined", "erratum", "skip", "not run",
+           "not covered", "not applicable")  # fmt: skip
 
 
 def markdown(statements: list[Statement]) -> list[str]:

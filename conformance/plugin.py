@@ -2,25 +2,26 @@
 
 Tests never import refvm: they get a `target` (how to start the implementation under test) and talk to it
 through the drivers. Every test names the clause it checks with `@pytest.mark.clause(SPEC, LABEL)`; at the
-end of a run the verdicts are grouped by clause into `reports/clauses-<target>.{json,md}`.
+end of a run the verdicts are grouped by clause and by kind (conformance/verdicts.py) into
+`reports/clauses-<target>.{json,md}` (conformance/report.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from conformance.coverage import load_statements
-from conformance.coverage import markdown as coverage_markdown
+from conformance import report
 from conformance.drivers.console import SerialConsole
 from conformance.drivers.guests import GuestBuildError, probe_elf
+from conformance.report import STATUS_RANK, TestVerdict, clause_status, compare_with_baseline  # noqa: F401
 from conformance.target_file import NamedTarget, TargetsFileError, load_targets_file
 from conformance.targets import Target, make_target, qemu_available
+from conformance.verdicts import NOT_MET, Known, VerdictError, apply_known, check_declaration
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -52,8 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(spec, label): the spec clause this test checks")
-    config._clause_results = defaultdict(list)  # type: ignore[attr-defined]
-    config._test_results = {}  # type: ignore[attr-defined]
+    config.addinivalue_line("markers", "verdict(kind, sentence): what the test's expectation rests on, if not a "
+                            "device-side MUST (see conformance/verdicts.py)")
+    config.addinivalue_line("markers", "known(entry): a conformance.verdicts.Known behaviour of a target that does "
+                            "not meet this test's expectation (strict xfail raising ClauseViolation)")
+    config._tests = {}  # type: ignore[attr-defined]
     config._named_target = _resolve_target(config)  # type: ignore[attr-defined]
 
 
@@ -75,12 +79,23 @@ def _resolve_target(config: pytest.Config) -> NamedTarget:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Known deviations of the chosen target become strict xfails carrying their documented reason."""
+    """Known behaviours (`@pytest.mark.known`, or a targets file's deviations) of the chosen target become
+    strict xfails that only a ClauseViolation satisfies; every `verdict` mark is checked for a known kind and
+    its sentence."""
     named: NamedTarget = config._named_target  # type: ignore[attr-defined]
+    tgt = named.target
     for item in items:
-        reason = named.deviation_for(item.nodeid)
-        if reason:
-            item.add_marker(pytest.mark.xfail(reason=f"known deviation of {named.target.name}: {reason}", strict=True))
+        for mark in item.iter_markers("verdict"):
+            try:
+                check_declaration(*(list(mark.args) + ["", ""])[:2], where=f"{item.nodeid}: verdict")
+            except VerdictError as err:
+                raise pytest.UsageError(str(err)) from None
+        entries = [m.args[0] for m in item.iter_markers("known")]
+        from_file = named.deviation_for(item.nodeid)
+        for entry in [*entries, *([from_file] if from_file else [])]:
+            if not isinstance(entry, Known):
+                raise pytest.UsageError(f"{item.nodeid}: known: expects a conformance.verdicts.Known, not {entry!r}")
+            apply_known(item, entry, tgt.kind, tgt.name)
 
 
 @pytest.fixture(scope="session")
@@ -143,79 +158,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         for session in getattr(item, "_qtest_sessions", []):
             report.sections.append((f"qtest target stderr ({session.name})", session.stderr[-4000:] or "(empty)"))
             report.sections.append(("qtest target argv", " ".join(session.argv)))
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        verdict = "xfail" if hasattr(report, "wasxfail") else report.outcome
-        item.config._test_results[item.nodeid] = verdict  # type: ignore[attr-defined]
-        for mark in item.iter_markers("clause"):
-            spec, label = mark.args[:2]
-            item.config._clause_results[(spec, label)].append((item.nodeid, verdict))  # type: ignore[attr-defined]
+    if report.when == "call" or not report.passed:
+        _record(item, report)
 
 
-#: How good a clause verdict is; a clause whose rank drops against the baseline is a regression.
-STATUS_RANK = {"fail": 0, "skip": 1, "deviation": 2, "pass": 3}
-
-
-def clause_status(counts: dict[str, int]) -> str:
-    if counts["failed"]:
-        return "fail"
-    if counts["passed"]:
-        return "pass"
-    if counts["xfail"]:
-        return "deviation"
-    return "skip"
-
-
-def compare_with_baseline(rows: list[dict], baseline: list[dict]) -> list[str]:
-    """Clauses that got worse than in the baseline (or vanished), as one line each."""
-    now = {(r["spec"], r["clause"]): r["status"] for r in rows}
-    worse = []
-    for old in baseline:
-        key = (old["spec"], old["clause"])
-        status = now.get(key, "missing")
-        if status == "missing" or STATUS_RANK[status] < STATUS_RANK[old["status"]]:
-            worse.append(f"{old['spec']} {old['clause']}: {old['status']} -> {status}")
-    return worse
+def _record(item: pytest.Item, report: pytest.TestReport) -> None:
+    """The test's verdict: a teardown error after a pass still fails it; an xfail gets its kind's name."""
+    tests: dict[str, TestVerdict] = item.config._tests  # type: ignore[attr-defined]
+    if report.when == "teardown" and item.nodeid in tests and tests[item.nodeid].verdict != "passed":
+        return
+    entry: Known | None = getattr(item, "_known", None)
+    mark = item.get_closest_marker("verdict")
+    kind, sentence = (entry.kind, entry.sentence) if entry else (mark.args[0], mark.args[1]) if mark else ("must", "")
+    if hasattr(report, "wasxfail"):
+        verdict = NOT_MET[kind]
+    else:
+        verdict = report.outcome
+    clauses = [tuple(m.args[:2]) for m in item.iter_markers("clause")]
+    tests[item.nodeid] = TestVerdict(item.nodeid, verdict, kind, sentence, entry.as_dict() if entry else {},
+                                     clauses)  # type: ignore[arg-type]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    results = getattr(config, "_clause_results", None)
-    if not results:
+    tests: dict[str, TestVerdict] = getattr(config, "_tests", {})
+    if not any(t.clauses for t in tests.values()):
         return
     target = config._named_target.target.name  # type: ignore[attr-defined]
-    out = Path(config.getoption("--report-dir"))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for (spec, label), verdicts in sorted(results.items()):
-        counts = {v: sum(1 for _, x in verdicts if x == v) for v in ("passed", "failed", "skipped", "xfail")}
-        rows.append(
-            {
-                "spec": spec,
-                "clause": label,
-                "target": target,
-                "status": clause_status(counts),
-                **counts,
-                "tests": [t for t, _ in verdicts],
-            }
-        )
-    by_label = {key: [t for t, _ in verdicts] for key, verdicts in results.items()}
-    statements = load_statements(config._test_results, by_label)  # type: ignore[attr-defined]
-    (out / f"clauses-{target}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / f"statements-{target}.json").write_text(json.dumps([vars(s) for s in statements], indent=2) + "\n")
-    lines = [
-        f"# Clause report: {target}",
-        "",
-        "| spec | clause | status | pass | fail | skip | deviation |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['spec']} | {r['clause']} | {r['status']} | {r['passed']} | {r['failed']} | {r['skipped']}"
-            f" | {r['xfail']} |"
-        )
-    lines += coverage_markdown(statements)
-    (out / f"clauses-{target}.md").write_text("\n".join(lines) + "\n")
-    config._clause_report = out / f"clauses-{target}.md"  # type: ignore[attr-defined]
+    results = {t.nodeid: t.verdict for t in tests.values()}
+    md, rows = report.write(Path(config.getoption("--report-dir")), target, list(tests.values()), results)
+    config._clause_report = md  # type: ignore[attr-defined]
     baseline_path = config.getoption("--baseline")
     if baseline_path:
         try:

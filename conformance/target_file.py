@@ -5,12 +5,17 @@
         kind: qemu                       # refvm | qemu
         binary: /usr/bin/qemu-system-x86_64
         args: []                         # appended after the accelerator arguments
-        deviations:                      # tests expected to fail on this target, each with its reason
+        deviations:                      # tests this target does not meet, each a known behaviour
           - test: conformance/pci/test_bars.py::test_disabled_memory_bar_reads_all_ones
-            reason: "unclaimed memory reads return 0, not all-ones (PCI 3.0 3.3.3.1)"
+            kind: must                   # must (default) | implementation-defined | should | policy | erratum
+            sentence: "PCI 3.0 3.3.3.1: the host bridge must return all 1's on a read (master abort)"
+            reason: "unclaimed memory reads return 0"
+            behaviour: master-abort-reads-zero   # optional: entries sharing it count as one behaviour
+            component: "platform: host bridge"   # optional: what behaves so, if not the device under test
 
-A deviation turns the named test (a node id, or a prefix of one) into a strict xfail on that target, so a
-fixed deviation shows up too. Every mistake in the file is reported with the key that is wrong.
+An entry turns the named test (a node id, or a prefix of one) into a strict xfail on that target that only
+the test's ClauseViolation satisfies (conformance/verdicts.py), so a fixed behaviour shows up too and a
+harness error stays an error. Every mistake in the file is reported with the key that is wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from conformance.targets import Target, make_target
+from conformance.verdicts import Known, VerdictError
 
 
 class TargetsFileError(ValueError):
@@ -30,9 +36,9 @@ class TargetsFileError(ValueError):
 @dataclass
 class NamedTarget:
     target: Target
-    deviations: dict[str, str] = field(default_factory=dict)  # node id (prefix) -> reason
+    deviations: dict[str, Known] = field(default_factory=dict)  # node id (prefix) -> known behaviour
 
-    def deviation_for(self, nodeid: str) -> str | None:
+    def deviation_for(self, nodeid: str) -> Known | None:
         for prefix, reason in self.deviations.items():
             if nodeid == prefix or nodeid.startswith(prefix + "[") or nodeid.startswith(prefix + "::"):
                 return reason
@@ -69,10 +75,26 @@ def load_targets_file(path: str) -> dict[str, NamedTarget]:
         target = make_target(kind, qemu_binary=binary, refvm_binary=binary)
         target.name = str(name)
         target.extra_args = list(args)
-        deviations: dict[str, str] = {}
+        deviations: dict[str, Known] = {}
         for i, dev in enumerate(entry.get("deviations", []) or []):
-            if not isinstance(dev, dict) or not isinstance(dev.get("test"), str) or not dev.get("reason"):
-                raise TargetsFileError(f"{key}.deviations[{i}]: needs 'test' and 'reason'")
-            deviations[dev["test"]] = str(dev["reason"])
+            deviations.update(_known_entry(dev, str(name), f"{key}.deviations[{i}]"))
         result[str(name)] = NamedTarget(target, deviations)
     return result
+
+
+_ENTRY_KEYS = {"test", "kind", "sentence", "reason", "behaviour", "component"}
+
+
+def _known_entry(dev: object, target: str, key: str) -> dict[str, Known]:
+    if not isinstance(dev, dict) or not isinstance(dev.get("test"), str) or not dev.get("reason"):
+        raise TargetsFileError(f"{key}: needs 'test', 'sentence' and 'reason'")
+    unknown = set(dev) - _ENTRY_KEYS
+    if unknown:
+        raise TargetsFileError(f"{key}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        known = Known(target=target, kind=str(dev.get("kind", "must")), sentence=str(dev.get("sentence", "")),
+                      reason=str(dev["reason"]), behaviour=str(dev.get("behaviour") or dev["test"]),
+                      component=str(dev.get("component", "")))  # fmt: skip
+    except VerdictError as err:
+        raise TargetsFileError(f"{key}: {str(err).split(': ', 1)[1]}") from None
+    return {dev["test"]: known}

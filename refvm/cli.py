@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from refvm import cli_devices
+from refvm.cli_firmware import HELP as FIRMWARE_HELP
+from refvm.cli_firmware import firmware_options
+from refvm.cli_monitor import monitor_chardev, qmp_socket, serial_spec
 from refvm.cli_netdev import TAP_FD_KEYS, check_tap_fds
 from refvm.cli_platform import HELP as PLATFORM_HELP
 from refvm.cli_platform import PlatformOptions, platform_options, resolve_monitor
@@ -83,7 +86,7 @@ Standard options:
   -smp [cpus=]N           number of vCPUs (default 1)
   -S                      do not start the vCPUs at startup
   -no-reboot              exit instead of rebooting when the guest resets
-  -no-shutdown            accepted for compatibility; refvm always exits on guest shutdown
+  -no-shutdown            on guest poweroff stop the guest (run state 'shutdown') instead of exiting
   -nodefaults             create no default devices (no default serial port)
 
 Boot:
@@ -114,6 +117,8 @@ Devices and backends:
   -display none           no display
 
 {PLATFORM_HELP.rstrip()}
+
+{FIRMWARE_HELP.rstrip()}
 
 Testing:
   -qtest unix:PATH[,server=on]
@@ -411,9 +416,10 @@ def parse_args(argv: list[str]) -> Parsed:
     def show_text(text: str) -> None:
         parsed.action, parsed.text = "text", text
 
-    plat_args, plat_flags = platform_options(cfg, plat, UsageError, show_text)
-    with_arg.update(plat_args)
-    flags.update(plat_flags)
+    for more_args, more_flags in (platform_options(cfg, plat, UsageError, show_text),
+                                  firmware_options(cfg, UsageError)):  # fmt: skip
+        with_arg.update(more_args)
+        flags.update(more_flags)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -458,12 +464,12 @@ def parse_args(argv: list[str]) -> Parsed:
                 raise UsageError(f"-chardev {text}: duplicate chardev ID '{spec.id}'")
             cfg.chardevs[spec.id] = spec
         for text in serial_texts:
-            cfg.serials.append(_serial_spec(chardev, text, cfg.chardevs))
+            cfg.serials.append(serial_spec(chardev, text, cfg.chardevs))
         cfg.serial_ports = cli_devices.place_isa_serials(isa_serials, cfg.serials, cfg.chardevs)
         for text in qmp_texts:
-            cfg.qmp.append(_qmp_socket("qmp", text, chardev.parse_serial_option(text)))
+            cfg.qmp.append(qmp_socket("qmp", text, chardev.parse_serial_option(text)))
         for text in mon_texts:
-            cfg.qmp.append(_monitor_chardev(text, cfg.chardevs))
+            cfg.qmp.append(monitor_chardev(text, cfg.chardevs))
     except ValueError as err:
         raise UsageError(str(err)) from None
     if not serial_texts and not isa_serials and not nodefaults:
@@ -477,36 +483,6 @@ def parse_args(argv: list[str]) -> Parsed:
     if cfg.kernel is None and cfg.accel == "kvm":
         raise UsageError("-kernel: no kernel given (refvm has no firmware and boots only -kernel images)")
     return parsed
-
-
-def _serial_spec(chardev, text: str, chardevs: dict[str, object]) -> object | None:  # noqa: ANN001
-    if text == "none":
-        return None
-    if text.startswith("chardev:"):
-        ident = text.split(":", 1)[1]
-        if ident not in chardevs:
-            raise UsageError(f"-serial {text}: chardev '{ident}' not found")
-        return chardevs[ident]
-    return chardev.parse_serial_option(text)
-
-
-def _qmp_socket(opt: str, text: str, spec) -> tuple[str, bool]:  # noqa: ANN001
-    if spec.backend != "socket" or not spec.path:
-        raise UsageError(f"-{opt} {text}: refvm's QMP monitor needs a unix socket (unix:PATH,server=on,wait=off)")
-    return spec.path, spec.server
-
-
-def _monitor_chardev(text: str, chardevs: dict[str, object]) -> tuple[str, bool]:
-    props = parse_keyvals("mon", text, "chardev")
-    unknown = set(props) - {"chardev", "mode", "pretty", "id"}
-    if unknown:
-        raise UsageError(f"-mon {text}: Invalid parameter '{sorted(unknown)[0]}'")
-    if props.get("mode", "readline") != "control":
-        raise UsageError(f"-mon {text}: refvm has no human monitor: use mode=control (QMP)")
-    ident = props.get("chardev", "")
-    if ident not in chardevs:
-        raise UsageError(f"-mon {text}: chardev '{ident}' not found")
-    return _qmp_socket("mon", text, chardevs.pop(ident))
 
 
 def _print_devices() -> None:

@@ -61,3 +61,8 @@ class MachineConfig:
     globals: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Deliberate spec deviations to switch on (-global virtio-pci.x-deviation=NAME; refvm/deviations.py).
     deviations: list[str] = field(default_factory=list)
+    #: Firmware-visible identity and clocks (refvm/devices/firmware.py): -uuid, -smbios (SmbiosOptions),
+    #: -rtc (RtcOptions); None means QEMU's defaults. -no-hpet is accepted (refvm has no HPET).
+    uuid: str | None = None
+    smbios: object | None = None
+    rtc: object | None = None

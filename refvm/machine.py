@@ -152,6 +152,9 @@ class Machine:
                 self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
         self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
+        from refvm.devices.firmware import add_firmware
+
+        self.firmware = add_firmware(self, self._on_sleep)
         # The PCI config ports chain the reset-control register at 0xCF9, so they come after it. Without
         # firmware under qtest, Interrupt Line stays 0 as on QEMU; under KVM refvm plays the firmware.
         self.pci, _ = build_pc_pci(
@@ -220,6 +223,7 @@ class Machine:
 
         if self._kernel_image is None:
             raise MachineError("no kernel given: refvm has no firmware, use -kernel FILE")
+        self.firmware.install()  # ACPI and SMBIOS tables, where a BIOS would have left them
         state = vcpu_setup.load_kernel(
             self.memory, self._kernel_image, self.config.kernel or "", self.config.append, self._initrd_image
         )
@@ -269,9 +273,52 @@ class Machine:
         self._end(Outcome("debug-exit", status))
 
     def request_shutdown(self, message: str = "", reason: str = "guest-shutdown") -> None:
+        parking = self.config.no_shutdown and reason == "guest-shutdown"
+        if parking:
+            self._park("shutdown")  # -no-shutdown: stop the guest, keep the process (and its monitors)
         if not reason.startswith("host-qmp"):  # QMP-initiated events are emitted by the monitor
             self._emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
+        if parking:
+            self._emit("STOP")  # as QEMU's vm_stop(RUN_STATE_SHUTDOWN)
+            return
         self._end(Outcome("shutdown", 0, message))
+
+    def _park(self, state: str) -> None:
+        """Stop the vCPUs and enter run state ``state`` (shutdown, suspended); a vCPU may be the caller."""
+        with self._state_lock:
+            self._state = state
+            runners = list(self._runners)
+        # The request may come from a vCPU thread (a port write): pausing waits for each vCPU to park, so
+        # it runs on a thread of its own.
+        threading.Thread(target=lambda: [r.pause() for r in runners], name="park", daemon=True).start()
+
+    def _on_sleep(self, sleep_type: int) -> None:
+        """The guest wrote SLP_EN to PM1a_CNT: SLP_TYP 0 is soft-off (S5), 1 is suspend to RAM (S3)."""
+        from refvm.devices.acpi.pm import SLP_TYP_S3, SLP_TYP_S5
+
+        if sleep_type == SLP_TYP_S5:
+            self.request_shutdown("guest powered off (ACPI S5)")
+        elif sleep_type == SLP_TYP_S3:
+            self._emit("SUSPEND")
+            self._park("suspended")
+
+    def power_down(self) -> None:
+        """QMP `system_powerdown`: press the ACPI power button (the guest decides what to do)."""
+        self.firmware.pm.press_power_button()
+
+    def wakeup(self) -> bool:
+        """QMP `system_wakeup`: leave S3 with WAK_STS set; False if the guest is not suspended.
+
+        The guest continues after its SLP_EN write (QEMU instead resets into its firmware's resume vector).
+        """
+        with self._state_lock:
+            if self._state != "suspended":
+                return False
+            self.firmware.pm.wake()
+            self._state = "running"
+            self._start_or_resume_vcpus()
+        self._emit("WAKEUP")
+        return True
 
     def request_reset(self, reason: str = "guest-reset") -> None:
         if self.config.no_reboot:
@@ -280,6 +327,9 @@ class Machine:
             return
         if not reason.startswith("host-qmp"):
             self._emit("RESET", {"guest": reason.startswith("guest"), "reason": reason})
+        with self._state_lock:
+            if self._state == "shutdown":
+                self._state = "prelaunch"  # as QEMU: a reset after -no-shutdown's stop waits for `cont`
         self._reset_requested.set()
         self._halt_guest()
         self._ended.set()
@@ -361,6 +411,7 @@ class Machine:
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.platform_qmp import register_platform_qmp
+        from refvm.monitor.power_qmp import PowerCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
 
         servers = []
@@ -370,6 +421,7 @@ class Machine:
                 QmpMachineCommands(server, self)
                 DeviceCommands(server, self)
                 NetCommands(server, self)
+                PowerCommands(server, self)
                 register_fastpath_qmp(server, self)
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)

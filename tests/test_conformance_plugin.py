@@ -42,11 +42,18 @@ def test_targets_file_loads_deviations(tmp_path: Path) -> None:
         "    binary: /usr/bin/qemu-system-x86_64\n"
         "    args: [-cpu, qemu64]\n"
         "    deviations:\n"
-        "      - {test: conformance/x.py::test_y, reason: documented}\n"
+        "      - {test: conformance/x.py::test_y, reason: documented, sentence: 'The device MUST do x.'}\n"
+        "      - {test: conformance/x.py::test_z, kind: should, reason: r, sentence: s, behaviour: b,"
+        " component: 'platform: bridge'}\n"
     )
     named = load_targets_file(str(path))["my-qemu"]
     assert named.target.name == "my-qemu" and named.target.extra_args == ["-cpu", "qemu64"]
-    assert named.deviation_for("conformance/x.py::test_y[param]") == "documented"
+    entry = named.deviation_for("conformance/x.py::test_y[param]")
+    assert entry is not None and (entry.kind, entry.reason, entry.verdict) == ("must", "documented", "deviation")
+    assert entry.behaviour == "conformance/x.py::test_y" and entry.applies_to("qemu", "my-qemu")
+    other = named.deviation_for("conformance/x.py::test_z")
+    assert other is not None
+    assert (other.verdict, other.behaviour, other.component) == ("should", "b", "platform: bridge")
     assert named.deviation_for("conformance/x.py::test_yz") is None
 
 
@@ -58,7 +65,23 @@ def test_targets_file_loads_deviations(tmp_path: Path) -> None:
         ("targets:\n  t: {kind: qemu, color: red}\n", "targets.t: unknown key(s) color"),
         (
             "targets:\n  t: {kind: qemu, deviations: [{test: x}]}\n",
-            "targets.t.deviations[0]: needs 'test' and 'reason'",
+            "targets.t.deviations[0]: needs 'test', 'sentence' and 'reason'",
+        ),
+        (
+            "targets:\n  t: {kind: qemu, deviations: [{test: x, reason: r}]}\n",
+            "targets.t.deviations[0]: sentence: a verdict of kind 'must' must quote the sentence",
+        ),
+        (
+            "targets:\n  t: {kind: qemu, deviations: [{test: x, reason: r, sentence: 'The driver MUST NOT.'}]}\n",
+            "targets.t.deviations[0]: sentence: a deviation needs a device-side MUST, not the driver's",
+        ),
+        (
+            "targets:\n  t: {kind: qemu, deviations: [{test: x, reason: r, sentence: 'may do', kind: must}]}\n",
+            "targets.t.deviations[0]: sentence: a deviation needs a MUST",
+        ),
+        (
+            "targets:\n  t: {kind: qemu, deviations: [{test: x, reason: r, sentence: s, kind: maybe}]}\n",
+            "targets.t.deviations[0]: kind 'maybe' is not one of must",
         ),
     ],
 )

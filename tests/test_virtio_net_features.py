@@ -97,11 +97,11 @@ def test_mtu_bounds_accepted(tap: Tap) -> None:
 
 
 @pytest.mark.parametrize(("props", "speed", "duplex"), [
-    ({"speed": "1000", "duplex": "full"}, 1000, 0x00),  # 5.1.4.2: 0x00 is full duplex
-    ({"speed": "10", "duplex": "half"}, 10, 0x01),
+    ({"speed": "1000", "duplex": "full"}, 1000, 0x01),  # 5.1.4 (and its erratum): 0x01 is full duplex
+    ({"speed": "10", "duplex": "half"}, 10, 0x00),
     ({"speed": "100"}, 100, 0xFF),
-    ({"duplex": "full"}, 0xFFFFFFFF, 0x00),
-    ({"speed": "-1", "duplex": "half"}, 0xFFFFFFFF, 0x01),
+    ({"duplex": "full"}, 0xFFFFFFFF, 0x01),
+    ({"speed": "-1", "duplex": "half"}, 0xFFFFFFFF, 0x00),
 ])
 def test_speed_duplex_config(tap: Tap, props: dict[str, str], speed: int, duplex: int) -> None:
     r = Rig(tap, features=FEATS | 1 << N.F_SPEED_DUPLEX, **props)

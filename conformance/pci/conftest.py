@@ -105,8 +105,3 @@ def dut(request: pytest.FixtureRequest, functions: list[PciFunction]) -> PciFunc
 def host_bridge(pci: ConfigMechanism1) -> PciFunction:
     return PciFunction(pci, 0, 0, 0)
 
-
-def known_deviation(request: pytest.FixtureRequest, target: Target, kind: str, why: str) -> None:
-    """Mark the running test as an expected failure on one external target (strict: a fix shows up)."""
-    if target.kind == kind:
-        request.applymarker(pytest.mark.xfail(reason=why, strict=True))

@@ -23,9 +23,17 @@ from conformance.drivers.pci import (
     PciFunction,
     assign_bars,
 )
-from conformance.pci.conftest import known_deviation
+from conformance.verdicts import Known, expect
 
 CLAUSE = "pci-3.0"
+
+#: One platform behaviour, whichever device's disabled BAR the read lands on: it is the host bridge (the
+#: master of the aborted read) that answers, not the device under test.
+MASTER_ABORT_READS_ZERO = Known(
+    target="qemu", kind="must", behaviour="qemu-pc-master-abort-reads-zero", component="platform: i440FX host bridge",
+    sentence="PCI 3.0 3.3.3.1 (PC-compatible host bridges): a read that ends in master abort must return all ones.",
+    reason="QEMU 7.2 returns 0 for memory reads that no device claims (unassigned memory, seen over qtest)",
+)  # fmt: skip
 #: The legacy (transitional) virtio I/O layout has a read/write 16-bit queue selector at 0Eh.
 LEGACY_QUEUE_SELECT = 0x0E
 #: virtio's common configuration starts with a read/write 32-bit feature selector.
@@ -176,12 +184,12 @@ def test_disabled_io_bar_reads_all_ones(qtest, dut: PciFunction) -> None:
 
 @pytest.mark.clause(CLAUSE, "bar/master-abort")
 @pytest.mark.parametrize("kind", ["mem32", "mem64"])
-def test_disabled_memory_bar_reads_all_ones(request, qtest_target, qtest, dut: PciFunction, kind: str) -> None:
-    known_deviation(request, qtest_target, "qemu",
-                    "QEMU 7.2 returns 0, not all ones, for memory reads no device claims (seen over qtest)")
+@pytest.mark.known(MASTER_ABORT_READS_ZERO)
+def test_disabled_memory_bar_reads_all_ones(qtest, dut: PciFunction, kind: str) -> None:
     bars = assign_bars(dut, BarAllocator(), enable=False)
     bar = bars[_bar_of_kind(dut, kind).index]
-    assert qtest.readl(bar.address) == 0xFFFFFFFF
+    value = qtest.readl(bar.address)
+    expect(value == 0xFFFFFFFF, f"unclaimed memory read gave {value:#x}, not all ones")
 
 
 @pytest.mark.clause(CLAUSE, "rom/expansion-rom")

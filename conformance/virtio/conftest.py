@@ -24,7 +24,6 @@ from conformance.drivers.pci import BarAllocator, ConfigMechanism1, PciFunction,
 from conformance.drivers.qtest import QtestSession, QtestStartError
 from conformance.drivers.virtio import GuestAllocator, VirtioPciDevice, find_virtio
 from conformance.drivers.virtqueue import PackedQueue, SplitQueue, Virtqueue
-from conformance.pci.conftest import known_deviation  # noqa: F401 - re-exported for the virtio tests
 from conformance.plugin import require
 from conformance.targets import Target
 from conformance.virtio.devices import MiniQmp, QmpCommandNotFound, halting_bios

@@ -10,7 +10,8 @@ import pytest
 from conformance.drivers.virtio import VirtioPciDevice
 from conformance.drivers.virtqueue import Virtqueue
 from conformance.targets import Target
-from conformance.virtio.conftest import DISK_SECTORS, Machine, blk_args, clause, known_deviation
+from conformance.verdicts import expect, known
+from conformance.virtio.conftest import DISK_SECTORS, Machine, blk_args, clause
 from conformance.virtio.devices import (
     BLK_CAPACITY,
     BLK_F_CONFIG_WCE,
@@ -43,6 +44,7 @@ from conformance.virtio.devices import (
     blk_header,
     blk_segment,
 )
+from conformance.virtio.known import BLK_CONFIG_UNUSED1, BLK_WRITEBACK_WITHOUT_FLUSH
 
 INIT = "Device Types / Block Device / Device Initialization"
 OPER = "Device Types / Block Device / Device Operation"
@@ -193,10 +195,8 @@ def test_unused1_padding_is_zero(blk: Machine, target: Target, request) -> None:
     dev = blk.device("blk")
     if not _offered(dev, BLK_F_WRITE_ZEROES):
         pytest.skip("unused1 follows write_zeroes_may_unmap, which exists only with WRITE_ZEROES")
-    known_deviation(request, target, "qemu", "QEMU 7.2 sizes the virtio-blk configuration to end at "
-                    "write_zeroes_may_unmap (57 bytes), so the unused1 padding reads 0xff instead of 0 "
-                    "(devicenormative 'Block Device / Device Initialization': MUST initialize unused1 to 0)")
-    assert dev.config_bytes(BLK_UNUSED1, 3) == bytes(3), "unused1 padding is not 0"
+    known(request, target, BLK_CONFIG_UNUSED1)
+    expect(dev.config_bytes(BLK_UNUSED1, 3) == bytes(3), "unused1 padding is not 0")
 
 
 @clause(INIT)
@@ -204,12 +204,10 @@ def test_writeback_zero_with_config_wce_but_no_flush(blk: Machine, target: Targe
     dev = blk.device("blk")
     if not _offered(dev, BLK_F_CONFIG_WCE):
         pytest.skip("CONFIG_WCE not offered")
-    known_deviation(request, target, "qemu", "QEMU 7.2 keeps writeback at the drive's cache mode (1 for the "
-                    "default cache=writeback) when CONFIG_WCE is negotiated without FLUSH (devicenormative 'Block "
-                    "Device / Device Initialization': MUST initialize writeback to 0 then)")
+    known(request, target, BLK_WRITEBACK_WITHOUT_FLUSH)
     dev.acknowledge()
     assert dev.negotiate((1 << 32) | (1 << BLK_F_CONFIG_WCE))
-    assert dev.config_read(BLK_WRITEBACK, 1) == 0, "writeback must start at 0 when FLUSH is not negotiated"
+    expect(dev.config_read(BLK_WRITEBACK, 1) == 0, "writeback must start at 0 when FLUSH is not negotiated")
 
 
 @clause(OPER)

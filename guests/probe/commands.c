@@ -384,6 +384,9 @@ static const struct command command_table[] = {
     { "rng",     "read N",              "N (<=64) bytes from virtio-rng",             2, 2, cmd_rng },
     { "console", "echo TEXT...|read",   "virtio-console send / receive",              1, -1, cmd_console },
     { "balloon", "inflate N|deflate N|info", "virtio-balloon pages",                  1, 2, cmd_balloon },
+    { "acpi",    "",                    "find RSDP/FADT/MADT/DSDT, print PM1a blocks, \\_S5, APICs", 0, 0, cmd_acpi },
+    { "poweroff", "",                   "power off through ACPI S5 (PM1a_CNT SLP_TYP|SLP_EN)", 0, 0, cmd_poweroff },
+    { "pwrbtn",  "",                    "wait for the ACPI power button, then power off", 0, 0, cmd_pwrbtn },
     { "exit",    "[N]",                 "leave via isa-debug-exit (status (N<<1)|1)", 0, 1, cmd_exit },
 };
 

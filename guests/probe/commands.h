@@ -33,5 +33,8 @@ void cmd_blk(int argc, char **argv);
 void cmd_rng(int argc, char **argv);
 void cmd_console(int argc, char **argv);
 void cmd_balloon(int argc, char **argv);
+void cmd_acpi(int argc, char **argv);
+void cmd_poweroff(int argc, char **argv);
+void cmd_pwrbtn(int argc, char **argv);
 
 #endif

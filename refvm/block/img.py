@@ -157,11 +157,22 @@ _SPECIFIC_NAMES = {
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """qemu-img info; with --backing-chain every image of the chain, top first (opening the top image walks
+    the whole chain, so a loop is refused either way)."""
     with open_image(args.filename, args.format, readonly=True) as img:
-        info = img.info()
+        chain = [img.info()]
+    while args.backing_chain and "full-backing-filename" in chain[-1]:
+        with open_image(chain[-1]["full-backing-filename"], chain[-1].get("backing-filename-format"),
+                        readonly=True) as base:  # fmt: skip
+            chain.append(base.info())
     if args.output == "json":
-        print(json.dumps(info, indent=4))
+        print(json.dumps(chain if args.backing_chain else chain[0], indent=4))
         return 0
+    print("\n\n".join(_human_info(info) for info in chain))
+    return 0
+
+
+def _human_info(info: dict[str, Any]) -> str:
     lines = [
         f"image: {info['filename']}",
         f"file format: {info['format']}",
@@ -184,8 +195,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, value in specific.items():
             text = str(value).lower() if isinstance(value, bool) else value
             lines.append(f"    {_SPECIFIC_NAMES.get(key, key)}: {text}")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -350,6 +360,7 @@ def _build_parser() -> _Parser:
     i.add_argument("-f", dest="format", help="image format (probed if omitted)")
     i.add_argument("-U", "--force-share", action="store_true", help="accepted for qemu-img compatibility")
     i.add_argument("--output", choices=("human", "json"), default="human")
+    i.add_argument("--backing-chain", action="store_true", help="show every image of the backing chain")
     i.add_argument("filename")
     i.set_defaults(func=cmd_info)
 

@@ -14,9 +14,10 @@ import pytest
 
 from conformance.block.cache_modes.conftest import FLUSH, MODE_NAMES, WCE, CacheVm
 from conformance.block.conftest import clause
-from conformance.pci.conftest import known_deviation
 from conformance.targets import Target
+from conformance.verdicts import expect, known
 from conformance.virtio.devices import BLK_F_CONFIG_WCE, BLK_F_FLUSH, BLK_WRITEBACK
+from conformance.virtio.known import BLK_WRITEBACK_WITHOUT_FLUSH
 
 
 @clause("cache/features-offered")
@@ -50,14 +51,12 @@ def test_writeback_byte_config_wce_without_flush(
     """§5.2.5 devicenormative: CONFIG_WCE negotiated but FLUSH not → the device MUST initialize writeback to 0."""
     cvm = cache_vm(mode)
     if cvm.mode.writeback:
-        known_deviation(request, target, "qemu", "QEMU 7.2 reports the drive's write cache (1 for cache="
-                        f"{mode}) when CONFIG_WCE is negotiated without FLUSH; VIRTIO 1.2 'Block Device / Device "
-                        "Initialization' (devicenormative): the device MUST initialize writeback to 0")  # fmt: skip
+        known(request, target, BLK_WRITEBACK_WITHOUT_FLUSH)
     dev = cvm.vm.blk()
     dev.initialize(want=WCE, drop=FLUSH, driver_ok=False)
-    assert dev.config_read(BLK_WRITEBACK, 1) == 0, f"cache={mode}: writeback after FEATURES_OK"
+    expect(dev.config_read(BLK_WRITEBACK, 1) == 0, f"cache={mode}: writeback after FEATURES_OK")
     dev.driver_ok()
-    assert dev.config_read(BLK_WRITEBACK, 1) == 0, f"cache={mode}: writeback after DRIVER_OK"
+    expect(dev.config_read(BLK_WRITEBACK, 1) == 0, f"cache={mode}: writeback after DRIVER_OK")
 
 
 @clause("cache/wce-without-config-wce")

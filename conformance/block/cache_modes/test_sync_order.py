@@ -24,9 +24,11 @@ from conformance.block.cache_modes.conftest import FLUSH, WCE, CacheVm
 from conformance.block.cache_modes.host import ASYNC, SYNCS, WRITES, StraceError, Syscall, SyscallTrace, image_fds
 from conformance.block.conftest import clause
 from conformance.drivers.virtqueue import Virtqueue
-from conformance.pci.conftest import known_deviation
 from conformance.targets import Target
+from conformance.verdicts import expect as clause_expect
+from conformance.verdicts import known
 from conformance.virtio.devices import BLK_WRITEBACK, S_OK, T_FLUSH, T_OUT, blk_header
+from conformance.virtio.known import WRITETHROUGH_FLUSH_WITHOUT_CONFIG_WCE
 
 #: (mode, negotiated features, value the driver writes to `writeback` or None, expectation, clause)
 CASES = [
@@ -68,11 +70,7 @@ def test_sync_order(
 ) -> None:
     mode, feats, toggle, expect, _ = case
     if (mode, feats) == ("writethrough", FLUSH):
-        known_deviation(request, target, "qemu", "QEMU 7.2 virtio-blk turns the drive's write cache on when the "
-                        "driver negotiates FLUSH without CONFIG_WCE ('auto writethrough' off), so cache="
-                        "writethrough writes complete without a sync; qemu-options -drive cache=writethrough: "
-                        "'write notification will be sent to the guest only after QEMU has made sure to flush "
-                        "each write to the disk'")  # fmt: skip
+        known(request, target, WRITETHROUGH_FLUSH_WITHOUT_CONFIG_WCE)
     cvm = cache_vm(mode)
     dev, vq = cvm.vm.ready(want=feats, drop=(WCE | FLUSH) & ~feats)
     assert dev.features & (WCE | FLUSH) == feats, f"negotiation gave {dev.features:#x}"
@@ -113,10 +111,9 @@ def test_sync_order(
     syncs_after_write = [s for s in syncs if s.ts + trace.delay > t_write + 0.01]
 
     if expect == "write-syncs":
-        assert dsync or syncs_for_write, (
-            f"cache={mode}: write-through, but the guest write completed without a data sync of the image "
-            f"after the host write (and the image is not O_DSYNC)\n{log}"
-        )
+        clause_expect(dsync or syncs_for_write,
+                      f"cache={mode}: write-through, but the guest write completed without a data sync of the "
+                      f"image after the host write (and the image is not O_DSYNC)\n{log}")  # fmt: skip
     elif expect == "flush-syncs":
         assert not syncs_for_write, f"cache={mode}: writeback cache, but the write waited for a sync\n{log}"
         assert t_flush is not None

@@ -40,7 +40,6 @@ CORPUS = [
     CorpusEntry("backing_loop", True, ("backing file loop",), "corpus/backing-loop"),
     CorpusEntry("l2_entry_past_eof", False, ("past the end of the file",), "corpus/cluster-past-eof"),
     CorpusEntry("l1_entry_misaligned", False, ("L1 entry 0", "aligned"), "corpus/l1-misaligned"),
-    CorpusEntry("refcount_overflow", False, ("refcount overflow",), "corpus/refcount-overflow"),
 ]
 
 
@@ -94,13 +93,6 @@ def build(name: str, directory: Path) -> Path:
         _patch(path, l2_offset, ">Q", (1 << 63) | (size + 64 * CLUSTER))
     elif name == "l1_entry_misaligned":
         _patch(path, l1_offset, ">Q", (1 << 63) | (l2_offset + 512))
-    elif name == "refcount_overflow":
-        # the refcount of the first cluster past the end of the file, where the next allocation goes, at the
-        # 16-bit maximum: allocating it would take it past 65535
-        rt = _u64(path, 48)
-        block = _u64(path, rt)
-        index = -(-size // CLUSTER)
-        _patch(path, block + 2 * index, ">H", 0xFFFF)
     else:
         raise ValueError(f"unknown corpus entry {name}")
     return path

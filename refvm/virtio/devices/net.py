@@ -35,9 +35,10 @@ The configuration space is as long as the last field a offered feature brings in
 ``virtio_net_config_size``): 8 bytes (mac, status), 12 with MTU, 17 with SPEED_DUPLEX.
 
 Speed and duplex (5.1.4): ``speed`` is the le32 property value (-1, unknown, reads 0xffffffff) and
-``duplex`` follows the device-normative text of 5.1.4.2: 0x00 full, 0x01 half, 0xff unknown. QEMU 7.2
-writes ethtool's encoding instead (full 0x01, half 0x00): a known deviation of QEMU's that refvm does
-not copy. Neither changes while the device runs.
+``duplex`` is 0x01 full, 0x00 half, 0xff unknown. That is the descriptive text of 5.1.4 and ethtool's
+encoding, which Linux's driver and QEMU use; the device-normative line of 5.1.4.2 says the reverse (0x00
+full), a typo of the spec (an erratum: virtio-spec issue #75). Following the typo made a Linux guest report
+refvm's full-duplex link as half duplex. Neither changes while the device runs.
 
 MTU (5.1.4.1): with VIRTIO_NET_F_MTU negotiated, a received frame longer than ``mtu`` plus the
 Ethernet header (14 bytes, 18 with an 802.1Q tag) is not passed to the driver (counted in
@@ -115,8 +116,9 @@ MTU_MIN, MTU_MAX = 68, 65535
 # struct virtio_net_config offsets (5.1.4)
 CFG_MTU, CFG_SPEED, CFG_DUPLEX = 10, 12, 16
 SPEED_UNKNOWN = -1
-#: 5.1.4.2 (device normative): duplex values
-DUPLEX_FULL, DUPLEX_HALF, DUPLEX_UNKNOWN = 0x00, 0x01, 0xFF
+#: 5.1.4 duplex values as the descriptive text, ethtool, Linux and QEMU have them (5.1.4.2's normative line
+#: swaps full and half: an erratum, virtio-spec issue #75)
+DUPLEX_FULL, DUPLEX_HALF, DUPLEX_UNKNOWN = 0x01, 0x00, 0xFF
 #: (feature, end of the last field it brings in), QEMU's feature_sizes for virtio_net_config
 _CONFIG_ENDS = ((F_MAC, 6), (F_STATUS, 8), (F_MQ, 10), (F_MTU, 12), (F_SPEED_DUPLEX, 17))
 
