@@ -32,8 +32,9 @@ PROBE = ROOT / "guests" / "probe" / "build" / "probe.elf"
 NOVA_LINE = """
 -name instance-00000024 -machine pc-i440fx-trusty,accel=kvm,usb=off
 -m 2048 -realtime mlock=off -smp 1,sockets=1,cores=1,threads=1 -uuid 1f8e6f7e-5a70-4780-89c1-464dc0e7f308
--smbios type=1,manufacturer=OpenStack@Foundation,product=OpenStack@Nova,version=2014.1,serial=80590690-87d2-e311-b1b0-a0481cabdfb4,uuid=1f8e6f7e-5a70-4780-89c1-464dc0e7f308
--no-user-config -nodefaults -chardev socket,id=charmonitor,path={mon},server,nowait -mon chardev=charmonitor,id=monitor,mode=control
+-smbios {smbios}
+-no-user-config -nodefaults -chardev socket,id=charmonitor,path={mon},server,nowait
+-mon chardev=charmonitor,id=monitor,mode=control
 -rtc base=utc,driftfix=slew -global kvm-pit.lost_tick_policy=discard -no-hpet -no-shutdown -boot strict=on
 -device piix3-usb-uhci,id=usb,bus=pci.0,addr=0x1.0x2
 -drive file={disk},if=none,id=drive-virtio-disk0,format=qcow2,cache=none
@@ -45,14 +46,17 @@ NOVA_LINE = """
 -device usb-tablet,id=input0 -vnc 0.0.0.0:12 -k en-us -device cirrus-vga,id=video0,bus=pci.0,addr=0x2
 -device virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x5
 """
+SMBIOS = ("type=1,manufacturer=OpenStack@Foundation,product=OpenStack@Nova,version=2014.1,"
+          "serial=80590690-87d2-e311-b1b0-a0481cabdfb4,uuid=1f8e6f7e-5a70-4780-89c1-464dc0e7f308")
 #: The display/USB options refvm refuses (it models no USB, VGA or VNC).
 DISPLAY_USB = [["-device", "piix3-usb-uhci,id=usb,bus=pci.0,addr=0x1.0x2"], ["-device", "usb-tablet,id=input0"],
-               ["-vnc", "0.0.0.0:12"], ["-k", "en-us"], ["-device", "cirrus-vga,id=video0,bus=pci.0,addr=0x2"]]  # fmt: skip
+               ["-vnc", "0.0.0.0:12"], ["-k", "en-us"],
+               ["-device", "cirrus-vga,id=video0,bus=pci.0,addr=0x2"]]  # fmt: skip
 
 
 def nova_argv(tmp: Path, fd: int, vhostfd: int, *, vhost: bool, display_usb: bool) -> list[str]:
-    text = NOVA_LINE.format(mon=tmp / "monitor.sock", disk=tmp / "disk.qcow2", console=tmp / "console.log",
-                            fd=fd, vhostfd=vhostfd)  # fmt: skip
+    text = NOVA_LINE.format(smbios=SMBIOS, mon=tmp / "monitor.sock", disk=tmp / "disk.qcow2",
+                            console=tmp / "console.log", fd=fd, vhostfd=vhostfd)  # fmt: skip
     if not vhost:
         text = text.replace(f"vhost=on,vhostfd={vhostfd}", "vhost=off")
     argv = [word.replace("@", " ") for word in text.split()]  # '@' keeps the -smbios values' spaces together
