@@ -35,10 +35,10 @@ class Client:
         self.sock.connect(path)
         self.buf = b""
         self.events: list[dict[str, Any]] = []
-        self.greeting = self._read()
+        self.greeting = self.read_message()
         assert self.cmd("qmp_capabilities") == {"return": {}}
 
-    def _read(self) -> dict[str, Any]:
+    def read_message(self) -> dict[str, Any]:
         while b"\n" not in self.buf:
             chunk = self.sock.recv(65536)
             assert chunk, "connection closed"
@@ -53,7 +53,7 @@ class Client:
         else:
             self.sock.sendall(data)
         while True:
-            msg = self._read()
+            msg = self.read_message()
             if "event" in msg:
                 self.events.append({k: v for k, v in msg.items() if k != "timestamp"})
             else:
@@ -253,3 +253,31 @@ def test_every_emitted_event_is_in_the_schema() -> None:
     for path in (ROOT / "refvm").rglob("*.py"):
         names |= set(re.findall(r"""(?:emit_event|_emit)\(\s*["']([A-Z_]+)["']""", path.read_text()))
     assert names and names <= set(EVENTS), names - set(EVENTS)
+
+
+@pytest.mark.parametrize("no_reboot", [False, True], ids=["reset", "no-reboot"])
+def test_guest_reset_events_match_qemu(tmp_path: Path, no_reboot: bool) -> None:
+    """The guest writes 0x06 to the reset control register (0xcf9): both VMMs send the same event, RESET (or
+    SHUTDOWN under -no-reboot) with guest=true and reason guest-reset."""
+    import pexpect
+
+    require(PROBE.exists(), "probe guest not built (make -C guests/probe)")
+    require(QEMU is not None, "qemu-system-x86_64 not installed")
+    seen = []
+    for name, prefix in (("refvm", [sys.executable, "-m", "refvm", "-watchdog-timeout", "120"]),
+                         ("qemu", [QEMU, "-accel", "tcg"])):  # fmt: skip
+        sock = str(tmp_path / f"{name}.sock")
+        argv = [*prefix, "-display", "none", "-nodefaults", "-serial", "stdio", "-m", "32", "-kernel", str(PROBE),
+                "-qmp", f"unix:{sock},server=on,wait=off", *(["-no-reboot"] if no_reboot else [])]  # fmt: skip
+        child = pexpect.spawn(argv[0], argv[1:], timeout=60)
+        try:
+            child.expect_exact("probe> ")
+            client = Client(sock)
+            child.sendline("outb 0xcf9 0x6")
+            msg = client.read_message()  # the event arrives unasked (the socket's 15 s timeout bounds the wait)
+            seen.append([{k: v for k, v in msg.items() if k != "timestamp"}])
+            client.close()
+        finally:
+            child.close(force=True)
+    event = "SHUTDOWN" if no_reboot else "RESET"
+    assert seen[0] == seen[1] == [{"event": event, "data": {"guest": True, "reason": "guest-reset"}}]
