@@ -80,7 +80,8 @@ def _start(argv: list[str], sock: str) -> tuple[subprocess.Popen[bytes], Client]
 def _devices(tmp: Path) -> list[str]:
     return ["-S", "-nodefaults", "-m", "32", "-kernel", str(PROBE), "-device", "virtio-rng-pci,id=rng0",
             "-device", "virtio-balloon-pci,id=balloon0", "-chardev", f"file,id=cs0,path={tmp / 'c.log'}",
-            "-device", "isa-serial,chardev=cs0,id=serial0"]  # fmt: skip
+            "-device", "isa-serial,chardev=cs0,id=serial0", "-boot", "order=cd,strict=on,menu=off",
+            "-netdev", "hubport,id=h0,hubid=0", "-device", "virtio-net-pci,netdev=h0,id=net0,bootindex=3"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,10 @@ SAME_REPLY = [
     ("qom-get", {"path": "/machine", "property": "type"}),
     ("qom-get", {"path": "/machine/peripheral/rng0", "property": "type"}),
     ("qom-get", {"path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval"}),
+    ("qom-get", {"path": "/machine", "property": "boot"}),
+    ("qom-get", {"path": "/machine/peripheral/net0", "property": "bootindex"}),
+    ("qom-get", {"path": "/machine/peripheral/net0/virtio-backend", "property": "bootindex"}),
+    ("qom-get", {"path": "/machine/peripheral/rng0", "property": "bootindex"}),
     ("qom-list", {"path": "/nope"}),
     ("qom-set", {"path": "/machine", "property": "nope", "value": 1}),
     ("qom-set", {"path": "/machine", "property": "type", "value": "x"}),

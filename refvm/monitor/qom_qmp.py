@@ -73,6 +73,20 @@ def device_properties(typename: str) -> list[str]:
     return [p for p in dict.fromkeys([*own, *common, *boot]) if p not in ("id", "bus")]
 
 
+def boot_configuration(boot: dict[str, str]) -> dict[str, Any]:
+    """QEMU's BootConfiguration (qom-get /machine boot) from the -boot options, in QEMU's member order."""
+    out: dict[str, Any] = {"order": boot.get("order", "cad")}
+    if "once" in boot:
+        out["once"] = boot["once"]
+    for key in ("menu", "strict", "splash"):
+        if key in boot:
+            out[key] = boot[key] in ("on", "yes", "true") if key != "splash" else boot[key]
+    for key in ("reboot-timeout", "splash-time"):
+        if key in boot:
+            out[key] = int(boot[key])
+    return out
+
+
 class _Poller:
     """Hands a balloon's stats buffer back to the driver every ``interval`` seconds (0: never)."""
 
@@ -123,9 +137,17 @@ class QomQmpCommands(QomCommands):
         out["/machine"] = _Object(
             opts.type.qom_type,
             {"usb": lambda: opts.usb, "dump-guest-core": lambda: opts.dump_guest_core,
-             "mem-merge": lambda: opts.mem_merge, "vmport": lambda: opts.vmport},
-            {"usb": "bool", "dump-guest-core": "bool", "mem-merge": "bool", "vmport": "OnOffAuto"},
+             "mem-merge": lambda: opts.mem_merge, "vmport": lambda: opts.vmport,
+             "boot": lambda: boot_configuration(getattr(plat, "boot", {}))},
+            {"usb": "bool", "dump-guest-core": "bool", "mem-merge": "bool", "vmport": "OnOffAuto",
+             "boot": "BootConfiguration"},
         )  # fmt: skip
+        indexes = getattr(plat, "boot_indexes", {})
+        for path, obj in out.items():  # QEMU's bootable devices carry bootindex (-1: none given)
+            if obj.type_name in ("virtio-blk-pci", "virtio-net-pci", "virtio-blk-device", "virtio-net-device"):
+                qdev_id = path.split("/")[3]
+                obj.props["bootindex"] = lambda i=qdev_id: indexes.get(i, -1)
+                obj.types["bootindex"] = "int32"
         for obj in out.values():
             balloon = getattr(obj, "balloon", None)
             if balloon is not None:
