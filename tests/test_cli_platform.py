@@ -222,3 +222,24 @@ def test_human_monitor_on_stdio(tmp_path) -> None:  # noqa: ANN001
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("opt", [["-overcommit", "mem-lock=on"], ["-realtime", "mlock=on"]],
+                         ids=["overcommit", "realtime"])
+def test_mem_lock_locks_the_vmm_memory(opt: list[str]) -> None:
+    """mem-lock=on is mlockall(MCL_CURRENT|MCL_FUTURE): the kernel reports locked memory (VmLck) for the VMM."""
+    probe = "guests/probe/build/probe.elf"
+    require(os.path.exists(probe), "probe guest not built")
+    proc = subprocess.Popen([sys.executable, "-m", "refvm", "-kernel", probe, "-nodefaults", "-m", "16", "-S",
+                             "-watchdog-timeout", "30", *opt], stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        locked = 0
+        deadline = time.monotonic() + 20
+        while locked < 16 * 1024 and time.monotonic() < deadline:  # kB: at least the guest's 16 MiB
+            status = open(f"/proc/{proc.pid}/status").read()
+            locked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmLck:")))
+            time.sleep(0.1)
+        assert locked >= 16 * 1024, f"VmLck {locked} kB"
+    finally:
+        proc.kill()
+        proc.wait()
