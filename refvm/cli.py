@@ -359,6 +359,8 @@ def parse_args(argv: list[str]) -> Parsed:
         allowed = GLOBAL_ENUMS.get((driver, prop))
         if allowed and value not in allowed:
             raise UsageError(f"-global {text}: Parameter '{prop}' does not accept value '{value}'")
+        if (driver, prop, value) == ("kvm-pit", "lost_tick_policy", "slew"):  # QEMU's kvm-pit realize refuses it
+            raise UsageError(f"-global {text}: Lost tick policy not supported.")
         cfg.globals.setdefault(driver, {})[prop] = value
 
     def add_device(text: str) -> None:

@@ -201,6 +201,8 @@ class Machine:
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
+        if cfg.globals.get("kvm-pit", {}).get("lost_tick_policy") == "discard":  # -global kvm-pit.lost_tick_policy
+            vm.set_pit_reinject(False)
         for slot, region in enumerate(self.memory.regions):
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         self.vm = vm

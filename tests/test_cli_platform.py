@@ -82,6 +82,7 @@ REFVM_ONLY = [
     (["-device", "isa-serial,irq=99"], "Property 'isa-serial.irq' value 99 is out of range"),
     (["-device", "isa-serial,index=0", "-device", "isa-serial,index=0"], "serial port index 0 is already in use"),
     (["-global", "kvm-pit.lost_tick_policy=foo"], "Parameter 'lost_tick_policy' does not accept value 'foo'"),
+    (["-global", "kvm-pit.lost_tick_policy=slew"], "kvm-pit.lost_tick_policy=slew: Lost tick policy not supported."),
     (["-device", "piix3-usb-uhci,id=usb"], "'piix3-usb-uhci' is not supported: refvm models no USB controller"),
     (["-device", "usb-tablet,id=input0"], "'usb-tablet' is not supported: refvm models no USB"),
     (["-device", "cirrus-vga,id=video0"], "'cirrus-vga' is not supported: refvm has no graphical display"),
@@ -243,3 +244,20 @@ def test_mem_lock_locks_the_vmm_memory(opt: list[str]) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("policy", ["discard", "delay"])
+def test_kvm_pit_lost_tick_policy_reaches_kvm(policy: str) -> None:
+    """discard turns the in-kernel PIT's re-injection off (KVM_REINJECT_CONTROL, which fails loudly if the
+    kernel refuses it); the guest still boots to its prompt either way."""
+    probe = "guests/probe/build/probe.elf"
+    require(os.path.exists(probe), "probe guest not built")
+    child_argv = [sys.executable, "-m", "refvm", "-kernel", probe, "-nodefaults", "-serial", "stdio",
+                  "-global", f"kvm-pit.lost_tick_policy={policy}", "-watchdog-timeout", "60"]  # fmt: skip
+    import pexpect
+
+    child = pexpect.spawn(child_argv[0], child_argv[1:], timeout=60)
+    try:
+        child.expect_exact("probe> ")
+    finally:
+        child.close(force=True)
