@@ -261,3 +261,22 @@ def test_kvm_pit_lost_tick_policy_reaches_kvm(policy: str) -> None:
         child.expect_exact("probe> ")
     finally:
         child.close(force=True)
+
+
+def test_tap_fds_become_the_queues_of_one_backend() -> None:
+    """fds=A:B (libvirt's multiqueue tap): each inherited descriptor is one queue of the netdev."""
+    from refvm.device_assembly import open_backends
+
+    require(os.path.exists("/dev/net/tun") and os.geteuid() == 0, "needs root and /dev/net/tun")
+    flags = 0x0002 | 0x1000 | 0x4000 | 0x0100  # IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+    first = os.open("/dev/net/tun", os.O_RDWR)
+    ifr = fcntl.ioctl(first, 0x400454CA, struct.pack("16sH", b"mq%d", flags).ljust(40, b"\0"))
+    second = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(second, 0x400454CA, struct.pack("16sH", ifr[:16].rstrip(b"\0"), flags).ljust(40, b"\0"))
+    cfg = parse_args([*K, "-netdev", f"tap,fds={first}:{second},id=mq0,vhost=off"]).config
+    backends = open_backends(cfg, set(), clock=None, throttle_groups=None)
+    try:
+        tap = backends.netdevs["mq0"]
+        assert tap.fds == [first, second] and tap.queues == 2
+    finally:
+        backends.close()  # closes both descriptors
