@@ -78,7 +78,13 @@ def _start(argv: list[str], sock: str) -> tuple[subprocess.Popen[bytes], Client]
 
 
 def _devices(tmp: Path) -> list[str]:
-    return ["-S", "-nodefaults", "-m", "32", "-kernel", str(PROBE), "-device", "virtio-rng-pci,id=rng0",
+    for name in ("d0.qcow2", "d1.qcow2"):
+        if not (tmp / name).exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp / name), "1M"], check=True)
+    return ["-drive", f"file={tmp / 'd0.qcow2'},if=none,id=d0,format=qcow2,cache=none",
+            "-device", "virtio-blk-pci,drive=d0,id=disk0",
+            "-drive", f"file={tmp / 'd1.qcow2'},if=none,id=d1,format=qcow2,readonly=on",
+            "-S", "-nodefaults", "-m", "32", "-kernel", str(PROBE), "-device", "virtio-rng-pci,id=rng0",
             "-device", "virtio-balloon-pci,id=balloon0", "-chardev", f"file,id=cs0,path={tmp / 'c.log'}",
             "-device", "isa-serial,chardev=cs0,id=serial0", "-boot", "order=cd,strict=on,menu=off",
             "-netdev", "hubport,id=h0,hubid=0", "-device", "virtio-net-pci,netdev=h0,id=net0,bootindex=3"]  # fmt: skip
@@ -201,6 +207,13 @@ def test_info_pci_lists_the_same_functions(pair: tuple[Client, Client]) -> None:
 
     assert functions(got["return"]) == functions(expected["return"])
     assert 'id "rng0"' in got["return"] and "BAR1: 32 bit memory at" in got["return"]
+
+
+def test_info_block_matches_qemu(pair: tuple[Client, Client]) -> None:
+    got, expected = both(pair, "human-monitor-command", **{"command-line": "info block"})
+    mask = re.compile(r" \(#block\d+\)")
+    assert mask.sub("", got["return"]) == mask.sub("", expected["return"])
+    assert "Cache mode:       writeback, direct" in got["return"]
 
 
 def test_getfd_and_add_fd_take_descriptors_over_scm_rights(pair: tuple[Client, Client]) -> None:
