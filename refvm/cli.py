@@ -26,7 +26,7 @@ from refvm.cli_common import (
 )
 from refvm.cli_firmware import HELP as FIRMWARE_HELP
 from refvm.cli_firmware import firmware_options
-from refvm.cli_monitor import monitor_chardev, qmp_socket, serial_spec
+from refvm.cli_monitor import monitor_chardev, qmp_socket, readline_chardev, serial_spec
 from refvm.cli_netdev import check_tap_fds
 from refvm.cli_platform import HELP as PLATFORM_HELP
 from refvm.cli_platform import PlatformOptions, platform_options, resolve_monitor
@@ -382,7 +382,10 @@ def parse_args(argv: list[str]) -> Parsed:
         for text in qmp_texts:
             cfg.qmp.append(qmp_socket("qmp", text, chardev.parse_serial_option(text)))
         for text in mon_texts:
-            cfg.qmp.append(monitor_chardev(text, cfg.chardevs))
+            if readline_chardev(text) is not None:  # -mon mode=readline is -monitor chardev:ID
+                plat.monitor_chardev = readline_chardev(text)
+            else:
+                cfg.qmp.append(monitor_chardev(text, cfg.chardevs))
     except ValueError as err:
         raise UsageError(str(err)) from None
     if not serial_texts and not isa_serials and not nodefaults:

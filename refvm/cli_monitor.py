@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from refvm.qemu_opts import parse_opts
 
-__all__ = ["serial_spec", "qmp_socket", "monitor_chardev"]
+__all__ = ["serial_spec", "qmp_socket", "monitor_chardev", "readline_chardev"]
+
+
+def readline_chardev(text: str) -> str | None:
+    """The chardev id of a ``-mon chardev=ID[,mode=readline]`` (a human monitor, QEMU's default mode), else None."""
+    props = parse_opts(text, "chardev")
+    if props.get("mode", "readline") != "readline":
+        return None
+    unknown = set(props) - {"chardev", "mode", "pretty", "id"}
+    if unknown:
+        raise ValueError(f"-mon {text}: Invalid parameter '{sorted(unknown)[0]}'")
+    return props.get("chardev", "")
 
 
 def serial_spec(chardev, text: str, chardevs: dict[str, object]) -> object | None:  # noqa: ANN001
@@ -36,8 +47,8 @@ def monitor_chardev(text: str, chardevs: dict[str, object]) -> tuple[str, bool]:
     unknown = set(props) - {"chardev", "mode", "pretty", "id"}
     if unknown:
         raise ValueError(f"-mon {text}: Invalid parameter '{sorted(unknown)[0]}'")
-    if props.get("mode", "readline") != "control":
-        raise ValueError(f"-mon {text}: -mon takes mode=control (QMP); a human monitor is -monitor chardev:ID")
+    if props.get("mode", "readline") not in ("control", "readline"):
+        raise ValueError(f"-mon {text}: Parameter 'mode' does not accept value '{props['mode']}'")
     ident = props.get("chardev", "")
     if ident not in chardevs:
         raise ValueError(f"-mon {text}: chardev '{ident}' not found")

@@ -60,6 +60,7 @@ SAME_AS_QEMU = [
     (["-device", "isa-serial,chardev=nope"], "Property 'serial.chardev' can't find value 'nope'"),
     (["-monitor", "chardev:nope"], 'chardev "nope" not found'),
     (["-monitor", "stdio", "-serial", "stdio"], "cannot use stdio by multiple character devices"),
+    (["-mon", "chardev=c0,mode=frob", "-chardev", "null,id=c0"], "Parameter 'mode' does not accept value 'frob'"),
 ]
 
 
@@ -142,6 +143,13 @@ def test_isa_serial_ports_take_qemus_com_ports_and_irqs() -> None:
     assert cfg.serial_ports == {0: (0x3F8, 4), 3: (0x2E8, 3), 1: (0x3E0, 5)}
     with pytest.raises(UsageError, match="it's in use"):
         parse_args([*K, "-chardev", "null,id=a", "-device", "isa-serial,chardev=a", "-serial", "chardev:a"])
+
+
+def test_mon_readline_is_the_human_monitor() -> None:
+    plat = parse_args([*K, "-chardev", "pty,id=hmp", "-mon", "chardev=hmp,mode=readline"]).platform
+    assert plat.monitor_chardev == "hmp"
+    with pytest.raises(UsageError, match='chardev "nope" not found'):
+        parse_args([*K, "-mon", "chardev=nope"])
 
 
 def test_add_fd_takes_an_inherited_descriptor() -> None:
