@@ -57,6 +57,7 @@ def pci_device_models() -> dict[str, object]:
 USAGE = f"""\
 usage: {PROG} [options]
        {PROG} doctor          describe this host's KVM and what refvm needs from it
+       {PROG} virsh ARGS      the system's virsh, connected to the user's refvmd (see refvmd --help)
 
 A reference hypervisor for Linux KVM. Options use qemu-system-x86_64's spelling:
 
@@ -451,6 +452,10 @@ def run_machine(config: MachineConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["virsh"]:
+        from refvm.mgmt.virsh import run_virsh
+
+        return run_virsh(args[1:])
     if args[:1] == ["doctor"]:
         from refvm.kvm import doctor
 

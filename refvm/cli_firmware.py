@@ -5,7 +5,6 @@ cli.py only merges these tables into its own, so the options and their checks li
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Callable
 
 from refvm.config import MachineConfig
@@ -26,11 +25,11 @@ Firmware:
 def firmware_options(cfg: MachineConfig, error: Callable[[str], Exception]) -> tuple[dict, dict]:
     """(options with an argument, flags) to merge into the CLI's tables; ``error(text)`` builds its UsageError."""
     from refvm.devices.rtc import RtcError, parse_rtc
-    from refvm.devices.smbios import SmbiosError, SmbiosOptions, parse_smbios
+    from refvm.devices.smbios import SmbiosError, SmbiosOptions, format_uuid, parse_smbios, parse_uuid
 
     def set_uuid(text: str) -> None:
         try:
-            cfg.uuid = str(uuidlib.UUID(text))
+            cfg.uuid = format_uuid(parse_uuid(text))
         except ValueError:
             raise error(f"-uuid {text}: failed to parse UUID string: wrong format") from None
 
@@ -42,7 +41,7 @@ def firmware_options(cfg: MachineConfig, error: Callable[[str], Exception]) -> t
         except SmbiosError as err:
             raise error(f"-smbios {text}: {err}") from None
         if uuid is not None:
-            cfg.uuid = str(uuidlib.UUID(uuid))  # as QEMU: type 1's uuid= is the machine's UUID too
+            cfg.uuid = format_uuid(parse_uuid(uuid))  # as QEMU: type 1's uuid= is the machine's UUID too
 
     def set_rtc(text: str) -> None:
         try:

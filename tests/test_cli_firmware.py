@@ -15,6 +15,8 @@ UUID = "1f8e6f7e-5a70-4780-89c1-464dc0e7f308"
 #: (arguments, the message after "PROG: "), QEMU 7.2's text unless a comment says otherwise.
 BAD = [
     (["-uuid", "foo"], "-uuid foo: failed to parse UUID string: wrong format"),
+    (["-uuid", "1f8e6f7e5a70478089c1464dc0e7f308"],
+     "-uuid 1f8e6f7e5a70478089c1464dc0e7f308: failed to parse UUID string: wrong format"),
     (["-smbios", "type=5"], "-smbios type=5: Don't know how to build fields for SMBIOS type 5"),
     (["-smbios", "type=1,foo=bar"], "-smbios type=1,foo=bar: Invalid parameter 'foo'"),
     (["-smbios", "manufacturer=x"], "-smbios manufacturer=x: Must specify type= or file="),

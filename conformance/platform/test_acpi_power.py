@@ -123,3 +123,17 @@ def test_system_wakeup_refused_when_not_suspended(guest_with_qmp) -> None:
     with pytest.raises(ExecuteError) as err:
         qmp.execute("system_wakeup")
     assert err.value.error.error.desc == "Unable to wake up: guest is not in suspended state"
+
+
+@pytest.mark.clause("qmp", "power/no-shutdown")
+def test_no_shutdown_then_system_reset_and_cont_boots_again(no_shutdown_guest) -> None:
+    """What libvirt does for a guest-initiated reboot under -no-shutdown: system_reset, then cont."""
+    con, qmp = no_shutdown_guest
+    con.send("poweroff\r")
+    qmp.wait_event("SHUTDOWN")
+    qmp.wait_event("STOP")
+    qmp.execute("system_reset")
+    qmp.wait_event("RESET")
+    assert qmp.execute("query-status")["status"] == "prelaunch", "after a reset from shutdown the VM waits for cont"
+    qmp.execute("cont")
+    assert "refvm probe guest" in con.wait_prompt(), "the guest boots again"

@@ -9,7 +9,6 @@ test sees the same untouched RAM on both; the ports answer alike.
 from __future__ import annotations
 
 import struct
-import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from refvm.devices.acpi.tables import PM_BASE, SCI_IRQ, build_acpi
 from refvm.devices.fw_cfg import DMA_PORT, SELECTOR_PORT, FwCfg, FwCfgDma, Key
 from refvm.devices.irq import IrqLine
 from refvm.devices.rtc import Rtc, RtcOptions, cmos_memory_bytes
-from refvm.devices.smbios import SmbiosOptions, build_anchor, build_tables
+from refvm.devices.smbios import SmbiosOptions, build_anchor, build_tables, format_uuid, parse_uuid, uuid_le
 
 __all__ = ["PcFirmware", "add_firmware", "ACPI_BASE", "SMBIOS_BASE", "RTC_IRQ"]
 
@@ -46,18 +45,27 @@ class PcFirmware:
         self.memory = memory
         self.ram_regions = ram_regions
         cpus = config.smp
-        max_cpus = getattr(config, "max_cpus", None) or cpus
-        self.apic_ids: list[int] = list(getattr(config, "apic_ids", None) or range(cpus))
-        self.uuid = uuidlib.UUID(config.uuid) if getattr(config, "uuid", None) else uuidlib.UUID(int=0)
+        # -smp's topology (refvm.cpu.Topology, duck-typed here): APIC ids and QEMU's max_cpus item, which is
+        # the APIC id limit (highest id of the possible CPUs + 1); without one, ids 0..N-1, one core each.
+        topo = getattr(config, "topology", None)
+        if topo is not None:
+            self.apic_ids: list[int] = [topo.apic_id(i) for i in range(cpus)]
+            max_cpus = topo.apic_id(topo.maxcpus - 1) + 1
+            sockets, cores, threads = topo.sockets, topo.cores * getattr(topo, "dies", 1), topo.threads
+        else:
+            self.apic_ids = list(range(cpus))
+            max_cpus, sockets, cores, threads = cpus, 1, cpus, 1
+        #: The machine UUID, 16 bytes in network order (fw_cfg's order); all zeros without -uuid, as QEMU.
+        self.uuid = parse_uuid(config.uuid) if getattr(config, "uuid", None) else bytes(16)
         smbios = getattr(config, "smbios", None) or SmbiosOptions()
         self.smbios_table, count, largest = build_tables(
             smbios,
             ram_size=config.memory_bytes,
             ram_regions=ram_regions,
-            uuid=self.uuid.bytes_le,
-            sockets=getattr(config, "sockets", None) or 1,
-            cores=getattr(config, "cores", None) or cpus,
-            threads=getattr(config, "threads", None) or 1,
+            uuid=uuid_le(self.uuid),
+            sockets=sockets,
+            cores=cores,
+            threads=threads,
         )
         self.smbios_count, self.smbios_largest = count, largest
         self.fw_cfg = FwCfg(memory)
@@ -71,7 +79,7 @@ class PcFirmware:
 
     def _fill_fw_cfg(self, cpus: int, max_cpus: int) -> None:
         cfg = self.fw_cfg
-        cfg.add_bytes(Key.UUID, self.uuid.bytes)
+        cfg.add_bytes(Key.UUID, self.uuid)
         cfg.add_u64(Key.RAM_SIZE, self.config.memory_bytes)
         cfg.add_u16(Key.NOGRAPHIC, 0)
         cfg.add_u16(Key.NB_CPUS, cpus)
@@ -89,6 +97,10 @@ class PcFirmware:
         cfg.add_file("etc/smbios/smbios-tables", self.smbios_table)
         cfg.add_file("etc/smbios/smbios-anchor", build_anchor(len(self.smbios_table), self.smbios_count,
                                                               self.smbios_largest))  # fmt: skip
+
+    @property
+    def uuid_text(self) -> str:
+        return format_uuid(self.uuid)
 
     def register(self, register: Callable[[int, int, object, str], None]) -> None:
         """Claim the I/O ports: fw_cfg 0x510-0x511 and DMA 0x514-0x51b, the RTC at 0x70, PM at 0x600."""

@@ -9,11 +9,12 @@ complete copy where a guest scans for it (a 16-byte boundary in 0xF0000-0xFFFFF)
 
 from __future__ import annotations
 
+import re
 import struct
-import uuid as uuidlib
 from dataclasses import dataclass, field
 
-__all__ = ["SmbiosError", "SmbiosOptions", "build_tables", "build_anchor", "parse_smbios", "smbios_uuid_bytes"]
+__all__ = ["SmbiosError", "SmbiosOptions", "build_tables", "build_anchor", "parse_smbios", "parse_uuid", "format_uuid",
+           "uuid_le"]
 
 MACHINE_VERSION = "pc-i440fx-7.2"
 PRODUCT = "Standard PC (i440FX + PIIX, 1996)"
@@ -49,9 +50,27 @@ class SmbiosOptions:
     oem_strings: list[str] = field(default_factory=list)
 
 
-def smbios_uuid_bytes(text: str) -> bytes:
-    """A UUID in SMBIOS's wire order (DSP0134 7.2.1: the first three fields little endian)."""
-    return uuidlib.UUID(text).bytes_le
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def parse_uuid(text: str) -> bytes:
+    """QEMU's UUID syntax (8-4-4-4-12 hex digits, nothing else) as 16 bytes in network order.
+
+    Python's uuid module would accept more spellings, and importing it costs every refvm start ~15 ms.
+    """
+    if not _UUID_RE.fullmatch(text):
+        raise ValueError(f"not a UUID: {text!r}")
+    return bytes.fromhex(text.replace("-", ""))
+
+
+def format_uuid(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid_le(raw: bytes) -> bytes:
+    """SMBIOS byte order (DSP0134 7.2.1): the first three fields little endian, the rest as is."""
+    return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
 
 
 def parse_smbios(text: str, options: SmbiosOptions) -> str | None:
@@ -101,7 +120,7 @@ def _check(key: str, value: str, check: str) -> None:
         raise SmbiosError(f"Parameter '{key}' expects 'on' or 'off'")
     elif check == "uuid":
         try:
-            uuidlib.UUID(value)
+            parse_uuid(value)
         except ValueError:
             raise SmbiosError("Invalid UUID") from None
     elif check == "release":
@@ -168,7 +187,8 @@ def _type1(f: dict[str, str], uuid: bytes) -> bytes:
 
 def _type2(f: dict[str, str]) -> bytes:
     def body(s: _Strings) -> bytes:
-        refs = [s.ref(f.get(k)) for k in ("manufacturer", "product", "version", "serial", "asset")]
+        defaults = {"manufacturer": "QEMU", "product": PRODUCT, "version": MACHINE_VERSION}  # as type 1's
+        refs = [s.ref(f.get(k, defaults.get(k))) for k in ("manufacturer", "product", "version", "serial", "asset")]
         location = s.ref(f.get("location"))
         # feature flags: hosting board; chassis handle: the type 3 structure; board type: motherboard
         return struct.pack("<5BBBHBB", *refs, 0x01, location, 0x0300, 0x0A, 0)

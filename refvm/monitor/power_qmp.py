@@ -34,4 +34,4 @@ class PowerCommands:
         return {}
 
     def query_uuid(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"UUID": str(self.machine.firmware.uuid)}
+        return {"UUID": self.machine.firmware.uuid_text}

@@ -1,0 +1,139 @@
+"""refvmd's listener: a unix socket (0600 for session, 0660 and a group for system), one thread per client.
+
+Authentication is ``none``: only the unix socket is offered and its file mode is the access control, as
+libvirtd's unix socket with auth_unix_rw=none. Drivers are opened once per URI and shared by all clients.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from refvm.mgmt import errors
+from refvm.mgmt.drivers.base import Driver
+
+
+def runtime_dir() -> Path:
+    """Where a session daemon puts its socket: $XDG_RUNTIME_DIR/refvm, else ~/.cache/refvm/run."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "refvm" if base else Path.home() / ".cache" / "refvm" / "run"
+
+
+def default_socket(system: bool = False) -> Path:
+    """The socket `refvmd` listens on and `refvm virsh` connects to when none is named."""
+    return Path("/run/refvm/refvmd-sock") if system else runtime_dir() / "refvmd-sock"
+
+
+class Daemon:
+    """Accepts clients on one unix socket and serves each in its own thread."""
+
+    def __init__(self, socket_path: Path, *, system: bool = False, group: str | None = None,
+                 state_dir: Path | None = None, verbose: bool = False) -> None:
+        from refvm.mgmt.dispatch import table
+
+        self.socket_path = Path(socket_path)
+        self.system = system
+        self.group = group
+        self.state_dir = state_dir
+        self.verbose = verbose
+        self.handlers = table()
+        self.default_uri = "refvm:///system" if system else "refvm:///session"
+        self._drivers: dict[str, Driver] = {}
+        self._drivers_lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(f"refvmd: {text}", file=sys.stderr, flush=True)
+
+    # ---- drivers ----------------------------------------------------------------------------------------
+
+    def open_driver(self, uri: str | None) -> Driver:
+        """The shared driver for a URI (libvirt's "no connection driver available for URI" if none serves it)."""
+        uri = uri or self.default_uri
+        mode = "system" if self.system else "session"
+        if urlsplit(uri).path.strip("/") != mode:
+            # a session daemon must not manage /system state and vice versa (libvirtd serves its own mode)
+            raise errors.VirError(errors.VIR_ERR_NO_CONNECT, uri)
+        with self._drivers_lock:
+            drv = self._drivers.get(uri)
+            if drv is None:
+                try:
+                    from refvm.mgmt.drivers import open_driver
+                except ImportError as exc:
+                    raise errors.VirError(errors.VIR_ERR_NO_CONNECT, uri) from exc
+                drv = open_driver(uri, str(self.state_dir) if self.state_dir else None)
+                self._drivers[uri] = drv
+            return drv
+
+    # ---- socket -----------------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create the socket with its mode set before anyone can connect (umask during bind)."""
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if self.system else 0o700)
+        if path.is_socket():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale socket of a daemon that died
+            else:
+                raise OSError(f"{path}: another refvmd is listening there")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117 if self.system else 0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        if self.system:
+            os.chmod(path, 0o660)
+            if self.group:
+                os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+        else:
+            os.chmod(path, 0o600)
+        sock.listen(64)
+        self._listener = sock
+
+    def serve_forever(self) -> None:
+        from refvm.mgmt.session import Session
+
+        assert self._listener is not None, "bind() first"
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                break
+            session = Session(self, conn)
+            threading.Thread(target=self._serve_client, args=(session,), name="refvmd-client", daemon=True).start()
+
+    def _serve_client(self, session) -> None:
+        try:
+            session.serve()
+        finally:
+            session.sock.close()
+
+    def stop(self) -> None:
+        """Stop accepting, remove the socket, let drivers stop watching (domains keep running)."""
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        with self._drivers_lock:
+            drivers, self._drivers = list(self._drivers.values()), {}
+        for drv in drivers:
+            drv.close()

@@ -1,0 +1,131 @@
+"""Numbers of libvirt's RPC wire protocol: programs, message types and statuses, limits, procedures.
+
+From virnetprotocol.x (header, limits), virkeepaliveprotocol.x and remote_protocol.x (the REMOTE program's
+procedure numbers). Only the procedures refvmd serves are named; the rest get libvirt's "unknown procedure".
+"""
+from __future__ import annotations
+
+import enum
+
+REMOTE_PROGRAM = 0x20008086
+REMOTE_PROTOCOL_VERSION = 1
+KEEPALIVE_PROGRAM = 0x6B656570
+KEEPALIVE_PROTOCOL_VERSION = 1
+
+#: VIR_NET_MESSAGE_MAX (header + payload) and the length word in front of it.
+MESSAGE_MAX = 16777216
+LEN_SIZE = 4
+HEADER_SIZE = 24
+
+# Array limits of remote_protocol.x that refvmd's decoders and encoders use.
+DOMAIN_LIST_MAX = 16384
+AUTH_TYPE_LIST_MAX = 20
+TYPED_PARAM_LIST_MAX = 16384  # REMOTE_DOMAIN_BLOCK_IO_TUNE_PARAMETERS_MAX is 16
+BLOCK_IO_TUNE_PARAMETERS_MAX = 32
+MEMORY_STATS_MAX = 1024
+
+AUTH_NONE = 0
+
+
+class MsgType(enum.IntEnum):
+    """virNetMessageType."""
+
+    CALL = 0
+    REPLY = 1
+    MESSAGE = 2
+    STREAM = 3
+    CALL_WITH_FDS = 4
+    REPLY_WITH_FDS = 5
+    STREAM_HOLE = 6
+
+
+class Status(enum.IntEnum):
+    """virNetMessageStatus."""
+
+    OK = 0
+    ERROR = 1
+    CONTINUE = 2
+
+
+class KeepaliveProc(enum.IntEnum):
+    """virkeepaliveprotocol.x: both are MESSAGE packets with no payload."""
+
+    PING = 1
+    PONG = 2
+
+
+class Proc(enum.IntEnum):
+    """remote_procedure numbers (REMOTE_PROC_*) that refvmd dispatches or sends."""
+
+    CONNECT_OPEN = 1
+    CONNECT_CLOSE = 2
+    CONNECT_GET_TYPE = 3
+    CONNECT_GET_VERSION = 4
+    CONNECT_GET_MAX_VCPUS = 5
+    NODE_GET_INFO = 6
+    CONNECT_GET_CAPABILITIES = 7
+    DOMAIN_ATTACH_DEVICE = 8
+    DOMAIN_CREATE = 9
+    DOMAIN_CREATE_XML = 10
+    DOMAIN_DEFINE_XML = 11
+    DOMAIN_DESTROY = 12
+    DOMAIN_DETACH_DEVICE = 13
+    DOMAIN_GET_XML_DESC = 14
+    DOMAIN_GET_AUTOSTART = 15
+    DOMAIN_GET_INFO = 16
+    DOMAIN_GET_MAX_MEMORY = 17
+    DOMAIN_GET_MAX_VCPUS = 18
+    DOMAIN_GET_OS_TYPE = 19
+    CONNECT_LIST_DEFINED_DOMAINS = 21
+    DOMAIN_LOOKUP_BY_ID = 22
+    DOMAIN_LOOKUP_BY_NAME = 23
+    DOMAIN_LOOKUP_BY_UUID = 24
+    CONNECT_NUM_OF_DEFINED_DOMAINS = 25
+    DOMAIN_REBOOT = 27
+    DOMAIN_RESUME = 28
+    DOMAIN_SET_AUTOSTART = 29
+    DOMAIN_SET_MEMORY = 31
+    DOMAIN_SHUTDOWN = 33
+    DOMAIN_SUSPEND = 34
+    DOMAIN_UNDEFINE = 35
+    CONNECT_LIST_DOMAINS = 37
+    CONNECT_NUM_OF_DOMAINS = 51
+    CONNECT_GET_HOSTNAME = 59
+    CONNECT_SUPPORTS_FEATURE = 60
+    DOMAIN_BLOCK_STATS = 64
+    DOMAIN_INTERFACE_STATS = 65
+    AUTH_LIST = 66
+    CONNECT_GET_URI = 110
+    NODE_GET_SECURITY_MODEL = 122
+    CONNECT_IS_SECURE = 149
+    DOMAIN_IS_ACTIVE = 150
+    DOMAIN_IS_PERSISTENT = 151
+    CONNECT_GET_LIB_VERSION = 157
+    DOMAIN_MEMORY_STATS = 159
+    DOMAIN_ATTACH_DEVICE_FLAGS = 160
+    DOMAIN_DETACH_DEVICE_FLAGS = 161
+    DOMAIN_HAS_MANAGED_SAVE_IMAGE = 183
+    DOMAIN_CREATE_WITH_FLAGS = 196
+    DOMAIN_GET_VCPUS_FLAGS = 200
+    DOMAIN_OPEN_CONSOLE = 201
+    DOMAIN_SET_MEMORY_FLAGS = 204
+    DOMAIN_GET_STATE = 212
+    DOMAIN_UNDEFINE_FLAGS = 231
+    DOMAIN_DESTROY_FLAGS = 234
+    DOMAIN_RESET = 245
+    DOMAIN_SET_BLOCK_IO_TUNE = 252
+    DOMAIN_GET_BLOCK_IO_TUNE = 253
+    DOMAIN_SHUTDOWN_FLAGS = 258
+    CONNECT_LIST_ALL_DOMAINS = 273
+    CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY = 316
+    CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY = 317
+    DOMAIN_EVENT_CALLBACK_LIFECYCLE = 318
+    DOMAIN_EVENT_CALLBACK_REBOOT = 319
+    DOMAIN_DEFINE_XML_FLAGS = 350
+
+
+# virDrvFeature values that the RPC layer itself answers (virsh asks for keepalive before CONNECT_OPEN).
+FEATURE_TYPED_PARAM_STRING = 9
+FEATURE_PROGRAM_KEEPALIVE = 10
+FEATURE_REMOTE_EVENT_CALLBACK = 14
+FEATURE_REMOTE_CLOSE_CALLBACK = 15
