@@ -62,11 +62,11 @@ def check_tap_fds(where: str, props: dict[str, str]) -> None:
         raise ValueError(f"{where}: vhost-net requested but could not be initialized: {_vhost_cause()}")
     if "fd" in props and "fds" in props:
         raise ValueError(f"{where}: fd= and fds= are mutually exclusive")
-    if ("fd" in props or "fds" in props) and ("ifname" in props or "script" in props and props["script"] != "no"):
-        raise ValueError(f"{where}: ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are "
-                         "invalid with fds=" if "fds" in props else
-                         f"{where}: ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= "
-                         "are invalid with fd=")  # fmt: skip
+    given = "fds" if "fds" in props else "fd" if "fd" in props else None
+    if given and ("ifname" in props or props.get("script", "no") != "no" or "queues" in props and given == "fd"):
+        others = "fds=, and vhostfds=" if given == "fd" else "and vhostfd="  # QEMU 7.2's two texts
+        raise ValueError(f"{where}: ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, {others} are "
+                         f"invalid with {given}=")  # fmt: skip
     if "fd" in props:
         _check_fd(where, ident, props["fd"])
     if "fds" in props:

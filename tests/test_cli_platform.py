@@ -53,6 +53,8 @@ SAME_AS_QEMU = [
     (["-netdev", "tap,id=n,fd=99"], "-netdev tap,id=n,fd=99: n: Can't use file descriptor 99: Bad file descriptor"),
     (["-netdev", "tap,id=n,fd=abc"], "-netdev tap,id=n,fd=abc: Invalid file descriptor number 'abc'"),
     (["-netdev", "tap,id=n,fd=0"], "-netdev tap,id=n,fd=0: Unable to query TUNGETIFF on FD 0"),
+    (["-netdev", "tap,id=n,fd=3,ifname=x"], "-netdev tap,id=n,fd=3,ifname=x: ifname=, script=, downscript=, "
+                                            "vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd="),
     (["-add-fd", "fd=99,set=1"], "-add-fd fd=99,set=1: fd is not valid or already in use"),
     (["-add-fd", "fd=1"], "-add-fd fd=1: fd cannot be a standard I/O stream"),
     (["-add-fd", "set=1"], "-add-fd set=1: fd option is required and must be non-negative"),
