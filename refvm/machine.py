@@ -390,9 +390,11 @@ class Machine:
 
     def run(self) -> Outcome:
         """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
-        from refvm.monitor.hmp_chardev import start_human_monitor
+        monitors = self._start_qmp()
+        if getattr(self.config.platform, "monitor_chardev", None):  # -monitor stdio|chardev:ID
+            from refvm.monitor.hmp_chardev import start_human_monitor
 
-        monitors = self._start_qmp() + start_human_monitor(self)  # -qmp, then -monitor stdio|chardev:ID
+            start_human_monitor(self)
         try:
             if self.config.accel == "qtest":
                 return self._run_qtest()

@@ -86,12 +86,7 @@ class HumanMonitor:
         return ""
 
 
-def start_human_monitor(machine: Any) -> list[Any]:
-    """Attach the -monitor chardev, if any; returns what to close (nothing: the chardev closes with the machine)."""
-    plat = getattr(machine.config, "platform", None)
-    ident = getattr(plat, "monitor_chardev", None)
-    if not ident:
-        return []
-    chardev = machine.backends.chardevs[ident]
-    machine.human_monitor = HumanMonitor(chardev, machine)
-    return []
+def start_human_monitor(machine: Any) -> None:
+    """Attach the -monitor chardev (it closes with the machine's other chardevs)."""
+    ident = machine.config.platform.monitor_chardev
+    machine.human_monitor = HumanMonitor(machine.backends.chardevs[ident], machine)
