@@ -70,7 +70,10 @@ Standard options:
   -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
                           qtest client drive the machine (-enable-kvm is accepted too)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
-  -smp [cpus=]N           number of vCPUs (default 1)
+  -smp [cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]
+                          vCPUs and their topology (QEMU 7.2's defaults; default 1)
+  -cpu MODEL[,+FEAT|-FEAT|FEAT=on|off|enforce]
+                          CPU model and CPUID flags ('-cpu help' lists them; default qemu64)
   -S                      do not start the vCPUs at startup
   -no-reboot              exit instead of rebooting when the guest resets
   -no-shutdown            on guest poweroff stop the guest (run state 'shutdown') instead of exiting
@@ -126,18 +129,29 @@ Exit status: 0 when the guest shuts down, (N << 1) | 1 when it writes N to isa-d
 """
 
 
-def parse_smp(text: str) -> int:
+def parse_smp(text: str) -> object:
+    """-smp with QEMU 7.2's defaults and texts (refvm/cpu/topology.py); prints its deprecation warnings."""
+    from refvm.cpu import TopologyError
+    from refvm.cpu.options import smp_topology
+
     props = parse_keyvals("smp", text, "cpus")
-    for key in props:
-        if key not in ("cpus", "maxcpus", "sockets", "cores", "threads", "dies"):
-            raise UsageError(f"-smp {text}: Invalid parameter '{key}'")
     try:
-        cpus = int(props.get("cpus", "1"), 0)
-    except ValueError:
-        raise UsageError(f"-smp {text}: Parameter 'cpus' expects a number") from None
-    if cpus < 1:
-        raise UsageError(f"-smp {text}: Invalid CPU topology: cpus must be at least 1")
-    return cpus
+        topology, warnings = smp_topology(props)
+    except TopologyError as err:
+        raise UsageError(f"-smp {text}: {err}") from None
+    for line in warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    return topology
+
+
+def parse_cpu(text: str) -> str:
+    from refvm.cpu import CpuSpecError
+    from refvm.cpu.options import check_cpu
+
+    try:
+        return check_cpu(text)
+    except CpuSpecError as err:
+        raise UsageError(f"-cpu {text}: {err}") from None
 
 
 def parse_device(text: str) -> DeviceSpec | None:
@@ -176,7 +190,7 @@ class Parsed:
     """What main() needs besides the machine config."""
 
     config: MachineConfig
-    action: str = "run"  # run | help | version | device-help | text
+    action: str = "run"  # run | help | version | device-help | cpu-help | text
     #: What main() prints for action "text" (-machine help).
     text: str = ""
     platform: PlatformOptions | None = None
@@ -275,6 +289,16 @@ def parse_args(argv: list[str]) -> Parsed:
             raise UsageError(f"-global {text}: Lost tick policy not supported.")
         cfg.globals.setdefault(driver, {})[prop] = value
 
+    def set_smp(text: str) -> None:
+        cfg.topology = parse_smp(text)
+        cfg.smp = cfg.topology.cpus  # type: ignore[attr-defined]
+
+    def set_cpu(text: str) -> None:
+        if text in ("help", "?"):
+            parsed.action = "cpu-help"
+        else:
+            cfg.cpu = parse_cpu(text)
+
     def add_device(text: str) -> None:
         spec = parse_device(text)
         if spec is None:
@@ -292,7 +316,8 @@ def parse_args(argv: list[str]) -> Parsed:
 
     with_arg: dict[str, Callable[[str], None]] = {
         "m": lambda t: setattr(cfg, "memory_bytes", parse_size("m", t)),
-        "smp": lambda t: setattr(cfg, "smp", parse_smp(t)),
+        "smp": set_smp,
+        "cpu": set_cpu,
         "kernel": lambda t: setattr(cfg, "kernel", t),
         "initrd": lambda t: setattr(cfg, "initrd", t),
         "append": lambda t: setattr(cfg, "append", t),
@@ -479,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if parsed.action == "version":
         print(f"{PROG} version {VERSION} (QEMU-compatible command line subset)")
+        return 0
+    if parsed.action == "cpu-help":
+        from refvm.cpu.options import cpu_help
+
+        print(cpu_help(), end="")
         return 0
     if parsed.action == "device-help":
         _print_devices()

@@ -29,6 +29,9 @@ class MachineConfig:
 
     memory_bytes: int = 128 * MIB
     smp: int = 1
+    #: -smp's full topology (refvm.cpu.Topology; None: `smp` CPUs, one core each) and -cpu as given.
+    topology: object | None = None
+    cpu: str = "qemu64"
     kernel: str | None = None
     initrd: str | None = None
     append: str = ""

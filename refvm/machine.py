@@ -77,6 +77,7 @@ class Machine:
         self._runners: list[VcpuRunner] = []
         self._state = "prelaunch" if config.start_paused else "running"
         self.kvm = None
+        self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
         self.qtest = None
         self.fastpath = None
@@ -210,9 +211,7 @@ class Machine:
         from refvm.vcpu_runner import VcpuRunner
 
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
-        cpuid = kvm.supported_cpuid()
-        for runner in self._runners:
-            vcpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
+        vcpu_setup.setup_cpuid(self, kvm.supported_cpuid())
         self._load_kernel()
         # Queue notifies through ioeventfds handled on an I/O thread, MSI-X through irqfds (off with
         # REFVM_NO_FASTPATH=1); the exit-based path stays underneath for everything else.
@@ -412,6 +411,7 @@ class Machine:
         from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.block_resize import BlockResizeCommands
+        from refvm.monitor.cpu_qmp import CpuCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.platform_qmp import register_platform_qmp
@@ -431,6 +431,7 @@ class Machine:
                 BlockCommands(server, self, drives, self.throttle_groups)
                 BlockResizeCommands(server, self, drives)
                 register_platform_qmp(server, self)  # qom-*, fds, info, HMP, query-qmp-schema
+                CpuCommands(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:

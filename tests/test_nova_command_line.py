@@ -30,7 +30,7 @@ PROBE = ROOT / "guests" / "probe" / "build" / "probe.elf"
 
 #: The line as Nova generated it (issue 8), with its paths and descriptor numbers as placeholders.
 NOVA_LINE = """
--name instance-00000024 -machine pc-i440fx-trusty,accel=kvm,usb=off
+-name instance-00000024 -machine pc-i440fx-trusty,accel=kvm,usb=off -cpu {cpu}
 -m 2048 -realtime mlock=off -smp 1,sockets=1,cores=1,threads=1 -uuid 1f8e6f7e-5a70-4780-89c1-464dc0e7f308
 -smbios {smbios}
 -no-user-config -nodefaults -chardev socket,id=charmonitor,path={mon},server,nowait
@@ -46,6 +46,8 @@ NOVA_LINE = """
 -device usb-tablet,id=input0 -vnc 0.0.0.0:12 -k en-us -device cirrus-vga,id=video0,bus=pci.0,addr=0x2
 -device virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x5
 """
+CPU = ("SandyBridge,+erms,+smep,+fsgsbase,+pdpe1gb,+rdrand,+f16c,+osxsave,+dca,+pcid,+pdcm,+xtpr,+tm2,+est,+smx,"
+       "+vmx,+ds_cpl,+monitor,+dtes64,+pbe,+tm,+ht,+ss,+acpi,+ds,+vme")
 SMBIOS = ("type=1,manufacturer=OpenStack@Foundation,product=OpenStack@Nova,version=2014.1,"
           "serial=80590690-87d2-e311-b1b0-a0481cabdfb4,uuid=1f8e6f7e-5a70-4780-89c1-464dc0e7f308")
 #: The display/USB options refvm refuses (it models no USB, VGA or VNC).
@@ -55,7 +57,7 @@ DISPLAY_USB = [["-device", "piix3-usb-uhci,id=usb,bus=pci.0,addr=0x1.0x2"], ["-d
 
 
 def nova_argv(tmp: Path, fd: int, vhostfd: int, *, vhost: bool, display_usb: bool) -> list[str]:
-    text = NOVA_LINE.format(smbios=SMBIOS, mon=tmp / "monitor.sock", disk=tmp / "disk.qcow2",
+    text = NOVA_LINE.format(cpu=CPU, smbios=SMBIOS, mon=tmp / "monitor.sock", disk=tmp / "disk.qcow2",
                             console=tmp / "console.log", fd=fd, vhostfd=vhostfd)  # fmt: skip
     if not vhost:
         text = text.replace(f"vhost=on,vhostfd={vhostfd}", "vhost=off")

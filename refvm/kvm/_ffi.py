@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._cdef_state import STATE_CDEF
+
 CDEF = r"""
 struct kvm_regs {
     uint64_t rax, rbx, rcx, rdx;
@@ -273,7 +275,7 @@ struct kvm_run {
 };
 
 int ioctl(int fd, unsigned long request, ...);
-"""
+""" + STATE_CDEF
 
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from . import ioctls as I
 from ._ffi import ffi
 from ._sys import ioctl_int, ioctl_ptr
+from .vm_state import VmStateMixin
 
 if TYPE_CHECKING:
     from .system import Kvm
@@ -34,7 +35,7 @@ class MsiRoute:
     devid: int = 0
 
 
-class Vm:
+class Vm(VmStateMixin):
     """A KVM VM file descriptor. Created by ``Kvm.create_vm()``."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:

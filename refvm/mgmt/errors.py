@@ -6,6 +6,8 @@ constants). Messages are formatted as libvirt's virErrorMsg formats them: a fixe
 """
 from __future__ import annotations
 
+from refvm.mgmt import deviations
+
 # virErrorLevel
 VIR_ERR_NONE = 0
 VIR_ERR_WARNING = 1
@@ -123,6 +125,12 @@ class VirError(Exception):
 def operation_invalid(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:
     """VIR_ERR_OPERATION_INVALID, e.g. "domain is not running"."""
     return VirError(VIR_ERR_OPERATION_INVALID, detail, domain=domain)
+
+
+def not_running() -> VirError:
+    """libvirt's shared active-domain check (virDomainObjCheckActive) reports in VIR_FROM_DOMAIN."""
+    domain = VIR_FROM_QEMU if deviations.active("error-domain-driver") else VIR_FROM_DOMAIN
+    return operation_invalid("domain is not running", domain=domain)
 
 
 def no_domain(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:

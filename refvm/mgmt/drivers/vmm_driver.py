@@ -29,8 +29,8 @@ from refvm.mgmt.errors import (
     internal_error,
     invalid_arg,
     no_domain,
+    not_running,
     operation_failed,
-    operation_invalid,
 )
 from refvm.mgmt.qmp_client import QmpClosed, QmpError
 from refvm.mgmt.state import StatePaths, StateStore
@@ -127,7 +127,7 @@ class VmmDriverCore:
     def _active(self, ref: DomainRef) -> DomainObj:
         obj = self._find(ref)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         return obj
 
     def _new_id(self) -> int:
@@ -307,7 +307,7 @@ class VmmDriverCore:
         """One monitor command with libvirt's errors for each failure."""
         vmm = obj.vmm
         if vmm is None:
-            raise operation_invalid("domain is not running")
+            raise not_running()
         try:
             return vmm.qmp.execute(command, args)
         except QmpError as err:
