@@ -147,7 +147,8 @@ class Machine:
             self._resettables.append(device)  # type: ignore[arg-type]
 
     def _add_platform_devices(self) -> None:
-        for (base, irq), chardev in zip(COM_PORTS, self.chardevs, strict=False):
+        for index, chardev in enumerate(self.chardevs[: len(COM_PORTS)]):
+            base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
             if chardev is not None:
                 self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
@@ -201,6 +202,8 @@ class Machine:
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
+        if cfg.globals.get("kvm-pit", {}).get("lost_tick_policy") == "discard":  # -global kvm-pit.lost_tick_policy
+            vm.set_pit_reinject(False)
         for slot, region in enumerate(self.memory.regions):
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         self.vm = vm
@@ -387,6 +390,10 @@ class Machine:
     def run(self) -> Outcome:
         """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
         monitors = self._start_qmp()
+        if getattr(self.config.platform, "monitor_chardev", None):  # -monitor stdio|chardev:ID
+            from refvm.monitor.hmp_chardev import start_human_monitor
+
+            start_human_monitor(self)
         try:
             if self.config.accel == "qtest":
                 return self._run_qtest()
@@ -407,9 +414,9 @@ class Machine:
         from refvm.monitor.cpu_qmp import CpuCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.net_qmp import NetCommands
+        from refvm.monitor.platform_qmp import register_platform_qmp
         from refvm.monitor.power_qmp import PowerCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
-        from refvm.monitor.qom import QomCommands
 
         servers = []
         try:
@@ -423,7 +430,7 @@ class Machine:
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)
                 BlockResizeCommands(server, self, drives)
-                QomCommands(server, self)
+                register_platform_qmp(server, self)  # qom-*, fds, info, HMP, query-qmp-schema
                 CpuCommands(server, self)
                 server.start()
                 servers.append(server)

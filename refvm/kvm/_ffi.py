@@ -109,6 +109,11 @@ struct kvm_pit_config {
     uint32_t pad[15];
 };
 
+struct kvm_reinject_control {
+    uint8_t pit_reinject;
+    uint8_t reserved[31];
+};
+
 struct kvm_irq_level {
     union {
         uint32_t irq;

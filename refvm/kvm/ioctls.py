@@ -68,6 +68,7 @@ KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
 KVM_SET_GSI_ROUTING = _iow(0x6A, "struct kvm_irq_routing")
 KVM_IRQFD = _iow(0x76, "struct kvm_irqfd")
 KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
+KVM_REINJECT_CONTROL = _io(0x71)  # takes a struct kvm_reinject_control * (declared _IO in the kernel headers)
 KVM_IOEVENTFD = _iow(0x79, "struct kvm_ioeventfd")
 KVM_SIGNAL_MSI = _iow(0xA5, "struct kvm_msi")
 KVM_ENABLE_CAP = _iow(0xA3, "struct kvm_enable_cap")  # also a vCPU ioctl

@@ -90,6 +90,12 @@ class Vm(VmStateMixin):
         """In-kernel i8254 PIT (needs the irqchip first)."""
         ioctl_ptr(self._fd, I.KVM_CREATE_PIT2, ffi.new("struct kvm_pit_config *", {"flags": flags}))
 
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT re-injects ticks the guest missed (QEMU's kvm-pit lost_tick_policy: delay
+        re-injects, discard drops them)."""
+        arg = ffi.new("struct kvm_reinject_control *", {"pit_reinject": int(reinject)})
+        ioctl_ptr(self._fd, I.KVM_REINJECT_CONTROL, arg, "KVM_REINJECT_CONTROL")
+
     def irq_line(self, irq: int, level: int) -> None:
         """Set a GSI's line level on the in-kernel irqchip (edge = raise then lower)."""
         ioctl_ptr(
