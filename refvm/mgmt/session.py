@@ -154,7 +154,7 @@ class Session:
             self.send_error(hdr, message.rpc_error(f"Cannot find program {_signed(hdr.prog)} version "
                                                    f"{_signed(hdr.vers)}"))
             return
-        if hdr.type == MsgType.STREAM:
+        if hdr.type in (MsgType.STREAM, MsgType.STREAM_HOLE):
             handler = self.streams.get(hdr.serial)
             if handler is not None:
                 handler(hdr, body[message.HEADER_SIZE:])
