@@ -1,7 +1,7 @@
 """Wipe algorithms (virStorageVolWipeAlgorithm) and the passes each standard defines (scrub(1)'s tables).
 
 A pass is a byte pattern repeated over the volume, or None for random data. ``REFVM_WIPE_PAUSE_DIR`` is a
-test hook: after each pass the daemon creates DIR/pass-N and waits until it is removed, so a test can read
+test hook: while DIR/enabled exists, after each pass the daemon creates DIR/pass-N and waits until it is removed, so a test can read
 every pass's bytes from the file.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ CHUNK = 1 << 20
 
 def _pause(index: int) -> None:
     folder = os.environ.get("REFVM_WIPE_PAUSE_DIR")
-    if not folder:
+    if not folder or not os.path.exists(os.path.join(folder, "enabled")):
         return
     mark = os.path.join(folder, f"pass-{index}")
     open(mark, "w").close()
