@@ -1,8 +1,8 @@
 """Wipe algorithms (virStorageVolWipeAlgorithm) and the passes each standard defines (scrub(1)'s tables).
 
 A pass is a byte pattern repeated over the volume, or None for random data. ``REFVM_WIPE_PAUSE_DIR`` is a
-test hook: while DIR/enabled exists, after each pass the daemon creates DIR/pass-N and waits until it is removed, so a test can read
-every pass's bytes from the file.
+test hook: while DIR/enabled exists, after each pass the daemon creates DIR/pass-N and waits until it
+is removed, so a test can read every pass's bytes from the file.
 """
 from __future__ import annotations
 
