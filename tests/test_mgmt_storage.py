@@ -69,7 +69,7 @@ def test_pool_and_volume_lifecycle_through_virsh(daemon, tmp_path, kind) -> None
     try:
         if kind == "fs":
             assert os.path.ismount(target)
-        virsh(uri, "vol-create-as", name, "a.img", "4M")
+        virsh(uri, "vol-create-as", name, "a.img", "4M", "--allocation", "0")
         virsh(uri, "vol-create-as", name, "full.img", "2M", "--allocation", "2M")
         virsh(uri, "vol-create-as", name, "b.qcow2", "8M", "--format", "qcow2", "--backing-vol", "a.img",
               "--backing-vol-format", "raw")

@@ -196,7 +196,8 @@ class StorageDriver:
                 for name, p in pool.volumes.items():
                     if p == path or os.path.realpath(p) == real:
                         return pool, name
-        raise _err(errors.VIR_ERR_NO_STORAGE_VOL, f"no storage vol with matching {what} '{path}'")
+        shown = path if what == "key" else f"'{path}'"  # libvirtd quotes the path, not the key
+        raise _err(errors.VIR_ERR_NO_STORAGE_VOL, f"no storage vol with matching {what} {shown}")
 
     def info(self, path: str) -> FileInfo:
         return StorageFile(path).read_header()
@@ -254,12 +255,12 @@ class StorageDriver:
         try:
             i = self.info(pool.volumes[name])
             if flags & RESIZE_DELTA:
-                if flags & RESIZE_SHRINK:
-                    if capacity > i.capacity:
-                        raise _err(errors.VIR_ERR_INVALID_ARG, "can't shrink capacity below zero")
-                    capacity = i.capacity - capacity
+                if flags & RESIZE_SHRINK:  # below zero ends at 0, then fails the allocation check as in libvirtd
+                    capacity = max(0, i.capacity - capacity)
                 else:
                     capacity += i.capacity
+            if capacity < i.allocation:
+                raise _err(errors.VIR_ERR_INVALID_ARG, "can't shrink capacity below existing allocation")
             if capacity < i.capacity and not flags & RESIZE_SHRINK:
                 raise _err(errors.VIR_ERR_INVALID_ARG, "Can't shrink capacity below current capacity unless "
                            "shrink flag explicitly specified")

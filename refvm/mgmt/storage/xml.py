@@ -46,8 +46,11 @@ def check_name(name: str | None, what: str) -> str:
     """Names become file names: '/' and the names '.' and '..' are refused."""
     if not name:
         raise errors.VirError(errors.VIR_ERR_NO_NAME, what, domain=errors.VIR_FROM_STORAGE)
-    if "/" in name or name in (".", "..") or "\0" in name:
-        raise errors.VirError(errors.VIR_ERR_INVALID_ARG, f"{what} name '{name}' cannot contain '/' or be '.'/'..'",
+    if "/" in name or "\0" in name:  # libvirtd's text and code (VIR_ERR_OPERATION_INVALID)
+        raise errors.VirError(errors.VIR_ERR_OPERATION_INVALID, f"{what} name '{name}' cannot contain '/'",
+                              domain=errors.VIR_FROM_STORAGE)
+    if name in (".", ".."):
+        raise errors.VirError(errors.VIR_ERR_OPERATION_INVALID, f"{what} name '{name}' is not allowed",
                               domain=errors.VIR_FROM_STORAGE)
     return name
 
@@ -162,7 +165,11 @@ class VolDef:
             raise errors.VirError(errors.VIR_ERR_XML_ERROR, f"unknown volume format type {fmt}",
                                   domain=errors.VIR_FROM_STORAGE)
         bs_fmt = root.find("backingStore/format")
-        return cls(name, scaled(root.find("capacity"), "capacity"), scaled(root.find("allocation"), "allocation"),
+        capacity = scaled(root.find("capacity"), "capacity")
+        allocation = scaled(root.find("allocation"), "allocation")
+        if allocation is None:  # libvirt: no <allocation> means fully allocated
+            allocation = capacity
+        return cls(name, capacity, allocation,
                    fmt, Perms.parse(root.find("target/permissions")), root.findtext("backingStore/path"),
                    bs_fmt.get("type") if bs_fmt is not None else None)
 
