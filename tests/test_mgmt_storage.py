@@ -252,3 +252,34 @@ def test_logical_pools_need_device_mapper(daemon) -> None:
                                   "</pool>")
     assert exc.value.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT and "device-mapper" in str(exc.value)
     conn.close()
+
+
+def test_domain_disk_of_type_volume(daemon, tmp_path) -> None:
+    """<disk type='volume'> resolves to the volume's path at start; the volume cannot be deleted meanwhile."""
+    from tests.conftest import kvm_available
+    from tests.test_mgmt_libvirt_clients import PROBE
+
+    require(kvm_available(), "/dev/kvm is missing or not accessible to this user")
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    conn = libvirt.open(daemon.uri)
+    pool = conn.storagePoolCreateXML(f"<pool type='dir'><name>vm-vols</name><target><path>{tmp_path}</path>"
+                                     "</target></pool>", 0)
+    vol = pool.createXML("<volume><name>disk.qcow2</name><capacity>1048576</capacity>"
+                         "<target><format type='qcow2'/></target></volume>", 0)
+    dom = conn.createXML(f"<domain type='kvm'><name>volguest</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+                         f"<os><type arch='x86_64'>hvm</type><kernel>{PROBE}</kernel></os><devices>"
+                         "<disk type='volume' device='disk'><source pool='vm-vols' volume='disk.qcow2'/>"
+                         "<target dev='vda' bus='virtio'/></disk></devices></domain>", 0)
+    try:
+        cmdline = next(open(f"/proc/{p}/cmdline").read() for p in os.listdir("/proc") if p.isdigit()
+                       and "volguest" in open(f"/proc/{p}/cmdline").read().replace("\0", " ")
+                       and "refvm.mgmt.refvmd" not in open(f"/proc/{p}/cmdline").read())
+        assert f"file={vol.path()}" in cmdline and "format=qcow2" in cmdline
+        with pytest.raises(libvirt.libvirtError) as exc:
+            vol.delete(0)
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and "volguest" in str(exc.value)
+    finally:
+        dom.destroy()
+    vol.delete(0)
+    pool.destroy()
+    conn.close()

@@ -17,10 +17,13 @@ VOL_FILE = 0
 
 
 def storage_of(session) -> StorageDriver:
-    store = getattr(driver_of(session), "store", None)
+    driver = driver_of(session)
+    store = getattr(driver, "store", None)
     if store is None:
         raise errors.VirError(errors.VIR_ERR_NO_SUPPORT, "storage pools", domain=errors.VIR_FROM_STORAGE)
-    return for_paths(store.paths.config, store.paths.run)
+    storage = for_paths(store.paths.config, store.paths.run)
+    storage.in_use = getattr(driver, "_volume_user", storage.in_use)
+    return storage
 
 
 def _pool_ref(p: Packer, pool: Pool) -> None:

@@ -44,6 +44,8 @@ class StorageDriver:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.lock = threading.RLock()
         self.pools: dict[str, Pool] = {}
+        #: set by the domain driver: which running domain uses a path (None: no domain)
+        self.in_use = lambda path: None
         for path in sorted(self.dir.glob("*.xml")):
             try:
                 defn = PoolDef.parse(path.read_text())
@@ -211,6 +213,9 @@ class StorageDriver:
 
     def job(self, pool: Pool, name: str) -> threading.Lock:
         """The volume's lock, taken without waiting: a second operation gets libvirt's 'in use' error."""
+        user = self.in_use(pool.volumes.get(name, ""))
+        if user is not None:
+            raise _err(errors.VIR_ERR_OPERATION_INVALID, f"volume '{name}' is in use by running domain '{user}'")
         lock = pool.busy.setdefault(name, threading.Lock())
         if not lock.acquire(blocking=False):
             raise _err(errors.VIR_ERR_OPERATION_INVALID, f"volume '{name}' is still in use.")
