@@ -22,6 +22,7 @@ VIR_FROM_CONF = 9
 VIR_FROM_QEMU = 10
 VIR_FROM_TEST = 12
 VIR_FROM_REMOTE = 13
+VIR_FROM_STORAGE = 18
 VIR_FROM_DOMAIN = 20
 VIR_FROM_SECURITY = 24
 VIR_FROM_STREAMS = 38
@@ -47,6 +48,12 @@ VIR_ERR_NO_NAME = 21
 VIR_ERR_SYSTEM_ERROR = 38
 VIR_ERR_RPC = 39
 VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_INVALID_STORAGE_POOL = 46
+VIR_ERR_NO_STORAGE_POOL = 49
+VIR_ERR_NO_STORAGE_VOL = 50
+VIR_ERR_STORAGE_PROBE_FAILED = 75
+VIR_ERR_STORAGE_POOL_BUILT = 76
+VIR_ERR_STORAGE_VOL_EXIST = 90
 VIR_ERR_INVALID_MAC = 44
 VIR_ERR_OPERATION_INVALID = 55
 VIR_ERR_CONFIG_UNSUPPORTED = 67
@@ -79,6 +86,11 @@ _MESSAGES: dict[int, tuple[str, str]] = {
     VIR_ERR_SYSTEM_ERROR: ("system call error", "%s"),
     VIR_ERR_RPC: ("RPC error", "%s"),
     VIR_ERR_NO_DOMAIN: ("Domain not found", "Domain not found: %s"),
+    VIR_ERR_NO_STORAGE_POOL: ("Storage pool not found", "Storage pool not found: %s"),
+    VIR_ERR_NO_STORAGE_VOL: ("Storage volume not found", "Storage volume not found: %s"),
+    VIR_ERR_STORAGE_PROBE_FAILED: ("Storage pool probe failed", "Storage pool probe failed: %s"),
+    VIR_ERR_STORAGE_POOL_BUILT: ("Storage pool already built", "Storage pool already built: %s"),
+    VIR_ERR_STORAGE_VOL_EXIST: ("this storage volume exists already", "storage volume %s exists already"),
     VIR_ERR_INVALID_MAC: ("invalid MAC address", "invalid MAC address: %s"),
     VIR_ERR_OPERATION_INVALID: ("Requested operation is not valid", "Requested operation is not valid: %s"),
     VIR_ERR_CONFIG_UNSUPPORTED: ("unsupported configuration", "unsupported configuration: %s"),
