@@ -75,7 +75,11 @@ def test_virsh_console_talks_to_the_guest_serial(daemon, running):
         child.send("\r")
         child.expect("probe> ")  # input reached the guest through the stream, its answer came back
         child.sendcontrol("]")
-        child.expect(pexpect.EOF)
+        try:
+            child.expect(pexpect.EOF)
+        except pexpect.TIMEOUT:
+            log = daemon.log.read_text(errors="replace")[-4000:]
+            pytest.fail(f"virsh console did not exit 30 s after ^]; refvmd's log ends with:\n{log}")
     finally:
         child.close(force=True)
     assert running[1].isActive()
