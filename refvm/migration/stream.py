@@ -134,15 +134,12 @@ class StreamReader:
 
     def parse(self) -> ParsedStream:
         cur = self.cur
-        if cur.be32("magic") != MAGIC:
-            cur.pos -= 4
-            raise cur.fail("magic", "not a QEVM stream")
+        cur.expect(4, MAGIC, "magic", "not a QEVM stream")
         version = cur.be32("version")
         if version != VERSION:
             raise cur.fail("version", f"unsupported stream version {version}")
         cur.where = "configuration"
-        if cur.u8("section type") != SECTION_CONFIGURATION:
-            raise cur.fail("section type", "expected the configuration section")
+        cur.expect(1, SECTION_CONFIGURATION, "section type", "expected the configuration section, got {got:#x}")
         name_len = cur.be32("machine type length")
         if name_len > 255:
             raise cur.fail("machine type length", f"{name_len} too long")
@@ -192,12 +189,8 @@ class StreamReader:
 
     def _footer(self, sid: int) -> None:
         cur = self.cur
-        if cur.u8("section footer") != SECTION_FOOTER:
-            cur.pos -= 1
-            raise cur.fail("section footer", "missing")
-        got = cur.be32("section footer id")
-        if got != sid:
-            raise cur.fail("section footer id", f"{got} does not match section id {sid}")
+        cur.expect(1, SECTION_FOOTER, "section footer", "missing (got {got:#x})")
+        cur.expect(4, sid, "section footer id", f"{{got}} does not match section id {sid}")
 
     def _find_footer(self, sid: int) -> int:
         """Offset of the footer ending an opaque payload: "~" + id, then a well-formed next record."""
@@ -234,9 +227,7 @@ class StreamReader:
 
     def _vmdesc(self) -> dict[str, Any]:
         cur = self.cur
-        if cur.u8("section type") != SECTION_VMDESCRIPTION:
-            cur.pos -= 1
-            raise cur.fail("section type", "expected the vmdesc record after EOF")
+        cur.expect(1, SECTION_VMDESCRIPTION, "section type", "expected the vmdesc record after EOF, got {got:#x}")
         raw = cur.take(cur.be32("vmdesc length"), "vmdesc json")
         try:
             desc = json.loads(raw)

@@ -71,6 +71,13 @@ class Cursor:
     def be64(self, field: str) -> int:
         return int(struct.unpack(">Q", self.take(8, field))[0])
 
+    def expect(self, width: int, want: int, field: str, problem: str) -> None:
+        """Read a `width`-byte big-endian value that must equal `want`; on mismatch fail at its start."""
+        got = int.from_bytes(self.take(width, field), "big")
+        if got != want:
+            self.pos -= width
+            raise self.fail(field, problem.format(got=got))
+
     def idstr(self, field: str) -> str:
         """A one-byte-length-prefixed ASCII name (section idstr, RAM block id)."""
         n = self.u8(field + " length")
