@@ -115,6 +115,8 @@ Testing:
   -qtest unix:PATH[,server=on]
                           speak QEMU's qtest protocol on PATH (connect to it; listen with server=on)
   -qtest-log FILE         log the qtest conversation to FILE
+  -incoming defer|exec:CMD|unix:PATH|tcp:HOST:PORT
+                          wait for an incoming migration (defer: until QMP migrate-incoming)
 
 Monitor:
   -qmp unix:PATH,server=on,wait=off
@@ -295,6 +297,16 @@ def parse_args(argv: list[str]) -> Parsed:
         if text.split(",", 1)[0] != "none":
             raise UsageError(f"-display {text}: refvm has no graphical display: use -display none")
 
+    def set_incoming(text: str) -> None:
+        from refvm.migration.channel import split_uri
+
+        if text != "defer":
+            try:
+                split_uri(text)
+            except ValueError:
+                raise UsageError(f"-incoming {text}: unknown migration protocol: {text}") from None
+        cfg.incoming = text
+
     def set_name(text: str) -> None:
         cfg.name = parse_keyvals("name", text, "guest").get("guest", "")
 
@@ -364,6 +376,7 @@ def parse_args(argv: list[str]) -> Parsed:
         "watchdog-timeout": set_watchdog,
         "qtest": set_qtest,
         "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
+        "incoming": set_incoming,
         "qmp": qmp_texts.append,
         "drive": add_drive,
         "blockdev": blockdev_texts.append,

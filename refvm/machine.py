@@ -80,6 +80,7 @@ class Machine:
         self.vm = None
         self.qtest = None
         self.fastpath = None
+        self._migration = None
         #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
         self.event_listeners: list = []
         self.memory = self._build_memory()
@@ -344,8 +345,41 @@ class Machine:
     # ---- run state, as the QMP monitor sees it -------------------------------------------------------
 
     def status(self) -> str:
-        """QEMU's RunState name: prelaunch (-S, never run), running, paused."""
+        """QEMU's RunState name: prelaunch (-S, never run), running, paused, inmigrate, postmigrate."""
         return self._state
+
+    def set_run_state(self, state: str) -> None:
+        """Set a run state that no vCPU transition implies (inmigrate, postmigrate, paused after -incoming -S)."""
+        with self._state_lock:
+            self._state = state
+
+    def emit_event(self, event: str, data: dict | None = None) -> None:
+        """Send a QMP event to every monitor (the migration job's MIGRATION events)."""
+        self._emit(event, data)
+
+    @property
+    def migration(self):  # noqa: ANN201 - MigrationJob, imported lazily (most runs never migrate)
+        """This machine's migration job (refvm/migration/job.py), created on first use."""
+        if self._migration is None:
+            from refvm.migration.job import MigrationJob
+
+            self._migration = MigrationJob(self)
+        return self._migration
+
+    def _start_incoming(self) -> None:
+        """-incoming: defer waits for migrate-incoming; a URI starts listening before the run begins."""
+        incoming = self.config.incoming
+        if not incoming:
+            return
+        if incoming == "defer":
+            self.set_run_state("inmigrate")
+            return
+        try:
+            self.migration.start_incoming(incoming)
+        except ValueError:
+            raise MachineError(f"-incoming {incoming}: unknown migration protocol: {incoming}") from None
+        except OSError as err:
+            raise MachineError(f"-incoming {incoming}: Failed to bind socket: {err.strerror or err}") from None
 
     @property
     def name(self) -> str:
@@ -389,6 +423,7 @@ class Machine:
         """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
         monitors = self._start_qmp()
         try:
+            self._start_incoming()
             if self.config.accel == "qtest":
                 return self._run_qtest()
             return self._run_kvm()
@@ -406,6 +441,7 @@ class Machine:
         from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.block_resize import BlockResizeCommands
         from refvm.monitor.machine_qmp import DeviceCommands
+        from refvm.monitor.migration_qmp import MigrationCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.power_qmp import PowerCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
@@ -419,6 +455,7 @@ class Machine:
                 DeviceCommands(server, self)
                 NetCommands(server, self)
                 PowerCommands(server, self)
+                MigrationCommands(server, self)
                 register_fastpath_qmp(server, self)
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)
