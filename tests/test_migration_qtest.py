@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from refvm.migration.stream import read_stream
+
 PATTERN = [(0x0, b"first page"), (0x7000, bytes(range(256)) * 16), (0x123456, b"\xde\xad\xbe\xef"),
            (0x1FFFFEF, b"last bytes of RAM")]
 
@@ -145,7 +147,9 @@ def test_exec_and_defer(tmp_path: Path) -> None:
         stream = tmp_path / "stream.bin"
         assert src.qmp.cmd("migrate", uri=f"exec:cat > {stream}") == {"return": {}}
         src.qmp.wait_status("completed")
-        assert stream.read_bytes()[:4] == b"QEVM"
+        parsed = read_stream(stream.read_bytes())  # refvm's stream, in QEMU's framing
+        assert parsed.ram.blocks == {"pc.ram": 32 << 20}
+        assert {d["vmsd_name"] for d in parsed.vmdesc["devices"]} >= {"mc146818rtc"}
         assert dst.qmp.cmd("migrate-incoming", uri=f"exec:cat {stream}") == {"return": {}}
         dst.qmp.wait_status("completed")
         assert dst.read(0x5000, 14) == b"through a file"
@@ -185,3 +189,39 @@ def test_corrupted_stream_fails_destination_with_one_line(tmp_path: Path) -> Non
     assert dst.proc.returncode == 1
     lines = [ln for ln in err.splitlines() if "migration" in ln]
     assert len(lines) == 1 and "section id 0: field 'instance id'" in lines[0], err
+
+
+def test_cancel_resumes_source(tmp_path: Path) -> None:
+    """A destination that does not read (the pipe fills) keeps the migration active until migrate_cancel."""
+    src = Vm(tmp_path, "src")
+    try:
+        src.write(0x1000, b"still here")
+        assert src.qmp.cmd("migrate", uri="exec:sleep 30") == {"return": {}}
+        src.qmp.wait_status("active")
+        assert src.qmp.cmd("query-status")["return"]["status"] == "paused"
+        assert src.qmp.cmd("migrate", uri="exec:cat")["error"]["desc"] == "There's a migration process in progress"
+        assert src.qmp.cmd("migrate_cancel") == {"return": {}}
+        src.qmp.wait_status("cancelled")
+        assert src.qmp.cmd("query-status")["return"]["status"] == "running"
+        assert src.read(0x1000, 10) == b"still here"
+        statuses = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        assert statuses == ["setup", "active", "cancelling", "cancelled"]
+    finally:
+        src.close()
+
+
+def test_tcp(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dst = Vm(tmp_path, "dst", "-incoming", f"tcp:127.0.0.1:{port}")
+    src = Vm(tmp_path, "src")
+    try:
+        src.write(0x9000, b"over tcp")
+        assert src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{port}") == {"return": {}}
+        src.qmp.wait_status("completed")
+        dst.qmp.wait_status("completed")
+        assert dst.read(0x9000, 8) == b"over tcp"
+    finally:
+        src.close()
+        dst.close()

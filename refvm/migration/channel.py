@@ -6,6 +6,7 @@ standard output (exec).  Errors are OSError/ValueError with QEMU's texts where i
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from typing import BinaryIO
@@ -53,14 +54,17 @@ class Channel:
             except OSError:
                 pass
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:  # the whole group: a shell's children hold the pipe open too
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def connect(uri: str) -> Channel:
     """The source side: a writable channel to `uri`."""
     scheme, rest = split_uri(uri)
     if scheme == "exec":
-        proc = subprocess.Popen(["/bin/sh", "-c", rest], stdin=subprocess.PIPE)
+        proc = subprocess.Popen(["/bin/sh", "-c", rest], stdin=subprocess.PIPE, start_new_session=True)
         assert proc.stdin is not None
         return Channel(proc.stdin, proc=proc)
     sock = socket.socket(socket.AF_UNIX if scheme == "unix" else socket.AF_INET)
