@@ -225,3 +225,15 @@ def test_tcp(tmp_path: Path) -> None:
     finally:
         src.close()
         dst.close()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-incoming", "foo:bar", "-accel", "qtest", "-qtest", "unix:/x"],
+     "refvm: -incoming foo:bar: unknown migration protocol: foo:bar"),
+    (["-incoming", "defer", "-kernel", "k"],
+     "refvm: -incoming defer: refvm receives migrations only with -accel qtest so far"),
+])
+def test_bad_incoming_is_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "refvm", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and proc.stderr.strip() == message, proc.stderr
