@@ -20,7 +20,7 @@ from conformance.drivers.console import SerialConsole
 from conformance.drivers.guests import GuestBuildError, probe_elf
 from conformance.report import STATUS_RANK, TestVerdict, clause_status, compare_with_baseline  # noqa: F401
 from conformance.target_file import NamedTarget, TargetsFileError, load_targets_file
-from conformance.targets import Target, make_target, qemu_available
+from conformance.targets import Target, libvirt_target, make_target, qemu_available, select_suites_for_target
 from conformance.verdicts import NOT_MET, Known, VerdictError, apply_known, check_declaration
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qemu-binary", default=None, help="QEMU binary for --target=qemu")
     group.addoption("--refvm-binary", default=None, help="refvm binary for --target=refvm (default: python -m refvm)")
     group.addoption("--report-dir", default="reports", help="where the clause report is written")
+    group.addoption(
+        "--libvirt-uri",
+        default=None,
+        help="run the libvirt_api suite (only) against this libvirt URI; 'refvmd' starts a private refvmd",
+    )
+    group.addoption("--refvmd-command", default=None, help="how to start refvmd for --libvirt-uri=refvmd")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _resolve_target(config: pytest.Config) -> NamedTarget:
     """--target names refvm, qemu, or an entry of --targets-file; errors are usage errors, not tracebacks."""
     opt = config.getoption
+    if opt("--libvirt-uri"):
+        return NamedTarget(libvirt_target(opt("--libvirt-uri")))
     name = opt("--target")
     if opt("--targets-file"):
         try:
@@ -83,6 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     strict xfails that only a ClauseViolation satisfies; every `verdict` mark is checked for a known kind and
     its sentence."""
     named: NamedTarget = config._named_target  # type: ignore[attr-defined]
+    select_suites_for_target(config, items, named.target.kind)
     tgt = named.target
     for item in items:
         for mark in item.iter_markers("verdict"):
@@ -108,10 +117,29 @@ def target(pytestconfig: pytest.Config) -> Target:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Needs a test declares with a marker: `kvm` (refvm runs the guest on /dev/kvm; qtest suites need none)."""
+    """Needs a test declares with a marker: `kvm` (refvm runs the guest on /dev/kvm; qtest suites need none),
+    `hw_kvm` (refvm runs a real OS: a software KVM is too slow and incomplete for it)."""
     named: NamedTarget = item.config._named_target  # type: ignore[attr-defined]
     if item.get_closest_marker("kvm") and named.target.kind == "refvm":
         require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is missing or not accessible to this user")
+    if item.get_closest_marker("hw_kvm") and named.target.kind == "refvm":
+        reason = hardware_kvm_missing()
+        if reason:
+            pytest.skip(reason)  # no package can install hardware: a skip even in CI
+
+
+def hardware_kvm_missing(sys_module: Path = Path("/sys/module")) -> str | None:
+    """Why this host cannot run a full OS on refvm, or None where /dev/kvm is hardware KVM."""
+    if (sys_module / "kvm_pvm").exists():
+        return (
+            "hw_kvm: /dev/kvm is kvm-pvm, a software KVM; a Linux guest on refvm needs hardware KVM "
+            "(here its boot dies, see guests/linux/README.md)"
+        )
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "hw_kvm: /dev/kvm is missing or not accessible to this user"
+    if not any((sys_module / m).exists() for m in ("kvm_intel", "kvm_amd")):
+        return "hw_kvm: neither kvm_intel nor kvm_amd is loaded: /dev/kvm is not hardware KVM"
+    return None
 
 
 @pytest.fixture(scope="session")

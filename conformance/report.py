@@ -144,7 +144,8 @@ def write(out: Path, target: str, tests: list[TestVerdict], results: dict[str, s
     statements = load_statements(results, by_label)
     (out / f"clauses-{target}.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / f"statements-{target}.json").write_text(json.dumps([vars(s) for s in statements], indent=2) + "\n")
-    verdicts = {"target": target, **summary(tests), "by_kind": by_kind(tests), "known_behaviours": behaviours(tests),
+    verdicts = {"target": target, "counts": summary(tests), "by_kind": by_kind(tests),
+                "known_behaviours": behaviours(tests),
                 "tests": [{"test": t.nodeid, "verdict": t.verdict, "kind": t.kind, "sentence": t.sentence,
                            "behaviour": t.known.get("behaviour", "")} for t in tests]}  # fmt: skip
     (out / f"verdicts-{target}.json").write_text(json.dumps(verdicts, indent=2) + "\n")

@@ -74,6 +74,30 @@ def qemu_available(target: Target) -> bool:
     return bool(shutil.which(exe)) or (os.path.isfile(exe) and os.access(exe, os.X_OK))
 
 
+def libvirt_target(uri: str) -> Target:
+    """A libvirt URI as a target: judged by the libvirt_api suite through libvirt-python, no process of ours.
+
+    The report is named after the URI's driver (clauses-libvirt-test.md for test:///default).
+    """
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else uri
+    return Target(f"libvirt-{scheme}", "libvirt", [], extra_args=[uri])
+
+
+#: The suite that judges libvirt drivers; every other suite judges a VMM process.
+LIBVIRT_SUITE = "conformance/libvirt_api/"
+
+
+def select_suites_for_target(config, items: list, kind: str) -> None:  # noqa: ANN001
+    """A libvirt target runs only the libvirt_api suite, and a VMM target every suite but that one."""
+    keep, drop = [], []
+    for item in items:
+        in_libvirt_suite = item.nodeid.startswith(LIBVIRT_SUITE)
+        (keep if in_libvirt_suite == (kind == "libvirt") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def make_target(kind: str, qemu_binary: str | None = None, refvm_binary: str | None = None) -> Target:
     if kind == "refvm":
         return refvm_target(refvm_binary)

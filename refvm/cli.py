@@ -8,15 +8,29 @@ QEMU. Everything refvm does not support fails loudly instead of being silently i
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from refvm import cli_devices
+from refvm.cli_common import (
+    NETDEV_KEYS,
+    OBJECT_KEYS,
+    UsageError,
+    parse_drive,
+    parse_global,
+    parse_keyvals,
+    parse_size,
+    parse_typed,
+)
 from refvm.cli_firmware import HELP as FIRMWARE_HELP
 from refvm.cli_firmware import firmware_options
-from refvm.config import MIB, DeviceSpec, MachineConfig
+from refvm.cli_monitor import monitor_chardev, qmp_socket, readline_chardev, serial_spec
+from refvm.cli_netdev import check_tap_fds
+from refvm.cli_platform import HELP as PLATFORM_HELP
+from refvm.cli_platform import PlatformOptions, platform_options, resolve_monitor
+from refvm.config import DeviceSpec, MachineConfig
 
 PROG = "refvm"
 VERSION = "0.1.0"
@@ -26,30 +40,10 @@ MAX_SERIALS = 4
 #: from refvm.virtio.devices.DEVICE_MODELS, which validate their own properties.
 DEVICE_PROPS: dict[str, tuple[str, ...]] = {
     "isa-debug-exit": ("iobase", "iosize", "id"),
+    "isa-serial": cli_devices.ISA_SERIAL_PROPS,
 }
-
-DRIVE_KEYS = {
-    "file",
-    "if",
-    "id",
-    "format",
-    "readonly",
-    "read-only",
-    "cache",
-    "discard",
-    "aio",
-    "media",
-    "serial",
-    "detect-zeroes",
-    "node-name",
-}
-DRIVE_PREFIXES = ("throttling.", "cache.")
-NETDEV_KEYS = {
-    "tap": {"id", "ifname", "script", "downscript", "fd", "vhost", "vnet_hdr", "queues"},
-    "hubport": {"id", "hubid", "netdev"},
-}
-OBJECT_KEYS = {"rng-random": {"id", "filename"}, "rng-builtin": {"id"}}
-
+#: -global drivers refvm has besides its -device models, with the properties they check (others are kept).
+GLOBAL_ENUMS = {("kvm-pit", "lost_tick_policy"): ("discard", "delay", "slew")}
 
 def pci_device_models() -> dict[str, object]:
     """QEMU -device names of the PCI device models refvm has (empty until they are importable)."""
@@ -72,11 +66,14 @@ Standard options:
   -version                show the version and exit
   -name NAME              name the guest (used in messages and pty labels)
   -machine, -M pc[,accel=kvm]
-                          the machine type (only 'pc')
+                          the machine type: pc and its versioned names ('-machine help' lists them)
   -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
                           qtest client drive the machine (-enable-kvm is accepted too)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
-  -smp [cpus=]N           number of vCPUs (default 1)
+  -smp [cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]
+                          vCPUs and their topology (QEMU 7.2's defaults; default 1)
+  -cpu MODEL[,+FEAT|-FEAT|FEAT=on|off|enforce]
+                          CPU model and CPUID flags ('-cpu help' lists them; default qemu64)
   -S                      do not start the vCPUs at startup
   -no-reboot              exit instead of rebooting when the guest resets
   -no-shutdown            on guest poweroff stop the guest (run state 'shutdown') instead of exiting
@@ -109,6 +106,8 @@ Devices and backends:
   -nographic              no display; the serial port goes to stdio
   -display none           no display
 
+{PLATFORM_HELP.rstrip()}
+
 {FIRMWARE_HELP.rstrip()}
 
 Testing:
@@ -132,56 +131,29 @@ Exit status: 0 when the guest shuts down, (N << 1) | 1 when it writes N to isa-d
 """
 
 
-class UsageError(Exception):
-    """A bad command line; str() is the QEMU-style message without the program name."""
+def parse_smp(text: str) -> object:
+    """-smp with QEMU 7.2's defaults and texts (refvm/cpu/topology.py); prints its deprecation warnings."""
+    from refvm.cpu import TopologyError
+    from refvm.cpu.options import smp_topology
 
-
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT]?)[bB]?$")
-_SIZE_UNITS = {"": MIB, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
-
-
-def parse_size(opt: str, text: str) -> int:
-    value = text[5:] if text.startswith("size=") else text
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise UsageError(f"-{opt} {text}: invalid size: expected a number with an optional K, M, G or T suffix")
-    number, unit = match.groups()
-    size = int(float(number) * _SIZE_UNITS[unit.lower()])
-    if size < MIB:
-        raise UsageError(f"-{opt} {text}: guest RAM must be at least 1 MiB")
-    return size
-
-
-def parse_keyvals(opt: str, text: str, first_key: str | None = None) -> dict[str, str]:
-    """Parse QEMU's `a=b,c=d` (an unnamed first item goes to `first_key`)."""
-    result: dict[str, str] = {}
-    for i, item in enumerate(text.split(",")):
-        if not item:
-            continue
-        if "=" in item:
-            key, value = item.split("=", 1)
-        elif i == 0 and first_key:
-            key, value = first_key, item
-        else:
-            raise UsageError(f"-{opt} {text}: '{item}' is not of the form key=value")
-        if key in result:
-            raise UsageError(f"-{opt} {text}: '{key}' given twice")
-        result[key] = value
-    return result
-
-
-def parse_smp(text: str) -> int:
     props = parse_keyvals("smp", text, "cpus")
-    for key in props:
-        if key not in ("cpus", "maxcpus", "sockets", "cores", "threads", "dies"):
-            raise UsageError(f"-smp {text}: Invalid parameter '{key}'")
     try:
-        cpus = int(props.get("cpus", "1"), 0)
-    except ValueError:
-        raise UsageError(f"-smp {text}: Parameter 'cpus' expects a number") from None
-    if cpus < 1:
-        raise UsageError(f"-smp {text}: Invalid CPU topology: cpus must be at least 1")
-    return cpus
+        topology, warnings = smp_topology(props)
+    except TopologyError as err:
+        raise UsageError(f"-smp {text}: {err}") from None
+    for line in warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    return topology
+
+
+def parse_cpu(text: str) -> str:
+    from refvm.cpu import CpuSpecError
+    from refvm.cpu.options import check_cpu
+
+    try:
+        return check_cpu(text)
+    except CpuSpecError as err:
+        raise UsageError(f"-cpu {text}: {err}") from None
 
 
 def parse_device(text: str) -> DeviceSpec | None:
@@ -190,14 +162,21 @@ def parse_device(text: str) -> DeviceSpec | None:
     driver = props.pop("driver", "")
     if driver == "help":
         return None
+    why = cli_devices.refuse_reason(driver)
+    if why:
+        raise UsageError(f"-device {text}: '{driver}' is not supported: {why}")
+    try:
+        props, bootindex = cli_devices.split_generic_props(driver, props, text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if driver not in DEVICE_PROPS:
         if driver in pci_device_models():
-            return DeviceSpec(driver, props, text)  # the device model validates its own properties
+            return DeviceSpec(driver, props, text, bootindex)  # the device model validates its own properties
         raise UsageError(f"-device {text}: '{driver}' is not a valid device model name")
     for key, value in props.items():
         if key not in DEVICE_PROPS[driver]:
             raise UsageError(f"-device {text}: Property '{driver}.{key}' not found")
-        if key in ("iobase", "iosize"):
+        if key in ("iobase", "iosize") and driver == "isa-debug-exit":
             try:
                 number = int(value, 0)
             except ValueError:
@@ -205,44 +184,7 @@ def parse_device(text: str) -> DeviceSpec | None:
             limit = 0xFFFF if key == "iobase" else 4
             if not 0 <= number <= limit or (key == "iosize" and number not in (1, 2, 4)):
                 raise UsageError(f"-device {text}: Property '{driver}.{key}' value {value} is out of range")
-    return DeviceSpec(driver, props, text)
-
-
-def parse_drive(text: str) -> dict[str, str]:
-    props = parse_keyvals("drive", text, "file")
-    for key in props:
-        if key not in DRIVE_KEYS and not key.startswith(DRIVE_PREFIXES):
-            raise UsageError(f"-drive {text}: Invalid parameter '{key}'")
-    if "file" not in props:
-        raise UsageError(f"-drive {text}: Parameter 'file' is missing (refvm has no empty drives)")
-    if props.get("if", "none") not in ("none", "virtio"):
-        raise UsageError(f"-drive {text}: if={props['if']} is not supported by refvm (use if=none or if=virtio)")
-    if props.get("format", "raw") not in ("raw", "qcow2"):
-        raise UsageError(f"-drive {text}: Unknown driver '{props['format']}'")
-    return props
-
-
-def parse_typed(opt: str, text: str, table: dict[str, set[str]]) -> tuple[str, dict[str, str]]:
-    """-netdev TYPE,id=...,... and -object TYPE,id=...,...: the type, then its checked properties."""
-    props = parse_keyvals(opt, text, "type")
-    kind = props.pop("type", "")
-    if kind not in table:
-        known = ", ".join(sorted(table))
-        raise UsageError(f"-{opt} {text}: type '{kind}' is not supported by refvm (supported: {known})")
-    for key in props:
-        if key not in table[kind]:
-            raise UsageError(f"-{opt} {text}: Invalid parameter '{key}'")
-    if not props.get("id"):
-        raise UsageError(f"-{opt} {text}: Parameter 'id' is missing")
-    return kind, props
-
-
-def parse_global(text: str) -> tuple[str, str, str]:
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise UsageError(f"-global {text}: Invalid format: expected DRIVER.PROPERTY=VALUE")
-    name, value = text.split("=", 1)
-    driver, prop = name.split(".", 1)
-    return driver, prop, value
+    return DeviceSpec(driver, props, text, bootindex)
 
 
 @dataclass
@@ -250,7 +192,10 @@ class Parsed:
     """What main() needs besides the machine config."""
 
     config: MachineConfig
-    action: str = "run"  # run | help | version | device-help
+    action: str = "run"  # run | help | version | device-help | cpu-help | text
+    #: What main() prints for action "text" (-machine help).
+    text: str = ""
+    platform: PlatformOptions | None = None
 
 
 def _chardev_module():  # imported lazily: `refvm -help` must work even if a device module is broken
@@ -262,7 +207,10 @@ def _chardev_module():  # imported lazily: `refvm -help` must work even if a dev
 def parse_args(argv: list[str]) -> Parsed:
     """Translate QEMU-style argv into a MachineConfig; raises UsageError for anything wrong."""
     cfg = MachineConfig()
-    parsed = Parsed(cfg)
+    plat = PlatformOptions()
+    cfg.platform = plat
+    parsed = Parsed(cfg, platform=plat)
+    isa_serials: list[cli_devices.IsaSerial] = []
     serial_texts: list[str] = []
     chardev_texts: list[str] = []
     qmp_texts: list[str] = []
@@ -270,13 +218,6 @@ def parse_args(argv: list[str]) -> Parsed:
     mon_texts: list[str] = []
     nographic = False
     nodefaults = False
-
-    def set_machine(text: str) -> None:
-        props = parse_keyvals("machine", text, "type")
-        if props.get("type", "pc") not in ("pc", "pc-i440fx", "none"):
-            raise UsageError(f"-machine {text}: unsupported machine type '{props['type']}' (refvm has 'pc')")
-        if "accel" in props:
-            set_accel(props["accel"])
 
     def set_accel(text: str) -> None:
         name = text.split(",", 1)[0]
@@ -331,8 +272,11 @@ def parse_args(argv: list[str]) -> Parsed:
         kind, props = parse_typed("netdev", text, NETDEV_KEYS)
         if props["id"] in cfg.netdevs:
             raise UsageError(f"-netdev {text}: Duplicate ID '{props['id']}' for netdev")
-        if props.get("vhost") == "on":
-            raise UsageError(f"-netdev {text}: vhost-net requested but could not be initialized (refvm has no vhost)")
+        if kind == "tap":
+            try:
+                check_tap_fds(f"-netdev {text}", props)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         cfg.netdevs[props["id"]] = {"type": kind, **props}
 
     def add_object(text: str) -> None:
@@ -350,26 +294,48 @@ def parse_args(argv: list[str]) -> Parsed:
                 raise UsageError(f"-global {text}: unknown deviation '{value}' (known: {', '.join(sorted(KNOWN))})")
             cfg.deviations.append(value)
             return
+        allowed = GLOBAL_ENUMS.get((driver, prop))
+        if allowed and value not in allowed:
+            raise UsageError(f"-global {text}: Parameter '{prop}' does not accept value '{value}'")
+        if (driver, prop, value) == ("kvm-pit", "lost_tick_policy", "slew"):  # QEMU's kvm-pit realize refuses it
+            raise UsageError(f"-global {text}: Lost tick policy not supported.")
         cfg.globals.setdefault(driver, {})[prop] = value
+
+    def set_smp(text: str) -> None:
+        cfg.topology = parse_smp(text)
+        cfg.smp = cfg.topology.cpus  # type: ignore[attr-defined]
+
+    def set_cpu(text: str) -> None:
+        if text in ("help", "?"):
+            parsed.action = "cpu-help"
+        else:
+            cfg.cpu = parse_cpu(text)
 
     def add_device(text: str) -> None:
         spec = parse_device(text)
         if spec is None:
             parsed.action = "device-help"
+            return
+        if spec.bootindex is not None:
+            plat.boot_indexes[spec.props.get("id") or spec.driver] = spec.bootindex
+        if spec.driver == "isa-serial":
+            try:
+                isa_serials.append(cli_devices.parse_isa_serial(spec))
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         else:
             cfg.devices.append(spec)
 
     with_arg: dict[str, Callable[[str], None]] = {
         "m": lambda t: setattr(cfg, "memory_bytes", parse_size("m", t)),
-        "smp": lambda t: setattr(cfg, "smp", parse_smp(t)),
+        "smp": set_smp,
+        "cpu": set_cpu,
         "kernel": lambda t: setattr(cfg, "kernel", t),
         "initrd": lambda t: setattr(cfg, "initrd", t),
         "append": lambda t: setattr(cfg, "append", t),
         "serial": serial_texts.append,
         "chardev": chardev_texts.append,
         "device": add_device,
-        "machine": set_machine,
-        "M": set_machine,
         "accel": set_accel,
         "display": set_display,
         "name": set_name,
@@ -399,9 +365,13 @@ def parse_args(argv: list[str]) -> Parsed:
         "version": lambda: setattr(parsed, "action", "version"),
     }
 
-    fw_args, fw_flags = firmware_options(cfg, UsageError)
-    with_arg.update(fw_args)
-    flags.update(fw_flags)
+    def show_text(text: str) -> None:
+        parsed.action, parsed.text = "text", text
+
+    for more_args, more_flags in (platform_options(cfg, plat, UsageError, show_text),
+                                  firmware_options(cfg, UsageError)):  # fmt: skip
+        with_arg.update(more_args)
+        flags.update(more_flags)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -446,16 +416,21 @@ def parse_args(argv: list[str]) -> Parsed:
                 raise UsageError(f"-chardev {text}: duplicate chardev ID '{spec.id}'")
             cfg.chardevs[spec.id] = spec
         for text in serial_texts:
-            cfg.serials.append(_serial_spec(chardev, text, cfg.chardevs))
+            cfg.serials.append(serial_spec(chardev, text, cfg.chardevs))
+        cfg.serial_ports = cli_devices.place_isa_serials(isa_serials, cfg.serials, cfg.chardevs)
         for text in qmp_texts:
-            cfg.qmp.append(_qmp_socket("qmp", text, chardev.parse_serial_option(text)))
+            cfg.qmp.append(qmp_socket("qmp", text, chardev.parse_serial_option(text)))
         for text in mon_texts:
-            cfg.qmp.append(_monitor_chardev(text, cfg.chardevs))
+            if readline_chardev(text) is not None:  # -mon mode=readline is -monitor chardev:ID
+                plat.monitor_chardev = readline_chardev(text)
+            else:
+                cfg.qmp.append(monitor_chardev(text, cfg.chardevs))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if not serial_texts and not nodefaults:
+    if not serial_texts and not isa_serials and not nodefaults:
         # refvm has no graphical console: the first serial port goes to stdio as with -nographic.
         cfg.serials.append(chardev.parse_serial_option("mon:stdio" if nographic else "stdio"))
+    resolve_monitor(plat, cfg, chardev.parse_chardev_option, UsageError)
     if cfg.qtest and cfg.accel != "qtest":
         cfg.accel = "qtest"  # as QEMU: -qtest selects the qtest accelerator unless another is forced
     if cfg.accel == "qtest" and not cfg.qtest:
@@ -467,36 +442,6 @@ def parse_args(argv: list[str]) -> Parsed:
     return parsed
 
 
-def _serial_spec(chardev, text: str, chardevs: dict[str, object]) -> object | None:  # noqa: ANN001
-    if text == "none":
-        return None
-    if text.startswith("chardev:"):
-        ident = text.split(":", 1)[1]
-        if ident not in chardevs:
-            raise UsageError(f"-serial {text}: chardev '{ident}' not found")
-        return chardevs[ident]
-    return chardev.parse_serial_option(text)
-
-
-def _qmp_socket(opt: str, text: str, spec) -> tuple[str, bool]:  # noqa: ANN001
-    if spec.backend != "socket" or not spec.path:
-        raise UsageError(f"-{opt} {text}: refvm's QMP monitor needs a unix socket (unix:PATH,server=on,wait=off)")
-    return spec.path, spec.server
-
-
-def _monitor_chardev(text: str, chardevs: dict[str, object]) -> tuple[str, bool]:
-    props = parse_keyvals("mon", text, "chardev")
-    unknown = set(props) - {"chardev", "mode", "pretty", "id"}
-    if unknown:
-        raise UsageError(f"-mon {text}: Invalid parameter '{sorted(unknown)[0]}'")
-    if props.get("mode", "readline") != "control":
-        raise UsageError(f"-mon {text}: refvm has no human monitor: use mode=control (QMP)")
-    ident = props.get("chardev", "")
-    if ident not in chardevs:
-        raise UsageError(f"-mon {text}: chardev '{ident}' not found")
-    return _qmp_socket("mon", text, chardevs.pop(ident))
-
-
 def _print_devices() -> None:
     print("Available devices (refvm):")
     for name, props in DEVICE_PROPS.items():
@@ -505,13 +450,28 @@ def _print_devices() -> None:
         print(f'name "{name}", bus PCI')
 
 
+_TIMESTAMPS = False  # -msg timestamp=on
+
+
+def report_error(message: object) -> None:
+    """One `refvm: message` line on stderr, time-stamped as QEMU's -msg timestamp=on does."""
+    stamp = ""
+    if _TIMESTAMPS:
+        import datetime
+
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+    print(f"{stamp}{PROG}: {message}", file=sys.stderr)
+
+
 def run_machine(config: MachineConfig) -> int:
+    from refvm.cli_platform import apply_at_start
     from refvm.machine import Machine, MachineError
 
     try:
+        apply_at_start(config.platform)
         machine = Machine(config)
     except (MachineError, ValueError, OSError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
 
     def on_signal(signum: int, frame: object) -> None:
@@ -523,10 +483,10 @@ def run_machine(config: MachineConfig) -> int:
     try:
         outcome = machine.run()
     except MachineError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
     if outcome.message and outcome.kind in ("error", "watchdog", "signal"):
-        print(f"{PROG}: {outcome.message}", file=sys.stderr)
+        report_error(outcome.message)
     return outcome.status
 
 
@@ -547,13 +507,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parsed = parse_args(args)
     except UsageError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        report_error(err)
         return 1
+    global _TIMESTAMPS
+    _TIMESTAMPS = bool(parsed.platform and parsed.platform.msg_timestamp)
+    if parsed.action == "text":
+        print(parsed.text, end="")
+        return 0
     if parsed.action == "help":
         print(USAGE, end="")
         return 0
     if parsed.action == "version":
         print(f"{PROG} version {VERSION} (QEMU-compatible command line subset)")
+        return 0
+    if parsed.action == "cpu-help":
+        from refvm.cpu.options import cpu_help
+
+        print(cpu_help(), end="")
         return 0
     if parsed.action == "device-help":
         _print_devices()

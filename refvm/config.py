@@ -19,6 +19,8 @@ class DeviceSpec:
     props: dict[str, str] = field(default_factory=dict)
     #: The argument as the user wrote it, so errors can quote it as QEMU does ("-device TEXT: ...").
     text: str = ""
+    #: bootindex=N, accepted and reported (refvm boots -kernel images only).
+    bootindex: int | None = None
 
 
 @dataclass
@@ -27,6 +29,9 @@ class MachineConfig:
 
     memory_bytes: int = 128 * MIB
     smp: int = 1
+    #: -smp's full topology (refvm.cpu.Topology; None: `smp` CPUs, one core each) and -cpu as given.
+    topology: object | None = None
+    cpu: str = "qemu64"
     kernel: str | None = None
     initrd: str | None = None
     append: str = ""
@@ -35,6 +40,10 @@ class MachineConfig:
     chardevs: dict[str, object] = field(default_factory=dict)
     devices: list[DeviceSpec] = field(default_factory=list)
     name: str = ""
+    #: -device isa-serial iobase=/irq= overrides by COM index (others use COM1..COM4's port and IRQ).
+    serial_ports: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: The management-stack options (refvm.cli_platform.PlatformOptions: machine type, -boot, -add-fd, ...).
+    platform: object | None = None
     no_reboot: bool = False
     no_shutdown: bool = False
     start_paused: bool = False

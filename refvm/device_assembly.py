@@ -59,7 +59,9 @@ def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: An
                 if props["type"] == "hubport":
                     backends.netdevs[ident] = HubPort(int(props.get("hubid", "0"), 0))
                     continue
-                fd = int(props["fd"]) if "fd" in props else None
+                fd: int | list[int] | None = int(props["fd"]) if "fd" in props else None
+                if "fds" in props:
+                    fd = [int(f) for f in props["fds"].split(":")]
                 queues = int(props.get("queues", "1"), 0)
                 backends.netdevs[ident] = Tap(props.get("ifname", ""), fd=fd, queues=queues)
             except (OSError, ValueError) as err:

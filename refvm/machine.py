@@ -77,6 +77,7 @@ class Machine:
         self._runners: list[VcpuRunner] = []
         self._state = "prelaunch" if config.start_paused else "running"
         self.kvm = None
+        self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
         self.qtest = None
         self.fastpath = None
@@ -147,7 +148,8 @@ class Machine:
             self._resettables.append(device)  # type: ignore[arg-type]
 
     def _add_platform_devices(self) -> None:
-        for (base, irq), chardev in zip(COM_PORTS, self.chardevs, strict=False):
+        for index, chardev in enumerate(self.chardevs[: len(COM_PORTS)]):
+            base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
             if chardev is not None:
                 self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
@@ -201,6 +203,8 @@ class Machine:
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
+        if cfg.globals.get("kvm-pit", {}).get("lost_tick_policy") == "discard":  # -global kvm-pit.lost_tick_policy
+            vm.set_pit_reinject(False)
         for slot, region in enumerate(self.memory.regions):
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         self.vm = vm
@@ -208,9 +212,7 @@ class Machine:
         from refvm.vcpu_runner import VcpuRunner
 
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
-        cpuid = kvm.supported_cpuid()
-        for runner in self._runners:
-            vcpu_setup.set_cpuid(runner.vcpu, cpuid, runner.index)
+        vcpu_setup.setup_cpuid(self, kvm.supported_cpuid())
         self._load_kernel()
         # Queue notifies through ioeventfds handled on an I/O thread, MSI-X through irqfds (off with
         # REFVM_NO_FASTPATH=1); the exit-based path stays underneath for everything else.
@@ -422,6 +424,10 @@ class Machine:
     def run(self) -> Outcome:
         """Run until the machine ends, under the configured accelerator, with its QMP monitors."""
         monitors = self._start_qmp()
+        if getattr(self.config.platform, "monitor_chardev", None):  # -monitor stdio|chardev:ID
+            from refvm.monitor.hmp_chardev import start_human_monitor
+
+            start_human_monitor(self)
         try:
             self._start_incoming()
             if self.config.accel == "qtest":
@@ -440,12 +446,13 @@ class Machine:
         from refvm.fastpath import register_qmp as register_fastpath_qmp
         from refvm.monitor.block_qmp import BlockCommands
         from refvm.monitor.block_resize import BlockResizeCommands
+        from refvm.monitor.cpu_qmp import CpuCommands
         from refvm.monitor.machine_qmp import DeviceCommands
         from refvm.monitor.migration_qmp import MigrationCommands
         from refvm.monitor.net_qmp import NetCommands
+        from refvm.monitor.platform_qmp import register_platform_qmp
         from refvm.monitor.power_qmp import PowerCommands
         from refvm.monitor.qmp import QmpMachineCommands, QmpServer
-        from refvm.monitor.qom import QomCommands
 
         servers = []
         try:
@@ -460,7 +467,8 @@ class Machine:
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)
                 BlockResizeCommands(server, self, drives)
-                QomCommands(server, self)
+                register_platform_qmp(server, self)  # qom-*, fds, info, HMP, query-qmp-schema
+                CpuCommands(server, self)
                 server.start()
                 servers.append(server)
         except OSError as err:

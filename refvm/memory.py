@@ -54,6 +54,11 @@ class RamRegion:
     size: int
     mmap: mmap.mmap = field(repr=False)
     host_address: int = 0
+    #: A writable view of the whole mapping; device buffers are slices of it (no copy, no new export).
+    view: memoryview = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.view = memoryview(self.mmap)
 
     @property
     def end(self) -> int:
@@ -118,6 +123,7 @@ class GuestMemory:
     def close(self) -> None:
         """Unmap all regions. Views still held elsewhere keep their mapping alive."""
         for r in self.regions:
+            r.view.release()  # slices handed out keep the mapping alive on their own
             try:
                 r.mmap.close()
             except BufferError:
@@ -206,6 +212,15 @@ class GuestMemory:
                 k = min(n - done, len(chunk))
                 mm[off + done : off + done + k] = chunk[:k]
                 done += k
+
+    def views(self, gpa: int, length: int) -> list[memoryview]:
+        """Zero-copy writable views of ``[gpa, gpa+length)``, one per region it crosses; raises outside RAM.
+
+        This and :meth:`view` are how devices get at guest buffers without copies. Device writes
+        through them are reported at completion (see :meth:`refvm.virtio.queue.Virtqueue.add_used`),
+        which is where a dirty bitmap for migration hooks in.
+        """
+        return [memoryview(mm)[off : off + n] for mm, off, n in self._pieces(gpa, length)]
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A zero-copy writable view of one region's bytes; raises if it would span regions.

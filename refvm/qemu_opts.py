@@ -20,3 +20,16 @@ def split_opts(text: str) -> list[str]:
         i += 1
     parts.append("".join(cur))
     return parts
+
+
+def parse_opts(text: str, first_key: str | None = None) -> dict[str, str]:
+    """QemuOpts `a=b,c=d` into a dict: an unnamed first item goes to ``first_key``, any other bare ``flag``
+    means ``flag=on`` (QEMU's shorthand, e.g. ``server,nowait``); a later duplicate wins, as in QEMU."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(split_opts(text)):
+        key, eq, value = item.partition("=")
+        if item and not eq:
+            key, value = (first_key, item) if i == 0 and first_key else (item, "on")
+        if item:
+            out[key] = value
+    return out

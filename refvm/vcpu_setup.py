@@ -81,14 +81,33 @@ def apply_boot_state(vcpu: Any, state: BootCpuState) -> None:
     vcpu.set_regs(regs)
 
 
-def set_cpuid(vcpu: Any, supported: list[Any], apic_id: int) -> None:
-    """Give a vCPU the host's supported CPUID with its own initial APIC id (leaf 1 EBX[31:24], leaf 0xB)."""
-    entries = []
-    for entry in supported:
-        e = dataclasses.replace(entry)
-        if e.function == 1:
-            e.ebx = (e.ebx & 0x00FF_FFFF) | (apic_id << 24)
-        elif e.function in (0xB, 0x1F):
-            e.edx = apic_id
-        entries.append(e)
-    vcpu.set_cpuid2(entries)
+def setup_cpuid(machine: Any, supported: list[Any]) -> None:
+    """Give every vCPU the CPUID of its -cpu model and -smp place (refvm/cpu), filtered by the host KVM.
+
+    The plan (and QEMU's "host doesn't support requested feature" warnings) is made once per process; a
+    guest reset recreates the vCPUs with the same tables.
+    """
+    import sys
+
+    from refvm.cpu import CpuidError, Topology, build_cpuid, parse_cpu, plan_cpu
+    from refvm.kvm import CpuidEntry
+
+    cfg = machine.config
+    host = [(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in supported]
+    plan = getattr(machine, "cpu_plan", None)
+    if plan is None:
+        try:
+            plan = plan_cpu(parse_cpu(cfg.cpu), host)
+        except (CpuidError, ValueError) as err:
+            from refvm.machine import MachineError
+
+            for line in getattr(err, "warnings", []):
+                print(f"refvm: warning: {line}", file=sys.stderr)
+            raise MachineError(str(err)) from None
+        for line in plan.warnings:
+            print(f"refvm: warning: {line}", file=sys.stderr)
+        machine.cpu_plan = plan
+    topo = cfg.topology or Topology(cfg.smp, 1, 1, cfg.smp, 1, cfg.smp)
+    for runner in machine._runners:
+        table = build_cpuid(plan, topo, runner.index, host)
+        runner.vcpu.set_cpuid2([CpuidEntry(*e) for e in table])

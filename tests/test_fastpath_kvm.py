@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import require
 
 from refvm.bus import MmioBus, PioBus
 from refvm.devices.pci.bus import PciBus
@@ -29,6 +28,7 @@ from refvm.kvm import Kvm, MsiRoute, caps, exits
 from refvm.kvm._ffi import ffi
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.pci import VirtioPciFunction
+from tests.conftest import require
 
 pytestmark = pytest.mark.kvm
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-from conftest import require
-
 from refvm.kvm import caps
 from refvm.kvm.doctor import detect_pvm, doctor_exit_status, report, vendor_module
+from tests.conftest import require
 
 
 def test_report_on_this_host() -> None:

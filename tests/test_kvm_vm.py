@@ -26,11 +26,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import require
 
 from refvm.kvm import CpuidEntry, Kvm, KvmError, Vcpu, Vm, caps, exits
 from refvm.kvm._ffi import ffi
 from refvm.kvm.ioctls import KVM_MEM_LOG_DIRTY_PAGES
+from tests.conftest import require
 
 MEM_SIZE = 0x20000
 CODE = 0x1000

@@ -49,13 +49,16 @@ def test_same_texts_as_libvirts_test_driver() -> None:
     lv = _libvirt()
     conn = lv.open("test:///default")
     dom = conn.lookupByName("test")
-    dom.destroy()
+    dom.destroy()  # test:///default's state is shared by the whole test process: start it again afterwards
     seen = {}
-    for call in (dom.suspend, lambda: conn.lookupByName("no-such-domain")):
-        with pytest.raises(lv.libvirtError) as info:
-            call()
-        e = info.value
-        seen[e.get_error_code()] = e.get_error_message()
+    try:
+        for call in (dom.suspend, lambda: conn.lookupByName("no-such-domain")):
+            with pytest.raises(lv.libvirtError) as info:
+                call()
+            e = info.value
+            seen[e.get_error_code()] = e.get_error_message()
+    finally:
+        dom.create()
     for code, message in seen.items():
         detail = message.split(": ", 1)[1] if ": " in message else None
         assert errors.format_message(code, detail) == message

@@ -12,13 +12,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import require
 from virtio_pci_rig import EchoRng, make_mem
 
 from refvm.bus import MmioBus, PioBus
 from refvm.devices.pci import PciBus
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.pci import VirtioPciFunction
+from tests.conftest import require
 
 MODES = {
     "transitional": ("", {}),

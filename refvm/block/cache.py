@@ -31,11 +31,12 @@ sync syscall when BDRV_O_NO_FLUSH is set, whoever asked for the flush.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from refvm.block.driver import BlockDriver
+from refvm.block.vectored import read_into, write_from
 
 __all__ = ["CacheMode", "CACHE_MODES", "parse_cache_options", "CachePolicyBackend"]
 
@@ -109,6 +110,11 @@ class CachePolicyBackend:
         self.readonly = bool(driver.readonly)
         self.flushes_requested = 0
         self.syncs = 0
+        # reads and writes pass through the policy unchanged: bind the driver's vectored path once
+        if getattr(driver, "preadv_into", None) is not None:
+            self.preadv_into = driver.preadv_into  # type: ignore[method-assign]
+        if getattr(driver, "pwritev_from", None) is not None:
+            self.pwritev_from = driver.pwritev_from  # type: ignore[method-assign]
         self._count_lock = threading.Lock()
 
     def length(self) -> int:
@@ -119,6 +125,22 @@ class CachePolicyBackend:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.driver.write(offset, data)
+
+    def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        """Read into ``bufs`` (guest RAM views): the driver's vectored path, else one copy."""
+        fn = getattr(self.driver, "preadv_into", None)
+        if fn is not None:
+            fn(offset, bufs)
+        else:
+            read_into(self, offset, bufs)
+
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        """Write ``bufs`` (guest RAM views): the driver's vectored path, else one join."""
+        fn = getattr(self.driver, "pwritev_from", None)
+        if fn is not None:
+            fn(offset, bufs)
+        else:
+            write_from(self, offset, bufs)
 
     def flush(self) -> None:
         """Make completed writes stable -- unless the mode is ``no-flush`` (then no syscall at all)."""

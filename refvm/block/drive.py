@@ -22,7 +22,7 @@ import itertools
 import os
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refvm.block.cache import CacheMode, CachePolicyBackend, parse_cache_options
@@ -108,6 +108,8 @@ class Drive:
         self.detect_zeroes = props.get("detect-zeroes", "off")
         self.backing_file_depth = _chain_depth(driver)
         self.closed = False
+        self.preadv_into = self.policy.preadv_into  # type: ignore[method-assign]  # per request: no extra layer
+        self.pwritev_from = self.policy.pwritev_from  # type: ignore[method-assign]
 
     # --- BlockBackend ---------------------------------------------------------------------------
     def length(self) -> int:
@@ -118,6 +120,12 @@ class Drive:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.policy.pwrite(offset, data)
+
+    def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self.policy.preadv_into(offset, bufs)
+
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self.policy.pwritev_from(offset, bufs)
 
     def flush(self) -> None:
         self.policy.flush()

@@ -101,6 +101,9 @@ class RawDriver:
             self._f = RawFile(path, readonly=readonly, direct=direct)
         except OSError as exc:
             raise BlockError(path, f"Could not open: {exc.strerror or exc}") from None
+        # the hot path calls these per request: bound once, no forwarding layer
+        self.preadv_into = self._f.preadv_into  # type: ignore[method-assign]
+        self.pwritev_from = self._f.pwritev_from  # type: ignore[method-assign]
 
     def length(self) -> int:
         return self._f.length()
@@ -125,6 +128,12 @@ class RawDriver:
 
     def writev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         self.write(offset, _join(offset, buffers))
+
+    def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self._f.preadv_into(offset, bufs)
+
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self._f.pwritev_from(offset, bufs)
 
     def flush(self) -> None:
         self._f.flush()

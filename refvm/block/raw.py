@@ -14,6 +14,8 @@ import mmap
 import os
 import stat
 
+from refvm.block.vectored import IOV_MAX, Buffers, preadv_full, pwritev_full, read_into, write_from
+
 __all__ = ["RawFile"]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -98,6 +100,26 @@ class RawFile:
         done = 0
         while done < view.nbytes:
             done += os.pwrite(self.fd, view[done:], offset + done)
+
+    def preadv_into(self, offset: int, bufs: Buffers) -> None:
+        """Read straight into ``bufs`` (guest RAM views): one ``preadv``, no copy (O_DIRECT: a bounce buffer)."""
+        total = sum(map(len, bufs))
+        self._check(offset, total)
+        if self.direct:
+            read_into(self, offset, bufs)
+        elif len(bufs) > IOV_MAX or os.preadv(self.fd, bufs, offset) != total:
+            preadv_full(self.fd, bufs, offset)  # short (EOF) or too many iovecs: the careful loop, from the start
+
+    def pwritev_from(self, offset: int, bufs: Buffers) -> None:
+        """Write ``bufs`` (guest RAM views) with one ``pwritev``, no copy (O_DIRECT: a bounce buffer)."""
+        if self.readonly:
+            raise OSError(errno.EROFS, "read-only image")
+        total = sum(map(len, bufs))
+        self._check(offset, total)
+        if self.direct:
+            write_from(self, offset, bufs)
+        elif len(bufs) > IOV_MAX or os.pwritev(self.fd, bufs, offset) != total:
+            pwritev_full(self.fd, bufs, offset)  # short write: rewrite it all (same bytes, same place)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._cdef_state import STATE_CDEF
+
 CDEF = r"""
 struct kvm_regs {
     uint64_t rax, rbx, rcx, rdx;
@@ -105,6 +107,11 @@ struct kvm_userspace_memory_region {
 struct kvm_pit_config {
     uint32_t flags;
     uint32_t pad[15];
+};
+
+struct kvm_reinject_control {
+    uint8_t pit_reinject;
+    uint8_t reserved[31];
 };
 
 struct kvm_irq_level {
@@ -268,7 +275,7 @@ struct kvm_run {
 };
 
 int ioctl(int fd, unsigned long request, ...);
-"""
+""" + STATE_CDEF
 
 
 

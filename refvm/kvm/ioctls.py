@@ -55,6 +55,7 @@ KVM_CREATE_VM = _io(0x01)
 KVM_CHECK_EXTENSION = _io(0x03)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_GET_SUPPORTED_CPUID = _iowr(0x05, "struct kvm_cpuid2")
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, "struct kvm_msr_list")
 
 # VM ioctls
 KVM_CREATE_VCPU = _io(0x41)
@@ -67,9 +68,16 @@ KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
 KVM_SET_GSI_ROUTING = _iow(0x6A, "struct kvm_irq_routing")
 KVM_IRQFD = _iow(0x76, "struct kvm_irqfd")
 KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
+KVM_REINJECT_CONTROL = _io(0x71)  # takes a struct kvm_reinject_control * (declared _IO in the kernel headers)
 KVM_IOEVENTFD = _iow(0x79, "struct kvm_ioeventfd")
 KVM_SIGNAL_MSI = _iow(0xA5, "struct kvm_msi")
 KVM_ENABLE_CAP = _iow(0xA3, "struct kvm_enable_cap")  # also a vCPU ioctl
+KVM_GET_IRQCHIP = _iowr(0x62, "struct kvm_irqchip")
+KVM_SET_IRQCHIP = _ior(0x63, "struct kvm_irqchip")  # _IOR for a set: the kernel's historic encoding
+KVM_GET_PIT2 = _ior(0x9F, "struct kvm_pit_state2")
+KVM_SET_PIT2 = _iow(0xA0, "struct kvm_pit_state2")
+KVM_SET_CLOCK = _iow(0x7B, "struct kvm_clock_data")
+KVM_GET_CLOCK = _ior(0x7C, "struct kvm_clock_data")
 
 # vCPU ioctls
 KVM_RUN = _io(0x80)
@@ -83,6 +91,16 @@ KVM_GET_FPU = _ior(0x8C, "struct kvm_fpu")
 KVM_SET_FPU = _iow(0x8D, "struct kvm_fpu")
 KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
 KVM_GET_CPUID2 = _iowr(0x91, "struct kvm_cpuid2")
+KVM_GET_LAPIC = _ior(0x8E, "struct kvm_lapic_state")
+KVM_SET_LAPIC = _iow(0x8F, "struct kvm_lapic_state")
+KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
+KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
+KVM_GET_VCPU_EVENTS = _ior(0x9F, "struct kvm_vcpu_events")
+KVM_SET_VCPU_EVENTS = _iow(0xA0, "struct kvm_vcpu_events")
+KVM_GET_XSAVE = _ior(0xA4, "struct kvm_xsave")
+KVM_SET_XSAVE = _iow(0xA5, "struct kvm_xsave")
+KVM_GET_XCRS = _ior(0xA6, "struct kvm_xcrs")
+KVM_SET_XCRS = _iow(0xA7, "struct kvm_xcrs")
 
 #: name -> number, for error messages and for the header cross-check test.
 IOCTLS: dict[str, int] = {k: v for k, v in globals().items() if k.startswith("KVM_") and isinstance(v, int)}
@@ -100,3 +118,9 @@ KVM_PIT_SPEAKER_DUMMY = 1
 KVM_IRQ_ROUTING_IRQCHIP = 1
 KVM_IRQ_ROUTING_MSI = 2
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
+# KVM_GET/SET_IRQCHIP chip_id; KVM_GET/SET_MP_STATE values; KVM_SET_VCPU_EVENTS flags.
+KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC = 0, 1, 2
+KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED = 0, 1, 2
+KVM_MP_STATE_HALTED, KVM_MP_STATE_SIPI_RECEIVED = 3, 4
+KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 0, 1 << 1
+KVM_VCPUEVENT_VALID_SHADOW, KVM_VCPUEVENT_VALID_SMM = 1 << 2, 1 << 3

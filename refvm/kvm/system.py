@@ -7,7 +7,8 @@ import os
 from typing import TYPE_CHECKING
 
 from . import ioctls as I
-from ._sys import ioctl_int
+from ._ffi import ffi
+from ._sys import ioctl_int, ioctl_ptr
 from .errors import KvmError
 from .types import CpuidEntry, read_cpuid2
 
@@ -68,6 +69,21 @@ class Kvm:
     def supported_cpuid(self) -> list[CpuidEntry]:
         """KVM_GET_SUPPORTED_CPUID, growing the buffer while the kernel answers E2BIG."""
         return read_cpuid2(self._fd, I.KVM_GET_SUPPORTED_CPUID)
+
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU (asked with room for none
+        first; the kernel answers E2BIG with the count)."""
+        probe = ffi.new("struct kvm_msr_list *", {"nmsrs": 0, "indices": 0})
+        try:
+            ioctl_ptr(self._fd, I.KVM_GET_MSR_INDEX_LIST, probe)
+            return []
+        except KvmError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        n = probe.nmsrs
+        buf = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
+        ioctl_ptr(self._fd, I.KVM_GET_MSR_INDEX_LIST, buf)
+        return [int(buf.indices[i]) for i in range(buf.nmsrs)]
 
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM."""

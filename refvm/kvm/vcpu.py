@@ -24,6 +24,7 @@ from ._ffi import ffi
 from ._sys import ioctl_ptr
 from .errors import KvmError
 from .types import CpuidEntry, Regs, Sregs, cpuid2_buffer, read_cpuid2
+from .vcpu_state import VcpuStateMixin
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -39,7 +40,7 @@ _MMIO_DATA = 40
 _EXIT_CACHE_MAX = 512
 
 
-class Vcpu:
+class Vcpu(VcpuStateMixin):
     """A vCPU fd plus its mmap'd kvm_run page. Created by ``Vm.create_vcpu()``.
 
     ``run()`` must be called from one thread at a time (KVM's rule too); other threads may set

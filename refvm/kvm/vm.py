@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from . import ioctls as I
 from ._ffi import ffi
 from ._sys import ioctl_int, ioctl_ptr
+from .vm_state import VmStateMixin
 
 if TYPE_CHECKING:
     from .system import Kvm
@@ -34,7 +35,7 @@ class MsiRoute:
     devid: int = 0
 
 
-class Vm:
+class Vm(VmStateMixin):
     """A KVM VM file descriptor. Created by ``Kvm.create_vm()``."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:
@@ -88,6 +89,12 @@ class Vm:
     def create_pit2(self, flags: int = 0) -> None:
         """In-kernel i8254 PIT (needs the irqchip first)."""
         ioctl_ptr(self._fd, I.KVM_CREATE_PIT2, ffi.new("struct kvm_pit_config *", {"flags": flags}))
+
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT re-injects ticks the guest missed (QEMU's kvm-pit lost_tick_policy: delay
+        re-injects, discard drops them)."""
+        arg = ffi.new("struct kvm_reinject_control *", {"pit_reinject": int(reinject)})
+        ioctl_ptr(self._fd, I.KVM_REINJECT_CONTROL, arg, "KVM_REINJECT_CONTROL")
 
     def irq_line(self, irq: int, level: int) -> None:
         """Set a GSI's line level on the in-kernel irqchip (edge = raise then lower)."""

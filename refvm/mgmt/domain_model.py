@@ -47,6 +47,7 @@ class Disk:
     discard: str | None = None
     source: str | None = None           # file= / dev= path, or for type='volume' the volume name
     source_pool: str | None = None      # type='volume' only
+    resolved: str | None = None         # type='volume': the volume's path, filled when the domain starts
     target_dev: str = ""
     target_bus: str | None = None
     readonly: bool = False
@@ -56,8 +57,8 @@ class Disk:
     alias: str | None = None            # live only
 
     def source_path(self) -> str | None:
-        """The path the hypervisor opens (volumes resolve through the storage layer, not here)."""
-        return self.source
+        """The path the hypervisor opens (a volume's path is resolved by the storage layer at start)."""
+        return self.resolved if self.type == "volume" else self.source
 
 
 @dataclass

@@ -50,6 +50,10 @@ def parse_domain(text: str, validate: bool = False) -> Domain:
     if validate:
         _schema_check(root)
     dom = Domain()
+    if root.get("type") is not None and root.get("type") not in VIRT_TYPES:
+        # libvirt 9.0 reports an unknown hypervisor type as unsupported configuration (measured on its
+        # test and QEMU drivers), not as a bad attribute value
+        raise config_unsupported(f"invalid domain type {root.get('type')}")
     dom.type = enum_attr(root, "type", VIRT_TYPES, required=True)
     if dom.type not in ("kvm", "qemu"):
         raise config_unsupported(f"invalid domain type {dom.type}")

@@ -6,6 +6,8 @@ constants). Messages are formatted as libvirt's virErrorMsg formats them: a fixe
 """
 from __future__ import annotations
 
+from refvm.mgmt import deviations
+
 # virErrorLevel
 VIR_ERR_NONE = 0
 VIR_ERR_WARNING = 1
@@ -20,6 +22,7 @@ VIR_FROM_CONF = 9
 VIR_FROM_QEMU = 10
 VIR_FROM_TEST = 12
 VIR_FROM_REMOTE = 13
+VIR_FROM_STORAGE = 18
 VIR_FROM_DOMAIN = 20
 VIR_FROM_SECURITY = 24
 VIR_FROM_STREAMS = 38
@@ -45,6 +48,12 @@ VIR_ERR_NO_NAME = 21
 VIR_ERR_SYSTEM_ERROR = 38
 VIR_ERR_RPC = 39
 VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_INVALID_STORAGE_POOL = 46
+VIR_ERR_NO_STORAGE_POOL = 49
+VIR_ERR_NO_STORAGE_VOL = 50
+VIR_ERR_STORAGE_PROBE_FAILED = 75
+VIR_ERR_STORAGE_POOL_BUILT = 76
+VIR_ERR_STORAGE_VOL_EXIST = 90
 VIR_ERR_INVALID_MAC = 44
 VIR_ERR_OPERATION_INVALID = 55
 VIR_ERR_CONFIG_UNSUPPORTED = 67
@@ -77,6 +86,11 @@ _MESSAGES: dict[int, tuple[str, str]] = {
     VIR_ERR_SYSTEM_ERROR: ("system call error", "%s"),
     VIR_ERR_RPC: ("RPC error", "%s"),
     VIR_ERR_NO_DOMAIN: ("Domain not found", "Domain not found: %s"),
+    VIR_ERR_NO_STORAGE_POOL: ("Storage pool not found", "Storage pool not found: %s"),
+    VIR_ERR_NO_STORAGE_VOL: ("Storage volume not found", "Storage volume not found: %s"),
+    VIR_ERR_STORAGE_PROBE_FAILED: ("Storage pool probe failed", "Storage pool probe failed: %s"),
+    VIR_ERR_STORAGE_POOL_BUILT: ("Storage pool already built", "Storage pool already built: %s"),
+    VIR_ERR_STORAGE_VOL_EXIST: ("this storage volume exists already", "storage volume %s exists already"),
     VIR_ERR_INVALID_MAC: ("invalid MAC address", "invalid MAC address: %s"),
     VIR_ERR_OPERATION_INVALID: ("Requested operation is not valid", "Requested operation is not valid: %s"),
     VIR_ERR_CONFIG_UNSUPPORTED: ("unsupported configuration", "unsupported configuration: %s"),
@@ -123,6 +137,12 @@ class VirError(Exception):
 def operation_invalid(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:
     """VIR_ERR_OPERATION_INVALID, e.g. "domain is not running"."""
     return VirError(VIR_ERR_OPERATION_INVALID, detail, domain=domain)
+
+
+def not_running() -> VirError:
+    """libvirt's shared active-domain check (virDomainObjCheckActive) reports in VIR_FROM_DOMAIN."""
+    domain = VIR_FROM_QEMU if deviations.active("error-domain-driver") else VIR_FROM_DOMAIN
+    return operation_invalid("domain is not running", domain=domain)
 
 
 def no_domain(detail: str, domain: int = VIR_FROM_QEMU) -> VirError:

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from refvm.mgmt import deviations
 from refvm.mgmt.daemon import Daemon, default_socket
 
 DESCRIPTION = """refvmd: a libvirt-compatible management daemon for refvm and QEMU.
@@ -29,6 +30,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--system", action="store_true",
                     help="serve refvm:///system: socket mode 0660 (default /run/refvm/refvmd-sock)")
     ap.add_argument("--group", help="group owning the --system socket")
+    ap.add_argument("--x-deviation", action="append", default=[], metavar="NAME",
+                    help="break one libvirt API behaviour on purpose, to show the libvirt_api suite catches it "
+                         "(names: see refvm/mgmt/deviations.py)")
     ap.add_argument("--verbose", "-v", action="store_true", help="log connections and protocol errors to stderr")
     return ap.parse_args(argv)
 
@@ -48,6 +52,11 @@ def _detach() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        deviations.enable(ns.x_deviation)
+    except ValueError as exc:
+        print(f"refvmd: --x-deviation: {exc}", file=sys.stderr)
+        return 1
     daemon = Daemon(ns.socket or default_socket(ns.system), system=ns.system, group=ns.group,
                     state_dir=ns.state_dir, verbose=ns.verbose)
     try:

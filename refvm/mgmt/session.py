@@ -108,17 +108,19 @@ class Session:
     # ---- receiving --------------------------------------------------------------------------------------
 
     def _recv_exact(self, n: int) -> bytes | None:
-        chunks = []
-        while n:
+        """Exactly ``n`` bytes (received in place: stream data arrives in 256 KiB packets), None at EOF."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
             try:
-                chunk = self.sock.recv(min(n, 1 << 20))
+                k = self.sock.recv_into(view[got:])
             except OSError:
                 return None
-            if not chunk:
+            if not k:
                 return None
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            got += k
+        return bytes(buf) if n <= 64 else buf  # type: ignore[return-value]
 
     def serve(self) -> None:
         """Run the connection until the client leaves, breaks framing or closes it."""
@@ -154,10 +156,10 @@ class Session:
             self.send_error(hdr, message.rpc_error(f"Cannot find program {_signed(hdr.prog)} version "
                                                    f"{_signed(hdr.vers)}"))
             return
-        if hdr.type == MsgType.STREAM:
+        if hdr.type in (MsgType.STREAM, MsgType.STREAM_HOLE):
             handler = self.streams.get(hdr.serial)
             if handler is not None:
-                handler(hdr, body[message.HEADER_SIZE:])
+                handler(hdr, memoryview(body)[message.HEADER_SIZE:])
             return
         if hdr.type not in (MsgType.CALL, MsgType.CALL_WITH_FDS):
             return  # libvirt drops unexpected replies and messages without answering

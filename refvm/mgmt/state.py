@@ -11,6 +11,7 @@ Files are written to a temporary name and renamed, so a crash never leaves half 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -85,7 +86,14 @@ class StateStore:
 
     # running domains
     def qmp_path(self, name: str) -> Path:
-        return self.paths.run / f"{name}.qmp"
+        """The monitor socket: a unix socket path is limited to 107 bytes, so a long state directory plus a
+        long domain name would not fit. Like libvirt (which truncates the name), keep it short: the first 20
+        characters of the name plus a digest of the whole name, so two names never share a socket."""
+        digest = hashlib.sha1(str(self.paths.run / name).encode()).hexdigest()[:12]
+        path = self.paths.run / f"{name[:20]}-{digest[:8]}.qmp"
+        if len(str(path)) > 107:  # a deep state directory: the socket goes to the temp dir, still per daemon
+            path = Path(tempfile.gettempdir()) / f"refvmd-{os.getuid()}-{digest}.qmp"
+        return path
 
     def log_path(self, name: str) -> Path:
         return self.paths.run / f"{name}.log"
@@ -94,8 +102,8 @@ class StateStore:
         _write_atomic(self.paths.run / f"{name}.status", json.dumps(status, indent=1))
 
     def delete_status(self, name: str) -> None:
-        for suffix in (".status", ".qmp"):
-            (self.paths.run / f"{name}{suffix}").unlink(missing_ok=True)
+        (self.paths.run / f"{name}.status").unlink(missing_ok=True)
+        self.qmp_path(name).unlink(missing_ok=True)
 
     def load_statuses(self) -> dict[str, dict[str, Any]]:
         """name -> status of every domain that was running when the daemon last wrote its status."""

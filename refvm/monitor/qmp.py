@@ -230,6 +230,9 @@ class QmpServer:
         self.path = path
         self._commands: dict[str, _Command] = {}
         self._lock = threading.Lock()
+        #: The connection whose request is being handled (handlers run one at a time on the service thread),
+        #: so getfd/add-fd can take the descriptors that came with it (SCM_RIGHTS).
+        self.current: Connection | None = None
         self._service = StreamService(
             "qmp",
             listen_path=path if server else None,
@@ -256,6 +259,11 @@ class QmpServer:
     def command_names(self) -> list[str]:
         with self._lock:
             return list(self._commands)
+
+    def describe(self) -> list[tuple[str, ArgSchema, bool]]:
+        """(name, argument schema, allow_oob) of every registered command: what query-qmp-schema reports."""
+        with self._lock:
+            return [(name, dict(c.args), c.allow_oob) for name, c in self._commands.items()]
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Broadcast an event to every negotiated client (any thread)."""
@@ -296,7 +304,11 @@ class QmpServer:
                 reply: dict[str, Any] = _error("GenericError", framing_error)
             else:
                 assert text is not None
-                reply = self._handle(session, text)
+                self.current = conn
+                try:
+                    reply = self._handle(session, text)
+                finally:
+                    self.current = None
             if not conn.send(_encode(reply)):
                 return
 

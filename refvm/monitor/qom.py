@@ -45,11 +45,15 @@ def balloon_guest_stats(balloon: Any) -> dict[str, Any]:
 
 
 class _Object:
-    """One QOM object: its type name and its readable properties."""
+    """One QOM object: its type name, its readable properties, their QOM type names (for qom-list; "str" when
+    not given) and the writable ones' setters (qom-set)."""
 
-    def __init__(self, type_name: str, props: dict[str, Callable[[], Any]] | None = None) -> None:
+    def __init__(self, type_name: str, props: dict[str, Callable[[], Any]] | None = None,
+                 types: dict[str, str] | None = None, setters: dict[str, Callable[[Any], None]] | None = None) -> None:
         self.type_name = type_name
         self.props: dict[str, Callable[[], Any]] = {"type": lambda: type_name, **(props or {})}
+        self.types: dict[str, str] = {"type": "string", **(types or {})}
+        self.setters: dict[str, Callable[[Any], None]] = dict(setters or {})
 
 
 class QomCommands:
@@ -83,6 +87,8 @@ class QomCommands:
             kind = fn.type_name.removesuffix("-non-transitional").removesuffix("-transitional")
             backend_type = kind.removesuffix("-pci") + "-device"
             out[base + "/virtio-backend"] = _Object(backend_type, props)
+            if isinstance(vdev, VirtioBalloon):  # qom_qmp makes the polling interval writable
+                out[base].balloon = out[base + "/virtio-backend"].balloon = vdev  # type: ignore[attr-defined]
         return out
 
     def resolve(self, path: str) -> _Object | None:

@@ -22,6 +22,8 @@ __all__ = ["Connection", "StreamService", "listen_unix", "connect_unix"]
 #: A peer that stops reading must not wedge a sender forever: give up after this long.
 SEND_TIMEOUT = 10.0
 _RECV_CHUNK = 65536
+#: Most descriptors one message may carry (SCM_RIGHTS), as QEMU's socket chardev (TCP_MAX_FDS 16).
+MAX_FDS = 16
 
 
 def listen_unix(path: str, backlog: int = 8) -> socket.socket:
@@ -60,6 +62,13 @@ class Connection:
         self._send_lock = threading.Lock()
         self.closed = False
         self.state: object = None  # protocol-private per-connection state
+        #: Descriptors the peer sent with SCM_RIGHTS, oldest first; QMP getfd/add-fd take them, the rest are
+        #: closed when the next message arrives without being used (QEMU keeps only the latest batch too).
+        self.received_fds: list[int] = []
+
+    def take_fd(self) -> int | None:
+        """The oldest received descriptor (the caller owns it now), or None."""
+        return self.received_fds.pop(0) if self.received_fds else None
 
     def send(self, data: bytes) -> bool:
         """Write all of ``data``; False (and the connection is dropped) if the peer is gone."""
@@ -188,6 +197,7 @@ class StreamService:
             self._sel.unregister(conn.sock)
         with contextlib.suppress(OSError):
             conn.sock.close()
+        _close_all(conn.received_fds)
         with self._lock:
             if conn in self._conns:
                 self._conns.remove(conn)
@@ -239,11 +249,14 @@ class StreamService:
             self._add(sock)
         elif isinstance(tag, Connection):
             try:
-                data = tag.sock.recv(_RECV_CHUNK)
+                data, fds = _recv_with_fds(tag.sock)
             except (BlockingIOError, InterruptedError, TimeoutError):
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
+            if fds:
+                _close_all(tag.received_fds)  # an older batch nobody took
+                tag.received_fds = fds
             if not data:
                 self._drop(tag)
                 return
@@ -269,3 +282,20 @@ class StreamService:
                 s.close()
         with contextlib.suppress(Exception):
             self._sel.close()
+
+
+def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """recv() that also collects SCM_RIGHTS descriptors (marked close-on-exec by the kernel)."""
+    data, ancdata, _flags, _addr = sock.recvmsg(_RECV_CHUNK, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(int.from_bytes(payload[i : i + 4], "little", signed=True) for i in range(0, usable, 4))
+    return data, fds
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())

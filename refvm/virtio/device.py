@@ -352,20 +352,26 @@ class VirtioDevice:
         try:
             self.handle_queue(q)
         except VirtqueueError as exc:
+            q.publish()  # what was completed before the error stays completed
             self.fail(str(exc))
             return
         except GuestMemoryError as exc:
+            q.publish()
             self.fail(f"virtio 2.7.5/2.8.4: queue {q.index}: buffer outside guest RAM: {exc}")
             return
         except Exception as exc:  # a device model bug must not take the vCPU thread down
             log.exception("%s: handle_queue(%d) crashed", type(self).__name__, q.index)
+            q.publish()
             self.fail(f"device error on queue {q.index}: {exc!r}")
             return
         self.notify_used(q)
 
     def notify_used(self, q: Virtqueue) -> None:
         """Send a used buffer notification if the driver wants one (for devices that complete
-        requests later, e.g. from I/O threads). Call with the lock held or from a handler."""
+        requests later, e.g. from I/O threads). Call with the lock held or from a handler.
+
+        First publishes the used elements added since the last call: one used idx store per batch."""
+        q.publish()
         if not self.live:
             return
         try:

@@ -37,7 +37,7 @@ from refvm.virtio.queue import (
     Chain,
     Virtqueue,
     VirtqueueError,
-    check_ram,
+    map_into,
 )
 
 __all__ = [
@@ -97,8 +97,9 @@ class PackedQueue(Virtqueue):
         size = self.size
         mem = self.mem
         q = self.index
-        readable: list[tuple[int, int]] = []
-        writable: list[tuple[int, int]] = []
+        readable: list[memoryview] = []
+        writable: list[memoryview] = []
+        ranges: list[tuple[int, int]] = []
         rlen = wlen = 0
         count = 0
         unpack = _DESC.unpack_from
@@ -114,19 +115,18 @@ class PackedQueue(Virtqueue):
             if flags & DESC_F_INDIRECT:
                 if count != 1 or flags & DESC_F_NEXT:
                     raise VirtqueueError("2.8.19", f"queue {q}: INDIRECT descriptor {off} in a list linked by NEXT")
-                rlen, wlen = self._indirect(addr, length, readable, writable)
+                rlen, wlen = self._indirect(addr, length, readable, writable, ranges)
+            elif flags & DESC_F_WRITE:
+                map_into(writable, mem, addr, length, "2.8.4", q, "descriptor", off)
+                ranges.append((addr, length))
+                wlen += length
             else:
-                check_ram(mem, addr, length, f"queue {q} descriptor {off}", "2.8.4")
-                if flags & DESC_F_WRITE:
-                    writable.append((addr, length))
-                    wlen += length
-                else:
-                    if writable:
-                        raise VirtqueueError(
-                            "2.8.17", f"queue {q}: device-readable descriptor {off} after a device-writable one"
-                        )
-                    readable.append((addr, length))
-                    rlen += length
+                if writable:
+                    raise VirtqueueError(
+                        "2.8.17", f"queue {q}: device-readable descriptor {off} after a device-writable one"
+                    )
+                map_into(readable, mem, addr, length, "2.8.4", q, "descriptor", off)
+                rlen += length
             off += 1
             if off == size:
                 off = 0
@@ -141,10 +141,15 @@ class PackedQueue(Virtqueue):
         self.avail_wrap = wrap
         self.in_flight += 1
         # 2.8.6: the Buffer ID is in the last descriptor of the list.
-        return Chain(buf_id, readable, writable, mem, rlen, wlen, count)
+        return Chain(buf_id, readable, writable, mem, rlen, wlen, count, ranges)
 
     def _indirect(
-        self, addr: int, length: int, readable: list[tuple[int, int]], writable: list[tuple[int, int]]
+        self,
+        addr: int,
+        length: int,
+        readable: list[memoryview],
+        writable: list[memoryview],
+        ranges: list[tuple[int, int]],
     ) -> tuple[int, int]:
         """Elements of an indirect table (2.8.7): sequential, ``len / 16`` entries, only WRITE honoured."""
         q = self.index
@@ -157,26 +162,29 @@ class PackedQueue(Virtqueue):
         if n > limit:
             raise VirtqueueError("2.8.5", f"queue {q}: indirect table of {n} descriptors exceeds the limit {limit}")
         mem = self.mem
-        check_ram(mem, addr, length, f"queue {q} indirect table", "2.8.7")
-        table = mem.read(addr, length)
+        views: list[memoryview] = []
+        map_into(views, mem, addr, length, "2.8.7", q, "indirect table", -1)
+        table = bytes(views[0]) if len(views) == 1 else b"".join(views)  # a copy: the driver may rewrite it
         rlen = wlen = 0
         for i, (a, ln, _id, flags) in enumerate(_DESC.iter_unpack(table)):
-            check_ram(mem, a, ln, f"queue {q} indirect descriptor {i}", "2.8.7")
             if flags & DESC_F_WRITE:
-                writable.append((a, ln))
+                map_into(writable, mem, a, ln, "2.8.7", q, "indirect descriptor", i)
+                ranges.append((a, ln))
                 wlen += ln
             else:
                 if writable:
                     raise VirtqueueError(
                         "2.8.17", f"queue {q}: device-readable indirect descriptor {i} after a device-writable one"
                     )
-                readable.append((a, ln))
+                map_into(readable, mem, a, ln, "2.8.7", q, "indirect descriptor", i)
                 rlen += ln
         return rlen, wlen
 
     # ------------------------------------------------------------------ used side
-    def push(self, chain: Chain, written: int) -> None:
-        """Write the used descriptor in place: id and len first, then flags (2.8.15, 2.8.21)."""
+    def add_used(self, chain: Chain, written: int) -> None:
+        """Write the used descriptor in place: id and len first, then flags (2.8.15, 2.8.21).
+
+        The flags store is what makes it visible, so a packed element is published as it is added."""
         self._check_push(chain, written)
         desc = self._desc
         assert desc is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refvm.memory import GuestMemory
+from refvm.memory import GuestMemory, GuestMemoryError
 
 __all__ = [
     "VirtqueueError",
@@ -26,6 +26,8 @@ __all__ = [
     "DESC_F_WRITE",
     "DESC_F_INDIRECT",
     "DEFAULT_READ_LIMIT",
+    "map_into",
+    "slice_views",
 ]
 
 #: The "no MSI-X vector" value of queue_msix_vector / config_msix_vector (section 4.1.5.1.2).
@@ -56,11 +58,7 @@ class VirtqueueError(Exception):
 
 
 def check_ram(mem: GuestMemory, addr: int, length: int, what: str, section: str) -> None:
-    """Raise :class:`VirtqueueError` unless ``[addr, addr+length)`` is guest RAM.
-
-    Buffers are checked when a chain is popped, so a device never starts a request whose
-    status byte (say) would land outside RAM -- the same moment QEMU maps a chain.
-    """
+    """Raise :class:`VirtqueueError` unless ``[addr, addr+length)`` is guest RAM (used for ring areas)."""
     if length:
         r = mem.find_region(addr)
         if r is not None and addr + length <= r.gpa + r.size:
@@ -69,22 +67,76 @@ def check_ram(mem: GuestMemory, addr: int, length: int, what: str, section: str)
             raise VirtqueueError(section, f"{what} gpa={addr:#x} len={length:#x} is not guest RAM")
 
 
+#: The view of a zero-length descriptor (nothing to read or write; kept so element positions stay).
+_EMPTY = memoryview(bytearray())
+
+
+def map_into(
+    out: list[memoryview], mem: GuestMemory, addr: int, length: int, section: str, queue: int, what: str, index: int
+) -> None:
+    """Append zero-copy views of the buffer ``[addr, addr+length)`` to ``out``.
+
+    This is the one bounds check a descriptor gets: the views are slices of the RAM mapping, so
+    later reads and writes through them cannot leave the checked range. A buffer crossing two
+    adjacent RAM regions becomes two views; anything outside RAM is a :class:`VirtqueueError`,
+    raised at pop, before the device acts on any part of the request (QEMU maps chains then too).
+    ``queue``, ``what`` and ``index`` only name the buffer in that error (no string is built otherwise).
+    """
+    if not length:
+        out.append(_EMPTY)
+        return
+    r = mem.find_region(addr)
+    if r is not None and addr + length <= r.gpa + r.size:
+        off = addr - r.gpa
+        out.append(r.view[off : off + length])
+        return
+    try:
+        out.extend(mem.views(addr, length))
+    except GuestMemoryError:
+        name = f"queue {queue} {what}" + (f" {index}" if index >= 0 else "")
+        raise VirtqueueError(section, f"{name} gpa={addr:#x} len={length:#x} is not guest RAM") from None
+
+
+def slice_views(views: list[memoryview], offset: int, length: int) -> list[memoryview]:
+    """The views covering bytes ``[offset, offset+length)`` of the concatenation of ``views`` (short at the end)."""
+    out: list[memoryview] = []
+    for v in views:
+        if length <= 0:
+            break
+        n = len(v)
+        if offset >= n:
+            offset -= n
+            continue
+        k = min(n - offset, length)
+        out.append(v[offset : offset + k] if offset or k != n else v)
+        length -= k
+        offset = 0
+    return out
+
+
 @dataclass(slots=True, eq=False)
 class Chain:
-    """One available buffer: its device-readable and device-writable elements.
+    """One available buffer: views of its device-readable and device-writable elements in guest RAM.
 
     ``head`` is what goes back in the used element: the head descriptor index (split, 2.7.8)
     or the Buffer ID (packed, 2.8.6). ``desc_count`` is the number of ring slots the buffer
     took (packed queues skip that many when writing the used descriptor, 2.8.6).
+
+    ``readable`` / ``writable`` are memoryviews of guest RAM, bounds-checked once at pop; devices
+    read and write (or ``preadv``/``pwritev``) through them with no further checks and no copies.
+    ``writable_ranges`` keeps the guest-physical ``(addr, len)`` of each writable descriptor: the
+    completion (:meth:`Virtqueue.add_used`) is the one place device writes into these buffers are
+    reported, which is where a migration dirty bitmap marks them.
     """
 
     head: int
-    readable: list[tuple[int, int]]
-    writable: list[tuple[int, int]]
+    readable: list[memoryview]
+    writable: list[memoryview]
     mem: GuestMemory = field(repr=False)
     readable_len: int = 0
     writable_len: int = 0
     desc_count: int = 1
+    writable_ranges: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     def read_all(self, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         """All device-readable bytes, concatenated; more than ``limit`` bytes is a device-side refusal."""
@@ -92,26 +144,24 @@ class Chain:
             raise VirtqueueError(
                 "2.7.4", f"readable part of {self.readable_len} bytes exceeds the device's limit of {limit}"
             )
-        read = self.mem.read
         if len(self.readable) == 1:
-            addr, length = self.readable[0]
-            return read(addr, length)
-        return b"".join(read(addr, length) for addr, length in self.readable)
+            return bytes(self.readable[0])
+        return b"".join(self.readable)
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` readable bytes starting ``offset`` bytes into the readable part (short at the end)."""
-        out = []
-        for addr, seg in self.readable:
-            if length <= 0:
-                break
-            if offset >= seg:
-                offset -= seg
-                continue
-            n = min(seg - offset, length)
-            out.append(self.mem.read(addr + offset, n))
-            length -= n
-            offset = 0
-        return b"".join(out)
+        return b"".join(slice_views(self.readable, offset, length))
+
+    def readable_views(self, offset: int, length: int) -> list[memoryview]:
+        """Views of ``length`` readable bytes from ``offset`` (for ``pwritev`` straight from guest RAM)."""
+        return slice_views(self.readable, offset, length)
+
+    def writable_views(self, offset: int, length: int) -> list[memoryview]:
+        """Views of ``length`` writable bytes from ``offset`` (for ``preadv`` straight into guest RAM).
+
+        Only device-writable elements are ever handed out (2.7.5.1 / 2.8.15).
+        """
+        return slice_views(self.writable, offset, length)
 
     def write_into(self, data: bytes | bytearray | memoryview, offset: int = 0, *, exact: bool = False) -> int:
         """Copy ``data`` into the device-writable part, ``offset`` bytes in; returns bytes written.
@@ -128,15 +178,15 @@ class Chain:
                 "device-writable bytes (a device MUST NOT write to a device-readable buffer)",
             )
         pos = 0
-        write = self.mem.write
-        for addr, seg in self.writable:
+        for v in self.writable:
             if pos >= total:
                 break
+            seg = len(v)
             if offset >= seg:
                 offset -= seg
                 continue
             n = min(seg - offset, total - pos)
-            write(addr + offset, src[pos : pos + n])
+            v[offset : offset + n] = src[pos : pos + n]
             pos += n
             offset = 0
         return pos
@@ -247,8 +297,22 @@ class Virtqueue:
         raise NotImplementedError
 
     def push(self, chain: Chain, written: int) -> None:
-        """Return ``chain`` to the driver as used with ``written`` bytes written into its writable part."""
+        """Return ``chain`` to the driver as used with ``written`` bytes written, visible at once."""
+        self.add_used(chain, written)
+        self.publish()
+
+    def add_used(self, chain: Chain, written: int) -> None:
+        """Write the used element for ``chain``; the driver sees it after :meth:`publish`.
+
+        Devices on the hot path add several and publish once per notification
+        (:meth:`refvm.virtio.device.VirtioDevice.notify_used` publishes before deciding the interrupt).
+        This is also the one place where the device's writes into the chain's buffers are complete:
+        a dirty bitmap for live migration marks ``chain.writable_ranges`` (up to ``written`` bytes) here.
+        """
         raise NotImplementedError
+
+    def publish(self) -> None:
+        """Make every element added with :meth:`add_used` visible to the driver (used idx store)."""
 
     def needs_interrupt(self) -> bool:
         """After pushes: does the driver want a used buffer notification now? Resets the window."""

@@ -34,7 +34,7 @@ from refvm.virtio.queue import (
     Chain,
     Virtqueue,
     VirtqueueError,
-    check_ram,
+    map_into,
 )
 
 __all__ = ["SplitQueue", "vring_need_event", "VIRTQ_AVAIL_F_NO_INTERRUPT", "VIRTQ_USED_F_NO_NOTIFY"]
@@ -66,7 +66,10 @@ class SplitQueue(Virtqueue):
 
     def _reset_ring(self) -> None:
         self.last_avail_idx = 0  # next available ring entry the device will read
-        self.used_idx = 0  # the device's used idx (mirrors what it wrote)
+        self.used_idx = 0  # the device's used idx (what it will publish)
+        self._published = 0  # used idx as stored in guest memory
+        self._avail_shadow = 0  # avail idx as last read: guest memory is read again only when it is used up
+        self._avail_event = -1  # avail_event as this device last wrote it (-1: not written)
         self._signalled_used = 0  # used idx at the last needs_interrupt()
         self._pushed = 0  # used elements written since then
         self.in_flight = 0
@@ -88,24 +91,29 @@ class SplitQueue(Virtqueue):
         avail = self._driver
         assert avail is not None
         last = self.last_avail_idx
-        avail_idx = _U16.unpack_from(avail, 2)[0]
+        avail_idx = self._avail_shadow
         if avail_idx == last:
-            if not self.event_idx or self.suppressed:
-                return None
-            # 2.7.10: ask for a notification when the driver fills entry `last`, then re-check so a
-            # buffer made available in between is not missed.
-            _U16.pack_into(self._device, 4 + 8 * self.size, last)  # type: ignore[arg-type]
             avail_idx = _U16.unpack_from(avail, 2)[0]
             if avail_idx == last:
-                return None
+                if not self.event_idx or self.suppressed or self._avail_event == last:
+                    return None  # (avail_event already asks for entry `last`: nothing to write or re-read)
+                # 2.7.10: ask for a notification when the driver fills entry `last`, then re-check so a
+                # buffer made available in between is not missed.
+                _U16.pack_into(self._device, 4 + 8 * self.size, last)  # type: ignore[arg-type]
+                self._avail_event = last
+                avail_idx = _U16.unpack_from(avail, 2)[0]
+                if avail_idx == last:
+                    return None
+            size = self.size
+            pending = (avail_idx - last) & 0xFFFF
+            if pending > size:
+                raise VirtqueueError(
+                    "2.7.13",
+                    f"queue {self.index}: available idx moved from {last} to {avail_idx}, "
+                    f"more than the queue size {size} (idx decremented or ring overrun, 2.7.6.1)",
+                )
+            self._avail_shadow = avail_idx
         size = self.size
-        pending = (avail_idx - last) & 0xFFFF
-        if pending > size:
-            raise VirtqueueError(
-                "2.7.13",
-                f"queue {self.index}: available idx moved from {last} to {avail_idx}, "
-                f"more than the queue size {size} (idx decremented or ring overrun, 2.7.6.1)",
-            )
         head = _U16.unpack_from(avail, 4 + 2 * (last & (size - 1)))[0]
         self.last_avail_idx = (last + 1) & 0xFFFF
         if head >= size:
@@ -123,8 +131,9 @@ class SplitQueue(Virtqueue):
         mem = self.mem
         size = self.size
         unpack = _DESC.unpack_from
-        readable: list[tuple[int, int]] = []
-        writable: list[tuple[int, int]] = []
+        readable: list[memoryview] = []
+        writable: list[memoryview] = []
+        ranges: list[tuple[int, int]] = []
         rlen = wlen = 0
         idx = head
         steps = 0
@@ -140,18 +149,18 @@ class SplitQueue(Virtqueue):
                     raise VirtqueueError(
                         "2.7.5.3.1", f"queue {self.index}: descriptor {idx} sets both INDIRECT and NEXT"
                     )
-                rlen, wlen = self._indirect(addr, length, readable, writable, rlen, wlen, steps - 1)
+                rlen, wlen = self._indirect(addr, length, readable, writable, ranges, rlen, wlen, steps - 1)
                 break
-            check_ram(mem, addr, length, f"queue {self.index} descriptor {idx}", "2.7.5")
             if flags & DESC_F_WRITE:
-                writable.append((addr, length))
+                map_into(writable, mem, addr, length, "2.7.5", self.index, "descriptor", idx)
+                ranges.append((addr, length))
                 wlen += length
             else:
                 if writable:
                     raise VirtqueueError(
                         "2.7.4.2", f"queue {self.index}: device-readable descriptor {idx} after a device-writable one"
                     )
-                readable.append((addr, length))
+                map_into(readable, mem, addr, length, "2.7.5", self.index, "descriptor", idx)
                 rlen += length
             if not flags & DESC_F_NEXT:
                 break
@@ -164,14 +173,15 @@ class SplitQueue(Virtqueue):
             raise VirtqueueError(
                 "2.7.5.2", f"queue {self.index}: chain at head {head} is {rlen + wlen} bytes, more than 2^32"
             )
-        return Chain(head, readable, writable, mem, rlen, wlen, 1)
+        return Chain(head, readable, writable, mem, rlen, wlen, 1, ranges)
 
     def _indirect(
         self,
         addr: int,
         length: int,
-        readable: list[tuple[int, int]],
-        writable: list[tuple[int, int]],
+        readable: list[memoryview],
+        writable: list[memoryview],
+        ranges: list[tuple[int, int]],
         rlen: int,
         wlen: int,
         direct: int,
@@ -193,9 +203,10 @@ class SplitQueue(Virtqueue):
                 "2.7.5.3.1",
                 f"queue {q}: indirect table of {n} descriptors (+{direct} direct) exceeds the queue size {limit}",
             )
-        check_ram(self.mem, addr, length, f"queue {q} indirect table", "2.7.5.3")
-        table = self.mem.read(addr, length)
         mem = self.mem
+        views: list[memoryview] = []
+        map_into(views, mem, addr, length, "2.7.5.3", q, "indirect table", -1)
+        table = bytes(views[0]) if len(views) == 1 else b"".join(views)  # a copy: the driver may rewrite it
         unpack = _DESC.unpack_from
         i = 0
         steps = 0
@@ -206,16 +217,16 @@ class SplitQueue(Virtqueue):
             a, ln, flags, nxt = unpack(table, 16 * i)
             if flags & DESC_F_INDIRECT:
                 raise VirtqueueError("2.7.5.3.1", f"queue {q}: INDIRECT set inside the indirect table at {addr:#x}")
-            check_ram(mem, a, ln, f"queue {q} indirect descriptor {i}", "2.7.5.3")
             if flags & DESC_F_WRITE:
-                writable.append((a, ln))
+                map_into(writable, mem, a, ln, "2.7.5.3", q, "indirect descriptor", i)
+                ranges.append((a, ln))
                 wlen += ln
             else:
                 if writable:
                     raise VirtqueueError(
                         "2.7.4.2", f"queue {q}: device-readable indirect descriptor {i} after a device-writable one"
                     )
-                readable.append((a, ln))
+                map_into(readable, mem, a, ln, "2.7.5.3", q, "indirect descriptor", i)
                 rlen += ln
             if not flags & DESC_F_NEXT:
                 return rlen, wlen
@@ -226,21 +237,27 @@ class SplitQueue(Virtqueue):
             i = nxt
 
     # ------------------------------------------------------------------ used side
-    def push(self, chain: Chain, written: int) -> None:
-        """Write the used element, then advance used idx (2.7.8.2: len is set before idx)."""
+    def add_used(self, chain: Chain, written: int) -> None:
+        """Write the used element (id, len); the idx store waits for :meth:`publish` (2.7.8.2: len before idx)."""
         self._check_push(chain, written)
         device = self._device
         assert device is not None
         used = self.used_idx
         _USED_ELEM.pack_into(device, 4 + 8 * (used & (self.size - 1)), chain.head, written)
-        used = (used + 1) & 0xFFFF
-        self.used_idx = used
-        _U16.pack_into(device, 2, used)
+        self.used_idx = (used + 1) & 0xFFFF
         self.in_flight -= 1
         self._pushed += 1
 
+    def publish(self) -> None:
+        """One store of used ``idx`` for every element added since the last one (2.7.8.2)."""
+        used = self.used_idx
+        if used != self._published and self._device is not None:
+            _U16.pack_into(self._device, 2, used)
+            self._published = used
+
     def needs_interrupt(self) -> bool:
         """Decide the used buffer notification for the elements pushed since the last call (2.7.7.2)."""
+        self.publish()
         pushed = self._pushed
         if not pushed or self._driver is None:
             return False
@@ -260,6 +277,7 @@ class SplitQueue(Virtqueue):
         """2.7.10.2: VIRTQ_USED_F_NO_NOTIFY without EVENT_IDX; with it, flags stay 0 and
         ``avail_event`` stops (or restarts) tracking the ring."""
         self.suppressed = suppress
+        self._avail_event = -1
         if self._device is None:
             if not self.ready:
                 return

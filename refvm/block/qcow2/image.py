@@ -38,11 +38,13 @@ from refvm.block.qcow2.l2 import (
     read_compressed,
 )
 from refvm.block.qcow2.refcount import Refcounts
+from refvm.block.vectored import preadv_full, read_into, write_from
 
 __all__ = ["Qcow2Image", "MAX_CHAIN"]
 
 MAX_CHAIN = 64  # deepest backing chain refvm follows
 _MAX_GROUP = 512  # clusters allocated and written in one go
+_UNALLOCATED = Mapping(UNALLOCATED)
 
 
 class Qcow2Image:
@@ -145,29 +147,46 @@ class Qcow2Image:
         entry = table[(guest >> self.cb) & (self.l2_entries - 1)]
         return decode_l2(self.path, entry, guest, self.cb, self.h.version, self.f.size)
 
+    def _contiguous_host(self, offset: int, length: int) -> int | None:
+        """Host offset of ``[offset, +length)`` if it is one run of standard clusters in one L2 table, else None."""
+        if not length or (offset >> self.l1_shift) != ((offset + length - 1) >> self.l1_shift):
+            return None
+        l2off = self._l2_offset(offset >> self.l1_shift)
+        if not l2off:
+            return None
+        table = self.l2.get(l2off)
+        first = self._map(table, offset)
+        if first.kind != NORMAL:
+            return None
+        host0 = first.offset - (offset & ~(self.cs - 1))
+        pos = (offset | (self.cs - 1)) + 1
+        while pos < offset + length:
+            m = self._map(table, pos)
+            if m.kind != NORMAL or m.offset - pos != host0:
+                return None
+            pos += self.cs
+        return host0 + offset
+
+    def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        """Read into ``bufs`` (guest RAM views): one ``preadv`` when the range is host-contiguous, else one copy."""
+        length = sum(len(b) for b in bufs)
+        self._check_range(offset, length)
+        host = self._contiguous_host(offset, length)
+        if host is not None:
+            preadv_full(self.f.fd, bufs, host)
+            return
+        read_into(self, offset, bufs)
+
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        """Write ``bufs`` (guest RAM views); several are joined once (the allocator wants one buffer)."""
+        write_from(self, offset, bufs)
+
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
+        host = self._contiguous_host(offset, length)
+        if host is not None:  # fast path: host-contiguous standard clusters -> a single pread, no copies
+            return self.f.pread(host, length)
         out = bytearray(length)
-        if length and (offset >> self.l1_shift) == ((offset + length - 1) >> self.l1_shift):
-            # fast path: one L2 table, host-contiguous standard clusters -> a single pread, no copies
-            l2off = self._l2_offset(offset >> self.l1_shift)
-            if l2off:
-                table = self.l2.get(l2off)
-                first = self._map(table, offset)
-                if first.kind == NORMAL:
-                    host0 = first.offset - (offset & ~(self.cs - 1))
-                    pos = (offset | (self.cs - 1)) + 1
-                    while pos < offset + length:
-                        m = self._map(table, pos)
-                        if m.kind != NORMAL or m.offset - pos != host0:
-                            break
-                        pos += self.cs
-                    else:
-                        return self.f.pread(host0 + offset, length)
-            self._read_chunk(out, offset, offset, offset + length, table) if l2off else self._read_backing(
-                out, offset, offset, offset + length
-            )
-            return bytes(out)
         pos, end = offset, offset + length
         while pos < end:
             l1i = pos >> self.l1_shift
@@ -261,6 +280,9 @@ class Qcow2Image:
                     raise BlockError(self.path, f"L2 table at 0x{l2off:x} is shared (refcount != 1); refusing to write")
                 table = self.l2.get(l2off)
                 p = pos & ~(self.cs - 1)
+                i0 = (p >> self.cb) & (self.l2_entries - 1)
+                if not any(table[i0 : i0 + ((chunk_end - p + self.cs - 1) >> self.cb)]):
+                    p = chunk_end  # all unallocated: nothing shared to look up
                 while p < chunk_end:
                     m = self._map(table, p)
                     if m.kind == NORMAL and not m.copied:
@@ -268,7 +290,8 @@ class Qcow2Image:
                     p += self.cs
             clusters += ((chunk_end - 1) >> self.cb) - (pos >> self.cb) + 2
             pos = chunk_end
-        for idx in range(self.rc.end, self.rc.end + clusters + 2):
+        start = self.rc.end
+        for idx in () if self.rc.all_free(start, clusters + 2) else range(start, start + clusters + 2):
             rc = self.rc.get(idx)
             if rc == self.rc.max:
                 self.rc.check_increment(idx, rc)
@@ -316,9 +339,10 @@ class Qcow2Image:
         group: list[tuple[int, Mapping, int, int]] = []
         changed: list[int] = []
         to_free: list[Mapping] = []
+        unallocated = _UNALLOCATED
         while pos < end:
             idx = (pos >> self.cb) & (self.l2_entries - 1)
-            m = self._map(table, pos)
+            m = unallocated if not table[idx] else self._map(table, pos)  # a zero entry needs no decoding
             nxt = min(end, (pos | mask) + 1)
             if m.kind == NORMAL and (m.copied or self.rc.get(m.offset >> self.cb) == 1):
                 if group:

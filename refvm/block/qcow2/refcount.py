@@ -112,9 +112,57 @@ class Refcounts:
 
     # -- updates ------------------------------------------------------------------------------------------
 
+    def _spans(self, index: int, count: int) -> list[tuple[int, int, int]]:
+        """(table index, first entry, entries) of each refcount block the clusters [index, +count) touch."""
+        out = []
+        pos, end = index, index + count
+        while pos < end:
+            ti, i = divmod(pos, self.per_block)
+            n = min(end - pos, self.per_block - i)
+            out.append((ti, i, n))
+            pos += n
+        return out
+
+    def all_free(self, index: int, count: int) -> bool:
+        """True if clusters [index, index+count) all have refcount 0 (one byte compare per block, no
+        per-cluster loop; entries sharing a byte with a neighbour are looked at one by one)."""
+        for ti, i, n in self._spans(index, count):
+            block = self._load(ti)
+            if block is None:
+                continue
+            first, length = self._entry_bytes(i, n)
+            if block[first : first + length].count(0) != length and any(
+                self._get(block, k) for k in range(i, i + n)
+            ):
+                return False
+        return True
+
+    def _bulk_increment(self, index: int, count: int) -> bool:
+        """+1 on clusters [index, +count) known to be free, one slice store and one pwrite per block
+        (byte-sized entries only); False when the fast path does not apply."""
+        if self.order < 3 or not self.all_free(index, count):
+            return False
+        one = (1).to_bytes(self.bits >> 3, "big")
+        for ti, i, n in self._spans(index, count):
+            block = self._load(ti)
+            first, length = self._entry_bytes(i, n)
+            if block is None:
+                block = self._new_block(ti)  # lands past these clusters (the allocator's end moved first)
+            if block[first : first + length].count(0) == length:
+                block[first : first + length] = one * n
+            else:  # a block made just now may already count clusters of its own: add one by one, checked
+                for k in range(i, i + n):
+                    old = self._get(block, k)
+                    self._check_value(ti * self.per_block + k, old, old + 1)
+                    self._set(block, k, old + 1)
+            self.f.pwrite(self.table[ti] + first, block[first : first + length])
+        return True
+
     def update(self, index: int, count: int, delta: int) -> None:
         """Add ``delta`` to the refcounts of clusters [index, index+count); all checked before any write."""
         if count <= 0:
+            return
+        if delta == 1 and count > 1 and self._bulk_increment(index, count):
             return
         # pass 1: check every entry whose block exists
         pos = index
@@ -230,7 +278,7 @@ class Refcounts:
         The clusters' refcounts are 1 when this returns (written to the file), before the caller uses them.
         """
         start = self.end
-        for idx in range(start, start + count):
+        for idx in () if self.all_free(start, count) else range(start, start + count):
             rc = self.get(idx)
             if rc == self.max:
                 self.check_increment(idx, rc)

@@ -45,6 +45,13 @@ def get_vcpus_flags(session, args: Unpacker, ret: Packer) -> None:
     ret.int(driver_of(session).info(dom).nr_virt_cpu)
 
 
+@procedure(Proc.DOMAIN_SET_MAX_MEMORY)
+def set_max_memory(session, args: Unpacker, ret: Packer) -> None:
+    """virDomainSetMaxMemory is setMemoryFlags(MEM_MAXIMUM) on the current state, as libvirtd's QEMU driver."""
+    dom = unpack_domain(args)
+    driver_of(session).set_memory(dom, args.uhyper(), vir.VIR_DOMAIN_MEM_MAXIMUM)
+
+
 @procedure(Proc.DOMAIN_SET_MEMORY)
 def set_memory(session, args: Unpacker, ret: Packer) -> None:
     dom = unpack_domain(args)

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from refvm.mgmt import vir
+from refvm.mgmt import deviations, vir
 from refvm.mgmt.domain_format import format_domain
 from refvm.mgmt.domain_xml import parse_domain
 from refvm.mgmt.drivers.base import (
@@ -20,9 +20,11 @@ from refvm.mgmt.drivers.domobj import DomainObj
 from refvm.mgmt.drivers.vmm_api_devices import DeviceOps
 from refvm.mgmt.drivers.vmm_driver import Q, VmmDriverCore, check_flags
 from refvm.mgmt.errors import (
+    VIR_FROM_DOMAIN,
     VirError,
     invalid_arg,
     no_domain,
+    not_running,
     operation_failed,
     operation_invalid,
 )
@@ -152,9 +154,11 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         """libvirt's virDomainObjListAdd checks: the same name must have the same UUID and vice versa."""
         for obj in self._all():
             if obj.uuid == dom.uuid and obj.name != dom.name:
-                raise operation_failed(f"domain '{obj.name}' is already defined with uuid {obj.uuid}")
+                raise operation_failed(f"domain '{obj.name}' is already defined with uuid {obj.uuid}",
+                                       domain=VIR_FROM_DOMAIN)
             if obj.name == dom.name and obj.uuid != dom.uuid:
-                raise operation_failed(f"domain '{obj.name}' already exists with uuid {obj.uuid}")
+                raise operation_failed(f"domain '{obj.name}' already exists with uuid {obj.uuid}",
+                                       domain=VIR_FROM_DOMAIN)
             if obj.uuid == dom.uuid:
                 if live and obj.active():
                     raise operation_invalid(f"domain '{obj.name}' is already active")
@@ -185,7 +189,8 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
                 raise operation_invalid("cannot undefine transient domain")
             uuid = obj.uuid
             self.store.delete_config(obj.definition.name)
-            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_UNDEFINED, vir.VIR_DOMAIN_EVENT_UNDEFINED_REMOVED)
+            if not deviations.active("no-undefined-event"):
+                self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_UNDEFINED, vir.VIR_DOMAIN_EVENT_UNDEFINED_REMOVED)
             obj.definition, obj.autostart = None, False
             if not obj.active():
                 with self.lock:
@@ -256,7 +261,7 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
 
     def _require_active(self, obj: DomainObj) -> None:
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
 
     def shutdown(self, dom: DomainRef, flags: int = 0) -> None:
         check_flags(flags, vir.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN, "qemuDomainShutdownFlags")
@@ -292,7 +297,7 @@ class VmmDriver(DeviceOps, VmmDriverCore, Driver):
         try:
             with obj.begin_job("destroy", self.job_timeout):
                 if obj.vmm is None or not obj.active():
-                    raise operation_invalid("domain is not running")
+                    raise not_running()
                 if not obj.vmm.terminate(graceful=bool(flags & vir.VIR_DOMAIN_DESTROY_GRACEFUL)):
                     raise operation_failed("failed to kill qemu process with SIGTERM")
                 self._mark_stopped(obj, vir.VIR_DOMAIN_SHUTOFF_DESTROYED, vir.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
@@ -348,8 +353,9 @@ def _matches(obj: DomainObj, flags: int) -> bool:
                        (vir.VIR_CONNECT_LIST_DOMAINS_OTHER, other)))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, False),
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE, True)))
-            and group(((vir.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, obj.autostart),
-                       (vir.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART, not obj.autostart)))
+            and (deviations.active("list-ignores-autostart")
+                 or group(((vir.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, obj.autostart),
+                           (vir.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART, not obj.autostart))))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, False),
                        (vir.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT, True)))
             and group(((vir.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, False),

@@ -22,6 +22,7 @@ from refvm.mgmt.errors import (
     VirError,
     internal_error,
     invalid_arg,
+    not_running,
     operation_failed,
     operation_invalid,
 )
@@ -55,7 +56,7 @@ def resolve_affect(obj: DomainObj, flags: int) -> tuple[bool, bool]:
     if not live and not config:
         live, config = obj.active(), not obj.active()
     if live and not obj.active():
-        raise operation_invalid("domain is not running")
+        raise not_running()
     if config and obj.definition is None:
         raise operation_invalid("transient domains do not have any persistent config")
     return live, config
@@ -107,7 +108,7 @@ class DeviceOps:
     def memory_stats(self, dom: DomainRef, nr_stats: int, flags: int = 0) -> list[tuple[int, int]]:
         obj = self._find(dom)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         stats: list[tuple[int, int]] = []
         try:
             guest = self._qmp(obj, "qom-get", {"path": "/machine/peripheral/balloon0", "property": "guest-stats"})
@@ -135,7 +136,7 @@ class DeviceOps:
     def block_stats(self, dom: DomainRef, path: str) -> BlockStats:
         obj = self._find(dom)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         index, _disk = self._disk(obj, path)
         for entry in self._qmp(obj, "query-blockstats"):
             if _is_disk(entry, index):
@@ -147,7 +148,7 @@ class DeviceOps:
     def interface_stats(self, dom: DomainRef, path: str) -> InterfaceStats:
         obj = self._find(dom)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         nic = obj.live.find_interface(path)
         counters = tap_counters(nic.target_dev) if nic is not None and nic.target_dev else None
         if counters is None:
@@ -268,7 +269,7 @@ class DeviceOps:
         check_flags(flags, vir.VIR_DOMAIN_CONSOLE_FORCE | vir.VIR_DOMAIN_CONSOLE_SAFE, "qemuDomainOpenConsole")
         obj = self._find(dom)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         devs = [*obj.live.consoles, *obj.live.serials]
         chosen = devs[0] if devs and dev_name is None else next((d for d in devs if d.alias == dev_name), None)
         if chosen is None:

@@ -29,8 +29,8 @@ from refvm.mgmt.errors import (
     internal_error,
     invalid_arg,
     no_domain,
+    not_running,
     operation_failed,
-    operation_invalid,
 )
 from refvm.mgmt.qmp_client import QmpClosed, QmpError
 from refvm.mgmt.state import StatePaths, StateStore
@@ -127,7 +127,7 @@ class VmmDriverCore:
     def _active(self, ref: DomainRef) -> DomainObj:
         obj = self._find(ref)
         if not obj.active():
-            raise operation_invalid("domain is not running")
+            raise not_running()
         return obj
 
     def _new_id(self) -> int:
@@ -256,6 +256,25 @@ class VmmDriverCore:
             with self.lock:
                 self.domains.pop(uuid, None)
 
+    def _resolve_volumes(self, live: Domain) -> None:
+        """<disk type='volume'>: the pool must be active and hold the volume; the disk gets its path and format."""
+        from refvm.mgmt.storage.driver import for_paths
+
+        storage = for_paths(self.store.paths.config, self.store.paths.run)
+        storage.in_use = self._volume_user
+        for disk in live.disks:
+            if disk.type == "volume":
+                pool, path = storage.vol(disk.source_pool or "", disk.source or "")
+                disk.resolved = path
+                disk.driver_type = disk.driver_type or storage.info(path).format
+
+    def _volume_user(self, path: str) -> str | None:
+        """The running domain whose disk is ``path`` (the storage layer refuses to delete or wipe it)."""
+        for obj in list(self.domains.values()):
+            if obj.live is not None and any(d.source_path() == path for d in obj.live.disks):
+                return obj.live.name
+        return None
+
     def _start(self, obj: DomainObj, flags: int, transient: Domain | None = None) -> None:
         """Start the hypervisor for ``obj`` (job held): -S, QMP, then cont unless START_PAUSED."""
         live = copy.deepcopy(transient or obj.definition)
@@ -266,6 +285,7 @@ class VmmDriverCore:
         try:
             for i, nic in enumerate(live.interfaces):
                 fds.append(open_tap(nic, i))
+            self._resolve_volumes(live)
             cmd = build_argv(self.kind, live, str(self.store.qmp_path(live.name)), fds)
             obj.starting, obj.stopping, obj.got_shutdown = True, False, False
             obj.paused_by_user = bool(flags & vir.VIR_DOMAIN_START_PAUSED)
@@ -307,7 +327,7 @@ class VmmDriverCore:
         """One monitor command with libvirt's errors for each failure."""
         vmm = obj.vmm
         if vmm is None:
-            raise operation_invalid("domain is not running")
+            raise not_running()
         try:
             return vmm.qmp.execute(command, args)
         except QmpError as err:

@@ -20,12 +20,14 @@ class HubPort(Tap):
         self.hubid = hubid
         self.ifname = f"hub{hubid}port"
         self.fd, self._write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.fds = [self.fd]  # one queue, as Tap's multiqueue interface expects
+        self.enabled = [True]
         self.dropped = 0
 
-    def read(self) -> bytes | None:
+    def read(self, queue: int = 0) -> bytes | None:
         return None
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes, queue: int = 0) -> None:
         self.dropped += 1
 
     def close(self) -> None:
@@ -33,3 +35,4 @@ class HubPort(Tap):
             os.close(self.fd)
             os.close(self._write_end)
             self.fd = -1
+            self.fds = [-1]

@@ -63,12 +63,13 @@ wait until their pair is enabled.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from refvm.memory import GuestMemory
 from refvm.virtio.device import VirtioDevice
@@ -208,7 +209,7 @@ class VirtioNet(VirtioDevice):
         self.rx_filtered = 0
         self.rx_oversize = 0
         self.rx_packets = self.tx_packets = 0
-        self._helds: list[list[Chain]] = [[] for _ in range(self.max_pairs)]  # rx buffers popped, not yet used
+        self._helds: list[deque[Chain]] = [deque() for _ in range(self.max_pairs)]  # rx buffers popped, not yet used
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         super().__init__(mem, config_size=config_size(feats), **virtio)
@@ -396,7 +397,7 @@ class VirtioNet(VirtioDevice):
                 self.fail("5.1.6.2: virtio-net transmit buffer without its 12-byte header")
                 return
             frame = chain.read(VNET_HDR_LEN, min(chain.readable_len, 65536 + VNET_HDR_LEN) - VNET_HDR_LEN)
-            queue.push(chain, 0)
+            queue.add_used(chain, 0)  # published once per notify (VirtioDevice._run -> notify_used)
             if self.link_up and frame:
                 self.tx_packets += 1
                 self.tap.write(bytes(VNET_HDR_LEN) + frame, queue.index // 2)  # no offloads: a plain frame
@@ -415,23 +416,32 @@ class VirtioNet(VirtioDevice):
                 os.read(self._wake_r, 64)  # the attached queues changed
                 continue
             for fd in ready:
+                burst = []
                 for _ in range(64):
                     pkt = self.tap.read(fds[fd])
                     if not pkt:
                         break
-                    self.receive(pkt[VNET_HDR_LEN:], fds[fd])
+                    burst.append(pkt[VNET_HDR_LEN:])
+                if burst:
+                    self.receive_burst(burst, fds[fd])  # one delivery pass, one notification
 
     def receive(self, frame: bytes, pair: int = 0) -> None:
         """A frame from tap queue ``pair`` (any thread): deliver it on that pair's receive queue now, or
         keep it for later buffers."""
+        self.receive_burst((frame,), pair)
+
+    def receive_burst(self, frames: Sequence[bytes], pair: int = 0) -> None:
+        """Frames read from tap queue ``pair`` in one go: delivered in one pass with at most one used
+        buffer notification for the burst (the driver sees one interrupt, not one per frame)."""
         with self.lock:
             if not self.link_up:
                 return
             backlog = self.rx_backlogs[pair]
-            if len(backlog) >= RX_BACKLOG:
-                backlog.popleft()
-                self.rx_dropped += 1
-            backlog.append(frame)
+            for frame in frames:
+                if len(backlog) >= RX_BACKLOG:
+                    backlog.popleft()
+                    self.rx_dropped += 1
+                backlog.append(frame)
             self._flush_rx(pair)
 
     def _accepts(self, frame: bytes) -> bool:
@@ -485,29 +495,33 @@ class VirtioNet(VirtioDevice):
                 backlog.popleft()
                 delivered = delivered or done
         except Exception as exc:  # a VirtqueueError/GuestMemoryError from the driver's ring: fail the device
+            q.publish()  # frames delivered before the error stay delivered
             self.fail(f"virtio-net receive: {exc}")
             return
         if delivered:
-            self.notify_used(q)
+            self.notify_used(q)  # publishes the burst's used elements, then decides the interrupt
 
     def _rx_limit(self) -> int | None:
         """Longest frame the driver may receive: ``mtu`` + Ethernet header once MTU is negotiated (5.1.4.1)."""
         return self.host_mtu + ETH_HLEN if self.host_mtu and self.negotiated(F_MTU) else None
 
-    def _deliver(self, q: Virtqueue, frame: bytes, held: list[Chain]) -> bool | None:
+    def _deliver(self, q: Virtqueue, frame: bytes, held: deque[Chain]) -> bool | None:
         """Put one frame into ``held`` buffers (popped from ``q`` as needed): True if used, False if
-        dropped, None if buffers are missing."""
+        dropped, None if buffers are missing. O(buffers used): room is counted as buffers are added."""
         need = VNET_HDR_LEN + len(frame)
         merge = self.negotiated(F_MRG_RXBUF)
         limit = MAX_MERGE if merge else 1
-        while len(held) < limit and sum(c.writable_len for c in held[:limit]) < need:
+        room = 0
+        for chain in itertools.islice(held, limit):  # at most `limit` buffers, kept from an earlier frame
+            room += chain.writable_len
+        while len(held) < limit and room < need:
             chain = q.pop()
             if chain is None:
                 break
             held.append(chain)
+            room += chain.writable_len
         if not held:
             return None
-        room = sum(c.writable_len for c in held[:limit])
         if room < need:
             if not merge or len(held) >= limit:
                 log.debug("virtio-net: %d-byte frame does not fit the receive buffer: dropped", len(frame))
@@ -518,13 +532,13 @@ class VirtioNet(VirtioDevice):
         used: list[tuple[Chain, int]] = []
         pos = 0
         while pos < need:
-            chain = held.pop(0)
+            chain = held.popleft()
             n = chain.write_into(data[pos:])
             used.append((chain, n))
             pos += n
         used[0][0].write_into(len(used).to_bytes(2, "little"), 10)  # num_buffers (5.1.6.4)
         for chain, n in used:
-            q.push(chain, n)
+            q.add_used(chain, n)  # published with the burst's notification (_flush_rx)
         self.rx_packets += 1
         return True
 
@@ -540,7 +554,7 @@ class VirtioNet(VirtioDevice):
             raw = chain.read(0, min(chain.readable_len, 2 + 8 + 2 * 4 + 2 * 6 * 4096))
             ack = self._command(raw[0], raw[1], raw[2:])
             chain.write_into(bytes([ack]))
-            queue.push(chain, 1)
+            queue.add_used(chain, 1)
 
     def _command(self, cls: int, cmd: int, data: bytes) -> int:
         if cls == CLASS_RX:

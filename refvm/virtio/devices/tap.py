@@ -44,19 +44,21 @@ class TapError(OSError):
 class Tap:
     """One tap queue. ``ifname`` may be a pattern such as ``tap%d``; the kernel's choice is in :attr:`ifname`."""
 
-    def __init__(self, ifname: str = "", *, fd: int | None = None, multi_queue: bool = False,
+    def __init__(self, ifname: str = "", *, fd: int | list[int] | None = None, multi_queue: bool = False,
                  vnet_hdr: bool = True, queues: int = 1) -> None:
         self.vnet_hdr = vnet_hdr
         if not 1 <= queues <= 1024:
             raise TapError(errno.EINVAL, f"queues must be 1..1024, not {queues}")
-        if fd is not None:
-            if queues != 1:
-                raise TapError(errno.EINVAL, "fd= takes a single queue")
-            self.fd = fd
-            self.fds = [fd]
-            self.enabled = [True]
+        if fd is not None:  # inherited descriptors (-netdev tap,fd=N or fds=N:M:...): one per queue
+            fds = list(fd) if isinstance(fd, list) else [fd]
+            if queues not in (1, len(fds)):
+                raise TapError(errno.EINVAL, f"queues={queues} does not match the {len(fds)} fds given")
+            self.fd = fds[0]
+            self.fds = fds
+            self.enabled = [True] * len(fds)
             self.ifname = ifname
-            self._configure(fd)
+            for f in fds:
+                self._configure(f)
             return
         if len(ifname.encode()) >= IFNAMSIZ:
             raise TapError(f"interface name '{ifname}' is too long")
