@@ -506,7 +506,7 @@ class Machine:
             while True:
                 self._reset_requested.clear()
                 self._ended.clear()
-                if not self._ended.wait(self.config.watchdog_seconds):
+                if self._outcome is None and not self._ended.wait(self.config.watchdog_seconds):  # ended early: no wait
                     limit = self.config.watchdog_seconds
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
                 if self._outcome is not None:

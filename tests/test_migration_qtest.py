@@ -183,7 +183,8 @@ def test_errors_and_refused_destination(tmp_path: Path) -> None:
 def test_corrupted_stream_fails_destination_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"QEVM\x00\x00\x00\x03\x07\x00\x00\x00\x0dpc-i440fx-7.2\x01\x00\x00\x00\x00\x03ram")
-    dst = Vm(tmp_path, "dst", "-incoming", f"exec:cat {bad}")
+    dst = Vm(tmp_path, "dst", "-incoming", "defer")
+    assert dst.qmp.cmd("migrate-incoming", uri=f"exec:cat {bad}") == {"return": {}}
     dst.proc.wait(timeout=30)  # the destination ends by itself
     err = dst.close()
     assert dst.proc.returncode == 1
