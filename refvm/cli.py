@@ -114,6 +114,8 @@ Testing:
   -qtest unix:PATH[,server=on]
                           speak QEMU's qtest protocol on PATH (connect to it; listen with server=on)
   -qtest-log FILE         log the qtest conversation to FILE
+  -incoming defer|exec:CMD|unix:PATH|tcp:HOST:PORT
+                          wait for an incoming migration (defer: until QMP migrate-incoming)
 
 Monitor:
   -qmp unix:PATH,server=on,wait=off
@@ -236,6 +238,16 @@ def parse_args(argv: list[str]) -> Parsed:
         if text.split(",", 1)[0] != "none":
             raise UsageError(f"-display {text}: refvm has no graphical display: use -display none")
 
+    def set_incoming(text: str) -> None:
+        from refvm.migration.channel import split_uri
+
+        if text != "defer":
+            try:
+                split_uri(text)
+            except ValueError:
+                raise UsageError(f"-incoming {text}: unknown migration protocol: {text}") from None
+        cfg.incoming = text
+
     def set_name(text: str) -> None:
         cfg.name = parse_keyvals("name", text, "guest").get("guest", "")
 
@@ -330,6 +342,7 @@ def parse_args(argv: list[str]) -> Parsed:
         "watchdog-timeout": set_watchdog,
         "qtest": set_qtest,
         "qtest-log": lambda t: setattr(cfg, "qtest_log", t),
+        "incoming": set_incoming,
         "qmp": qmp_texts.append,
         "drive": add_drive,
         "blockdev": blockdev_texts.append,
@@ -422,6 +435,8 @@ def parse_args(argv: list[str]) -> Parsed:
         cfg.accel = "qtest"  # as QEMU: -qtest selects the qtest accelerator unless another is forced
     if cfg.accel == "qtest" and not cfg.qtest:
         raise UsageError("-accel qtest: needs -qtest ADDRESS (e.g. -qtest unix:/tmp/q.sock)")
+    if cfg.incoming and cfg.accel != "qtest":  # vCPU and irqchip state do not migrate yet (issue 9)
+        raise UsageError(f"-incoming {cfg.incoming}: refvm receives migrations only with -accel qtest so far")
     if cfg.kernel is None and cfg.accel == "kvm":
         raise UsageError("-kernel: no kernel given (refvm has no firmware and boots only -kernel images)")
     return parsed

@@ -54,6 +54,8 @@ class MachineConfig:
     #: QEMU's -qtest address (e.g. "unix:PATH" to connect, "unix:PATH,server=on" to listen) and -qtest-log.
     qtest: str | None = None
     qtest_log: str | None = None
+    #: -incoming: "defer" (wait for QMP migrate-incoming) or a URI (exec:, unix:, tcp:) to receive a migration on.
+    incoming: str | None = None
     #: QMP monitors: (unix socket path, listen?) from -qmp or -chardev socket + -mon mode=control.
     qmp: list[tuple[str, bool]] = field(default_factory=list)
     #: -drive, -netdev and -object by id, with their properties as given (backends validate them).

@@ -81,6 +81,7 @@ class Machine:
         self.vm = None
         self.qtest = None
         self.fastpath = None
+        self._migration = None
         #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
         self.event_listeners: list = []
         self.memory = self._build_memory()
@@ -346,8 +347,41 @@ class Machine:
     # ---- run state, as the QMP monitor sees it -------------------------------------------------------
 
     def status(self) -> str:
-        """QEMU's RunState name: prelaunch (-S, never run), running, paused."""
+        """QEMU's RunState name: prelaunch (-S, never run), running, paused, inmigrate, postmigrate."""
         return self._state
+
+    def set_run_state(self, state: str) -> None:
+        """Set a run state that no vCPU transition implies (inmigrate, postmigrate, paused after -incoming -S)."""
+        with self._state_lock:
+            self._state = state
+
+    def emit_event(self, event: str, data: dict | None = None) -> None:
+        """Send a QMP event to every monitor (the migration job's MIGRATION events)."""
+        self._emit(event, data)
+
+    @property
+    def migration(self):  # noqa: ANN201 - MigrationJob, imported lazily (most runs never migrate)
+        """This machine's migration job (refvm/migration/job.py), created on first use."""
+        if self._migration is None:
+            from refvm.migration.job import MigrationJob
+
+            self._migration = MigrationJob(self)
+        return self._migration
+
+    def _start_incoming(self) -> None:
+        """-incoming: defer waits for migrate-incoming; a URI starts listening before the run begins."""
+        incoming = self.config.incoming
+        if not incoming:
+            return
+        if incoming == "defer":
+            self.set_run_state("inmigrate")
+            return
+        try:
+            self.migration.start_incoming(incoming)
+        except ValueError:
+            raise MachineError(f"-incoming {incoming}: unknown migration protocol: {incoming}") from None
+        except OSError as err:
+            raise MachineError(f"-incoming {incoming}: Failed to bind socket: {err.strerror or err}") from None
 
     @property
     def name(self) -> str:
@@ -395,6 +429,7 @@ class Machine:
 
             start_human_monitor(self)
         try:
+            self._start_incoming()
             if self.config.accel == "qtest":
                 return self._run_qtest()
             return self._run_kvm()
@@ -413,6 +448,7 @@ class Machine:
         from refvm.monitor.block_resize import BlockResizeCommands
         from refvm.monitor.cpu_qmp import CpuCommands
         from refvm.monitor.machine_qmp import DeviceCommands
+        from refvm.monitor.migration_qmp import MigrationCommands
         from refvm.monitor.net_qmp import NetCommands
         from refvm.monitor.platform_qmp import register_platform_qmp
         from refvm.monitor.power_qmp import PowerCommands
@@ -426,6 +462,7 @@ class Machine:
                 DeviceCommands(server, self)
                 NetCommands(server, self)
                 PowerCommands(server, self)
+                MigrationCommands(server, self)
                 register_fastpath_qmp(server, self)
                 drives = self.backends.drives if self.backends else {}
                 BlockCommands(server, self, drives, self.throttle_groups)
@@ -469,7 +506,7 @@ class Machine:
             while True:
                 self._reset_requested.clear()
                 self._ended.clear()
-                if not self._ended.wait(self.config.watchdog_seconds):
+                if self._outcome is None and not self._ended.wait(self.config.watchdog_seconds):  # ended early: no wait
                     limit = self.config.watchdog_seconds
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
                 if self._outcome is not None:

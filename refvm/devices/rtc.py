@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from refvm.devices.irq import IrqLine
+from refvm.migration.state import BOOL, U8, U64, DeviceState, buffer, sfield, u8_array, u16_array
 
-__all__ = ["Rtc", "RtcOptions", "parse_rtc", "RtcError", "cmos_memory_bytes"]
+__all__ = ["Rtc", "RtcState", "RtcOptions", "parse_rtc", "RtcError", "cmos_memory_bytes"]
 
 NS = 1_000_000_000
 UIP_HOLD_NS = 8 * NS // 32768  # 244 us: UIP rises this long before the update
@@ -102,6 +104,23 @@ def _from_bcd(value: int) -> int:
     return ((value >> 4) & 0x0F) * 10 + (value & 0x0F)
 
 
+@dataclass
+class RtcState(DeviceState):
+    """The clock's migratable state.  Time travels as the guest's time of day, not as the machine clock (which
+    differs between source and destination); interrupt flags are collected up to the moment of saving."""
+
+    VMSD_NAME: ClassVar[str] = "mc146818rtc"
+    VERSION: ClassVar[int] = 1
+    index: int = sfield(U8, 0, lambda v: v < 0x80, "a CMOS index below 0x80")
+    nmi_masked: bool = sfield(BOOL, False)
+    ram: bytes = sfield(buffer(128), bytes(128), lambda v: len(v) == 128, "128 bytes of CMOS")
+    time_ns: int = sfield(U64, 0)
+    flags: int = sfield(U8, 0, lambda v: not v & 0x0F, "register C flags (bits 4-7)")
+    alarm: tuple[int, ...] = sfield(u8_array(3), (0, 0, 0))
+    frozen: bool = sfield(BOOL, False)
+    frozen_fields: tuple[int, ...] = sfield(u16_array(7), (0,) * 7)
+
+
 class Rtc:
     """The clock chip plus its 128 bytes of CMOS; registered at 0x70 with length 2."""
 
@@ -154,6 +173,27 @@ class Rtc:
             self._frozen: list[int] | None = None
             self._rearm()
             self.irq.lower()
+
+    def save(self) -> RtcState:
+        """State as data; flags are brought up to date first so none is lost at the cut."""
+        with self._lock:
+            now = self.clock.now_ns()
+            self._collect(now)
+            return RtcState(index=self.index, nmi_masked=self.nmi_masked, ram=bytes(self.ram),
+                            time_ns=self._rtc_ns(now), flags=self._flags, alarm=tuple(self._alarm),
+                            frozen=self._frozen is not None, frozen_fields=tuple(self._frozen or (0,) * 7))
+
+    def load(self, state: RtcState) -> None:
+        """Restore `state` (validated: guest-controlled) against this machine's clock, without register writes."""
+        state.validate()
+        with self._lock:
+            now = self.clock.now_ns()
+            self.index, self.nmi_masked, self.ram = state.index, state.nmi_masked, bytearray(state.ram)
+            self._origin_s, self._origin_ns = state.time_ns // NS, now - state.time_ns % NS
+            self._checked_ns, self._flags, self._alarm = now, state.flags, list(state.alarm)
+            self._frozen = list(state.frozen_fields) if state.frozen else None
+            self._rearm()
+            self.irq.set(bool(self._flags & C_IRQF))
 
     def _set_seconds(self, seconds: int, keep_fraction: bool = True) -> None:
         now = self.clock.now_ns()

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
+from typing import ClassVar
 
 from refvm.devices.chardev import Chardev
 from refvm.devices.irq import IrqLine
+from refvm.migration.state import BOOL, U8, U16, DeviceState, buffer, sfield
 
-__all__ = ["Serial16550", "COM1", "COM2", "COM3", "COM4", "REG_COUNT"]
+__all__ = ["Serial16550", "SerialState", "COM1", "COM2", "COM3", "COM4", "REG_COUNT"]
 
 REG_COUNT = 8
 COM1 = (0x3F8, 4)  # (iobase, irq)
@@ -66,6 +69,33 @@ LSR_ERRORS = LSR_OE | LSR_PE | LSR_FE | LSR_BI
 MSR_DCTS, MSR_DDSR, MSR_TERI, MSR_DDCD = 0x01, 0x02, 0x04, 0x08
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 MSR_IDLE_LINES = MSR_DCD | MSR_DSR | MSR_CTS
+
+
+@dataclass
+class SerialState(DeviceState):
+    """The UART's migratable state; defaults are the power-on values (reset keeps the host backlog)."""
+
+    VMSD_NAME: ClassVar[str] = "serial"
+    VERSION: ClassVar[int] = 1
+    ier: int = sfield(U8, 0, lambda v: v <= 0x0F, "a 4-bit IER")
+    lcr: int = sfield(U8, 0)
+    mcr: int = sfield(U8, 0, lambda v: v <= 0x1F, "a 5-bit MCR")
+    lsr: int = sfield(U8, LSR_THRE | LSR_TEMT)
+    msr: int = sfield(U8, MSR_IDLE_LINES)
+    scr: int = sfield(U8, 0)
+    divisor: int = sfield(U16, 0x0C)
+    fifo_enabled: bool = sfield(BOOL, False)
+    trigger: int = sfield(U8, 1, lambda v: v in TRIGGER_LEVELS, f"a trigger level {TRIGGER_LEVELS}")
+    rbr: int = sfield(U8, 0)
+    thr_ipending: bool = sfield(BOOL, False)
+    rx: bytes = sfield(buffer(FIFO_SIZE), b"")
+    backlog: bytes = sfield(buffer(BACKLOG_LIMIT), b"")
+
+    def cross_check(self) -> tuple[str, str] | None:
+        capacity = FIFO_SIZE if self.fifo_enabled else 1
+        if len(self.rx) > capacity:
+            return "rx", f"{len(self.rx)} bytes in a receiver of {capacity}"
+        return None
 
 
 class Serial16550:
@@ -309,25 +339,25 @@ class Serial16550:
         self._fill_rx()
 
     # ------------------------------------------------------------------ migration
-    _STATE_FIELDS = ("ier", "lcr", "mcr", "lsr", "msr", "scr", "divisor", "fifo_enabled", "trigger", "rbr")
-
-    def get_state(self) -> dict[str, object]:
-        """Guest-visible state as plain values (for migration/snapshots); the backlog is host
-        input not yet seen by the guest and travels too so nothing typed is lost."""
+    def save(self) -> SerialState:
+        """Guest-visible state as data; the backlog is host input the guest has not seen yet and travels too,
+        so nothing typed is lost."""
         with self._lock:
-            state: dict[str, object] = {k: getattr(self, k) for k in self._STATE_FIELDS}
-            state["thr_ipending"] = self._thr_ipending
-            state["rx"] = bytes(self._rx)
-            state["backlog"] = bytes(self._backlog)
-            return state
+            return SerialState(
+                ier=self.ier, lcr=self.lcr, mcr=self.mcr, lsr=self.lsr, msr=self.msr, scr=self.scr,
+                divisor=self.divisor, fifo_enabled=self.fifo_enabled, trigger=self.trigger, rbr=self.rbr,
+                thr_ipending=self._thr_ipending, rx=bytes(self._rx), backlog=bytes(self._backlog))
 
-    def set_state(self, state: dict[str, object]) -> None:
+    def load(self, state: SerialState) -> None:
+        """Restore `state` (validated first: it is guest-controlled) without register-write side effects."""
+        state.validate()
         with self._lock:
-            for k in self._STATE_FIELDS:
-                setattr(self, k, state[k])
-            self._thr_ipending = bool(state["thr_ipending"])
-            self._rx = deque(state["rx"])  # type: ignore[arg-type]
-            self._backlog = deque(state["backlog"])  # type: ignore[arg-type]
+            self.ier, self.lcr, self.mcr, self.lsr = state.ier, state.lcr, state.mcr, state.lsr
+            self.msr, self.scr, self.divisor, self.rbr = state.msr, state.scr, state.divisor, state.rbr
+            self.fifo_enabled, self.trigger = state.fifo_enabled, state.trigger
+            self._thr_ipending = state.thr_ipending
+            self._rx = deque(state.rx)
+            self._backlog = deque(state.backlog)
             self._update_irq()
 
     def __repr__(self) -> str:

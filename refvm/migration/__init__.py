@@ -1,0 +1,1 @@
+"""Live migration: QEMU's migration stream framing (stream.py, ram.py) and device state as data (state.py)."""
