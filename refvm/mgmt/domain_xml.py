@@ -55,11 +55,11 @@ def parse_domain(text: str, validate: bool = False) -> Domain:
     # unknown or missing type); a missing type is an internal error; an unknown hypervisor type is unsupported
     # configuration, not a bad attribute value.
     _read_name(dom, root.find("name"), root)
-    if root.get("type") is None:
+    dom.type = root.get("type")
+    if dom.type is None:
         raise internal_error("missing domain type attribute", domain=VIR_FROM_DOMAIN)
-    if root.get("type") not in VIRT_TYPES:
-        raise config_unsupported(f"invalid domain type {root.get('type')}")
-    dom.type = enum_attr(root, "type", VIRT_TYPES, required=True)
+    if dom.type not in VIRT_TYPES:
+        raise config_unsupported(f"invalid domain type {dom.type}")
     if dom.type not in ("kvm", "qemu"):
         raise config_unsupported(f"invalid domain type {dom.type}")
     for child in root:
