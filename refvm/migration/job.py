@@ -90,7 +90,9 @@ class MigrationJob:
     def query(self) -> dict[str, Any]:
         """query-migrate's reply: {} before any migration, QEMU's member names after."""
         if self.incoming:
-            return {"socket-address": self._listening} if self.status == "setup" else {"status": self.status}
+            if self.status == "setup":  # QEMU reports only where it listens (nothing for exec: and fd:)
+                return {"socket-address": self._listening} if self._listening else {}
+            return {"status": self.status}
         if self.status == "none":
             return {}
         out: dict[str, Any] = {"status": self.status}

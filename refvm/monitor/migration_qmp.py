@@ -47,6 +47,8 @@ class MigrationCommands:
             raise QmpError("There's a migration process in progress")
         if self.machine.status() == "inmigrate":
             raise QmpError("Guest is waiting for an incoming migration")
+        if self.machine.status() == "postmigrate":
+            raise QmpError("Can't migrate the vm that was paused due to previous migration")
         try:
             split_uri(args["uri"])
         except ValueError:
