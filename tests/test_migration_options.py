@@ -12,7 +12,9 @@ from refvm.migration.options import CAPABILITIES, MigrationOptions, OptionError
 
 def test_defaults_are_qemus() -> None:
     opts = MigrationOptions()
-    assert opts.query_parameters() == {"downtime-limit": 300, "max-bandwidth": 128 << 20}
+    params = opts.query_parameters()
+    assert params["downtime-limit"] == 300 and params["max-bandwidth"] == 128 << 20 and params["tls-creds"] == ""
+    assert "block-bitmap-mapping" not in params
     assert [c["capability"] for c in opts.query_capabilities()] == list(CAPABILITIES)
     assert not any(c["state"] for c in opts.query_capabilities())
 
@@ -32,6 +34,15 @@ def test_unimplemented_capability_only_off() -> None:
     opts.set_capabilities([{"capability": "xbzrle", "state": False}])
     with pytest.raises(OptionError, match="'xbzrle' is not supported by refvm"):
         opts.set_capabilities([{"capability": "xbzrle", "state": True}])
+
+
+def test_unimplemented_parameter_only_at_its_default() -> None:
+    opts = MigrationOptions()
+    opts.set_parameters({"tls-creds": "", "tls-hostname": None, "multifd-channels": 2, "block-bitmap-mapping": []})
+    with pytest.raises(OptionError, match="'multifd-channels' is not supported by refvm"):
+        opts.set_parameters({"multifd-channels": 4})
+    with pytest.raises(OptionError, match="'compress-wait-thread' is not supported"):
+        opts.set_parameters({"compress-wait-thread": 1})  # a bool member: 1 is not true
 
 
 def test_uint64_as_qemu_reads_it() -> None:

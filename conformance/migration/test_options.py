@@ -70,6 +70,8 @@ def test_parameters_defaults_and_set(vm) -> None:
     assert params["downtime-limit"] == 2000 * 1000 and params["max-bandwidth"] == 1 << 20
     src.qmp.execute("migrate-set-parameters", **{"downtime-limit": 0})
     assert src.qmp.execute("query-migrate-parameters")["downtime-limit"] == 0
+    src.qmp.execute("migrate-set-parameters", **{"tls-creds": ""})  # what libvirt sends to reset TLS
+    assert src.qmp.execute("query-migrate-parameters")["tls-creds"] == ""
 
 
 @pytest.mark.clause("refvm-migration", "parameters/validation")

@@ -4,7 +4,8 @@ They are per machine and outlive each migration (as in QEMU), so a management to
 `migrate`.  refvm implements the capabilities `events` (MIGRATION/MIGRATION_PASS events are sent only when
 it is on) and `pause-before-switchover`; QEMU's other capabilities are listed by query-migrate-capabilities
 as off and may be set off, but switching one on is refused by name (refvm cannot honour it).  Of the
-parameters, `downtime-limit` (ms) and `max-bandwidth` (bytes/s) are implemented.
+parameters, `downtime-limit` (ms) and `max-bandwidth` (bytes/s) are implemented; QEMU's others are reported at
+their defaults and accepted only with that value (management tools reset e.g. `tls-creds` to "" routinely).
 """
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ STATUSES = (
 
 DOWNTIME_LIMIT_MAX = 2000 * 1000  # ms, QEMU's MAX_MIGRATE_DOWNTIME
 DEFAULTS = {"downtime-limit": 300, "max-bandwidth": 128 << 20}  # ms; bytes/s (QEMU's 128 MiB/s)
+#: QEMU 7.2's other MigrationParameters with their defaults, in its member order (block-bitmap-mapping has
+#: none: QEMU leaves it out of query-migrate-parameters until it is set).
+UNIMPLEMENTED_DEFAULTS: dict[str, Any] = {
+    "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
+    "compress-level": 1, "compress-threads": 8, "compress-wait-thread": True, "decompress-threads": 2,
+    "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20, "cpu-throttle-increment": 10,
+    "cpu-throttle-tailslow": False, "tls-creds": "", "tls-hostname": "", "tls-authz": "",
+    "x-checkpoint-delay": 20000, "block-incremental": False, "multifd-channels": 2,
+    "xbzrle-cache-size": 64 << 20, "max-postcopy-bandwidth": 0, "max-cpu-throttle": 99,
+    "multifd-compression": "none", "multifd-zlib-level": 1, "multifd-zstd-level": 1,
+}
+#: Every member migrate-set-parameters takes, in QEMU's order (the QMP schema lists them so).
+PARAMETERS = (*list(UNIMPLEMENTED_DEFAULTS)[:15], "max-bandwidth", "downtime-limit",
+              *list(UNIMPLEMENTED_DEFAULTS)[15:], "block-bitmap-mapping")
 U64_MAX = (1 << 64) - 1
 
 
@@ -40,6 +55,16 @@ def _as_u64(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not -(1 << 63) <= value <= U64_MAX:
         raise OptionError(f"Parameter '{name}' expects uint64")
     return value & U64_MAX
+
+
+def _is_default(name: str, value: Any) -> bool:
+    """A QEMU parameter refvm does not implement, set to what it already is (null resets tls-* to "")."""
+    default = UNIMPLEMENTED_DEFAULTS.get(name)
+    if name.startswith("tls-") and value is None:
+        return True
+    if name == "block-bitmap-mapping":
+        return value == []
+    return type(value) is type(default) and value == default
 
 
 class MigrationOptions:
@@ -64,7 +89,7 @@ class MigrationOptions:
 
     def query_parameters(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self.params)
+            return {**UNIMPLEMENTED_DEFAULTS, **self.params}
 
     def check_capabilities(self, entries: Any) -> dict[str, bool]:
         """migrate-set-capabilities' argument checked as QEMU's input visitor does; {name: state}."""
@@ -101,9 +126,12 @@ class MigrationOptions:
         """migrate-set-parameters: every member checked, then all applied (allowed while migrating)."""
         new: dict[str, int] = {}
         for name, value in args.items():
-            if name not in DEFAULTS:
+            if name in DEFAULTS:
+                new[name] = _as_u64(name, value)
+            elif name not in PARAMETERS:
                 raise OptionError(f"Parameter '{name}' is unexpected")
-            new[name] = _as_u64(name, value)
+            elif not _is_default(name, value):
+                raise OptionError(f"Migration parameter '{name}' is not supported by refvm (only its default)")
         if new.get("downtime-limit", 0) > DOWNTIME_LIMIT_MAX:
             raise OptionError("Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms")
         with self._lock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from refvm.migration.channel import split_uri
-from refvm.migration.options import STATUSES, OptionError
+from refvm.migration.options import PARAMETERS, STATUSES, OptionError
 from refvm.monitor.fd_qmp import store_of
 from refvm.monitor.qmp import QmpError, QmpServer
 
@@ -27,8 +27,7 @@ class MigrationCommands:
         server.register("migrate-set-capabilities", self.set_capabilities, args={"capabilities": list})
         server.register("query-migrate-capabilities", lambda a: machine.migration.options.query_capabilities())
         # object: the members are checked as uint64 in options.py, with QEMU's texts
-        server.register("migrate-set-parameters", self.set_parameters,
-                        args={"*downtime-limit": object, "*max-bandwidth": object})
+        server.register("migrate-set-parameters", self.set_parameters, args={f"*{p}": object for p in PARAMETERS})
         server.register("query-migrate-parameters", lambda a: machine.migration.options.query_parameters())
 
     def _named_fd(self, name: str) -> int:

@@ -34,6 +34,8 @@ EVENTS: dict[str, dict[str, str]] = {
     "SUSPEND": {},
     "WAKEUP": {},
     "BALLOON_CHANGE": {"actual": "int"},
+    "MIGRATION": {"status": "str"},
+    "MIGRATION_PASS": {"pass": "int"},
 }
 
 
