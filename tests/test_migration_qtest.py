@@ -234,6 +234,8 @@ def test_tcp(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,message", [
     (["-incoming", "foo:bar", "-accel", "qtest", "-qtest", "unix:/x"],
      "refvm: -incoming foo:bar: unknown migration protocol: foo:bar"),
+    (["-incoming", "fd:abc", "-accel", "qtest", "-qtest", "unix:/x"],
+     "refvm: -incoming fd:abc: Invalid file descriptor number 'abc'"),
     (["-incoming", "defer", "-kernel", "k"],
      "refvm: -incoming defer: refvm receives migrations only with -accel qtest so far"),
 ])
