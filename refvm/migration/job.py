@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from refvm.migration.channel import Channel, FdLookup, Listener, connect
@@ -257,10 +258,7 @@ class MigrationJob:
         offset = changed = 0
         pass_start, pass_bytes = time.monotonic(), writer.bytes_written
         for gpa, size in _regions(self.machine):
-            for page in range(0, size, TARGET_PAGE_SIZE):
-                if self._cancel.is_set():
-                    raise OSError("cancelled")
-                data = self.machine.memory.read(gpa + page, TARGET_PAGE_SIZE)
+            for page, data in self._pages(gpa, size):
                 digest = hash(data)
                 if first:
                     digests.append(digest)
@@ -284,6 +282,17 @@ class MigrationJob:
         if not first:
             self.dirty_rate = int(changed / max(time.monotonic() - self.pass_started, 1e-3))
         return digests
+
+    def _pages(self, gpa: int, size: int) -> Iterator[tuple[int, bytes]]:
+        """(offset in the region, page) for a region, read PAGES_PER_PART pages at a time (one bounds check and
+        one copy per chunk instead of per page); stops the pass at a cancel."""
+        chunk = PAGES_PER_PART * TARGET_PAGE_SIZE
+        for start in range(0, size, chunk):
+            if self._cancel.is_set():
+                raise OSError("cancelled")
+            data = self.machine.memory.read(gpa + start, min(chunk, size - start))
+            for off in range(0, len(data), TARGET_PAGE_SIZE):
+                yield start + off, data[off : off + TARGET_PAGE_SIZE]
 
     def _throttle(self, sent: int, since: float) -> None:
         """Hold the pass back to `max-bandwidth` (read each time: migrate-set-parameters applies at once)."""
