@@ -213,10 +213,12 @@ class MigrationJob:
                     if self._cancel.is_set():
                         raise OSError("cancelled")
             self._set("device")
+            # Device states are taken before the last RAM pass: a save that completes work in flight writes
+            # guest memory, and those pages must go too.
+            states: list[tuple[str, DeviceState]] = [(name, dev.save()) for name, dev in _devices(machine).items()]
             self._sync()
             self._send_ram(writer, digests)
-            for name, dev in _devices(machine).items():
-                state: DeviceState = dev.save()
+            for name, state in states:
                 writer.device(name, 0, state.VERSION, state.encode(), state.describe())
             glob = GlobalState(was.encode())
             writer.device(GLOBALSTATE, 0, glob.VERSION, glob.encode(), glob.describe())
