@@ -114,7 +114,7 @@ Testing:
   -qtest unix:PATH[,server=on]
                           speak QEMU's qtest protocol on PATH (connect to it; listen with server=on)
   -qtest-log FILE         log the qtest conversation to FILE
-  -incoming defer|exec:CMD|unix:PATH|tcp:HOST:PORT
+  -incoming defer|exec:CMD|unix:PATH|tcp:HOST:PORT|fd:N
                           wait for an incoming migration (defer: until QMP migrate-incoming)
 
 Monitor:
@@ -243,9 +243,11 @@ def parse_args(argv: list[str]) -> Parsed:
 
         if text != "defer":
             try:
-                split_uri(text)
+                scheme, rest = split_uri(text)
             except ValueError:
                 raise UsageError(f"-incoming {text}: unknown migration protocol: {text}") from None
+            if scheme == "fd" and not rest.isdigit():  # no monitor yet to have named it
+                raise UsageError(f"-incoming {text}: Invalid file descriptor number '{rest}'")
         cfg.incoming = text
 
     def set_name(text: str) -> None:

@@ -16,6 +16,8 @@ KNOWN: dict[str, str] = {
     "blk-no-ro-feature": "a virtio-blk on a read-only drive does not offer VIRTIO_BLK_F_RO (5.2.3 / 5.2.5)",
     "used-len-zero": "virtio-blk reports a used length of 0 instead of the bytes written (2.7.8.1)",
     "pci-device-id-writable": "the PCI Device ID register is writable (PCI 3.0 6.2.1)",
+    "migration-drop-dirty": "RAM changed after a migration's first pass is not sent at switchover, so the "
+    "destination's RAM differs (refvm-migration ram/dirty-after-first-pass)",
 }
 
 ACTIVE: frozenset[str] = frozenset()

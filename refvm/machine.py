@@ -269,7 +269,7 @@ class Machine:
 
     def _emit(self, event: str, data: dict | None = None) -> None:
         for listener in list(self.event_listeners):
-            listener(event, data or {})
+            listener(event, data)  # None: no "data" member, as QEMU sends STOP, RESUME, SUSPEND
 
     def request_debug_exit(self, status: int) -> None:
         self._end(Outcome("debug-exit", status))

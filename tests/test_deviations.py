@@ -25,6 +25,7 @@ CATCHERS = {
     "blk-no-ro-feature": "conformance/virtio/test_blk.py::test_read_only_device",
     "used-len-zero": "conformance/virtio/test_split_ring.py::test_used_len_is_bytes_written",
     "pci-device-id-writable": "conformance/pci/test_header.py::test_identification_is_read_only",
+    "migration-drop-dirty": "conformance/migration/test_flow.py::test_pause_before_switchover_then_continue",
 }
 
 

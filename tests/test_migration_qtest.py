@@ -125,6 +125,7 @@ def test_ram_written_over_qtest_reads_back_on_destination(pair) -> None:
     assert dst.qmp.cmd("query-status")["return"]["status"] == "inmigrate"
     for addr, data in PATTERN:
         src.write(addr, data)
+    src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
     assert src.qmp.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
     done = src.qmp.wait_status("completed")
     assert done["ram"]["total"] == 32 << 20
@@ -135,7 +136,8 @@ def test_ram_written_over_qtest_reads_back_on_destination(pair) -> None:
     assert src.qmp.cmd("query-status")["return"]["status"] == "postmigrate"
     assert dst.qmp.cmd("query-status")["return"]["status"] == "running"
     statuses = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
-    assert statuses == ["setup", "active", "completed"]
+    assert statuses == ["setup", "active", "device", "completed"]
+    assert [e["data"]["pass"] for e in src.qmp.events if e["event"] == "MIGRATION_PASS"] == [1, 2]
 
 
 def test_exec_and_defer(tmp_path: Path) -> None:
@@ -197,9 +199,10 @@ def test_cancel_resumes_source(tmp_path: Path) -> None:
     src = Vm(tmp_path, "src")
     try:
         src.write(0x1000, b"still here")
+        src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
         assert src.qmp.cmd("migrate", uri="exec:sleep 30") == {"return": {}}
         src.qmp.wait_status("active")
-        assert src.qmp.cmd("query-status")["return"]["status"] == "paused"
+        assert src.qmp.cmd("query-status")["return"]["status"] == "running"  # RAM goes while the guest runs
         assert src.qmp.cmd("migrate", uri="exec:cat")["error"]["desc"] == "There's a migration process in progress"
         assert src.qmp.cmd("migrate_cancel") == {"return": {}}
         src.qmp.wait_status("cancelled")
@@ -231,6 +234,8 @@ def test_tcp(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,message", [
     (["-incoming", "foo:bar", "-accel", "qtest", "-qtest", "unix:/x"],
      "refvm: -incoming foo:bar: unknown migration protocol: foo:bar"),
+    (["-incoming", "fd:abc", "-accel", "qtest", "-qtest", "unix:/x"],
+     "refvm: -incoming fd:abc: Invalid file descriptor number 'abc'"),
     (["-incoming", "defer", "-kernel", "k"],
      "refvm: -incoming defer: refvm receives migrations only with -accel qtest so far"),
 ])

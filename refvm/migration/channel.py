@@ -1,21 +1,27 @@
-"""Migration URIs as QEMU 7.2 accepts them: exec:CMD, unix:PATH, tcp:HOST:PORT, as byte channels.
+"""Migration URIs as QEMU 7.2 accepts them: exec:CMD, unix:PATH, tcp:HOST:PORT, fd:NAME, as byte channels.
 
-The source writes to the channel; the destination listens (unix, tcp) or runs the command and reads its
-standard output (exec).  Errors are OSError/ValueError with QEMU's texts where it has one.
+The source writes to the channel; the destination listens (unix, tcp), runs the command and reads its
+standard output (exec) or reads a descriptor it already has (fd: a name given to `getfd`, or a number that
+the process inherited).  Errors are OSError/ValueError with QEMU's texts where it has one.
 """
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import stat
 import subprocess
+from collections.abc import Callable
 from typing import BinaryIO
 
-SCHEMES = ("exec", "unix", "tcp")
+SCHEMES = ("exec", "unix", "tcp", "fd")
+
+#: Resolves fd:NAME to a descriptor the channel then owns; KeyError when there is no such name.
+FdLookup = Callable[[str], int]
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """("exec"|"unix"|"tcp", rest); ValueError for any other scheme."""
+    """("exec"|"unix"|"tcp"|"fd", rest); ValueError for any other scheme."""
     scheme, sep, rest = uri.partition(":")
     if not sep or scheme not in SCHEMES or not rest:
         raise ValueError(uri)
@@ -60,9 +66,29 @@ class Channel:
                 pass
 
 
-def connect(uri: str) -> Channel:
-    """The source side: a writable channel to `uri`."""
+def take_fd(rest: str, lookup: FdLookup | None) -> int:
+    """fd:REST as QEMU reads it: digits are a descriptor number, anything else a name passed with getfd."""
+    if rest.isdigit():
+        return int(rest)
+    if lookup is None:
+        raise KeyError(rest)
+    return lookup(rest)
+
+
+def fd_channel(fd: int, mode: str) -> Channel:
+    """A channel over a descriptor we own: a socket (so that abort can shut it down) or a pipe/file."""
+    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+        return Channel(sock.makefile(mode), sock=sock)
+    return Channel(os.fdopen(fd, mode))
+
+
+def connect(uri: str, lookup: FdLookup | None = None) -> Channel:
+    """The source side: a writable channel to `uri` (KeyError for an unknown fd:NAME)."""
     scheme, rest = split_uri(uri)
+    if scheme == "fd":
+        return fd_channel(take_fd(rest, lookup), "wb")
     if scheme == "exec":
         proc = subprocess.Popen(["/bin/sh", "-c", rest], stdin=subprocess.PIPE, start_new_session=True)
         assert proc.stdin is not None
@@ -79,9 +105,14 @@ def connect(uri: str) -> Channel:
 class Listener:
     """The destination side: listening (unix, tcp) or a command to run (exec) until `accept`."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, lookup: FdLookup | None = None) -> None:
         self.scheme, self.rest = split_uri(uri)
         self.sock: socket.socket | None = None
+        self.fd = -1
+        if self.scheme == "fd":
+            self.fd = take_fd(self.rest, lookup)
+            os.fstat(self.fd)  # a descriptor that is not open fails now, as a bind error would
+            return
         if self.scheme == "exec":
             return
         self.sock = socket.socket(socket.AF_UNIX if self.scheme == "unix" else socket.AF_INET)
@@ -96,6 +127,8 @@ class Listener:
 
     def accept(self) -> Channel:
         """Wait for the source (or start the command) and return a readable channel."""
+        if self.scheme == "fd":
+            return fd_channel(self.fd, "rb")
         if self.sock is None:
             proc = subprocess.Popen(["/bin/sh", "-c", self.rest], stdout=subprocess.PIPE)
             assert proc.stdout is not None
@@ -105,6 +138,15 @@ class Listener:
         if self.scheme == "unix":
             os.unlink(self.rest)
         return Channel(conn.makefile("rb"), sock=conn)
+
+    def address(self) -> list[dict[str, str]]:
+        """query-migrate's `socket-address` while listening (QEMU's SocketAddress shapes)."""
+        if self.scheme == "unix":
+            return [{"type": "unix", "path": self.rest}]
+        if self.scheme == "tcp" and self.sock is not None:
+            host, port = self.sock.getsockname()[:2]
+            return [{"type": "inet", "host": host, "port": str(port)}]
+        return []
 
     def close(self) -> None:
         if self.sock is not None:

@@ -1,17 +1,26 @@
 """One machine's migration jobs: the outgoing RAM+device copy and the incoming load, with QEMU's statuses.
 
-This first cut is stop-and-copy: the source stops the guest, sends every RAM page (zero pages as ZERO records)
-and the devices that describe their state as data, then ends in `postmigrate`.  There is no dirty logging yet,
-so nothing is iterated while the guest runs.  The destination reads the whole stream, validates it (stream.py,
-state.py) before touching guest memory, then writes the pages and loads the devices.
+The source sends every RAM page once while the guest keeps running (zero pages as ZERO records, at most
+`max-bandwidth` bytes a second), stops the guest (STOP, run state finish-migrate), waits in `pre-switchover`
+when that capability is on, then in `device` sends again every page whose content changed since it was sent
+(found by comparing a digest per page until dirty logging replaces it), the devices that describe their state
+as data and the run state, and ends in `postmigrate`.  MIGRATION and MIGRATION_PASS events go out only with
+the `events` capability, as in QEMU.  A failed or cancelled migration restarts a guest that was running.
+The destination reads the whole stream, validates it (stream.py, state.py) before touching guest memory,
+then writes the pages, loads the devices and takes the source's run state.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from refvm.migration.channel import Channel, Listener, connect
+from refvm import deviations
+from refvm.migration.channel import Channel, FdLookup, Listener, connect
+from refvm.migration.globalstate import IDSTR as GLOBALSTATE
+from refvm.migration.globalstate import GlobalState
+from refvm.migration.options import MigrationOptions
 from refvm.migration.state import DeviceState
 from refvm.migration.stream import StreamWriter, read_stream
 from refvm.migration.wire import TARGET_PAGE_SIZE, StreamError
@@ -19,6 +28,12 @@ from refvm.migration.wire import TARGET_PAGE_SIZE, StreamError
 RAM_BLOCK = "pc.ram"  # all guest RAM regions, concatenated in address order, as one block (QEMU's name)
 PAGES_PER_PART = 256
 MACHINE_TYPE = "pc-i440fx-7.2"
+ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
+#: Statuses in which an outgoing migration is under way (QEMU's migration_is_running()).
+RUNNING_STATUSES = ("setup", "active", "pre-switchover", "device", "cancelling")
+#: query-migrate's ram members that refvm has no use for yet (no postcopy, multifd, zero-copy, xbzrle).
+UNUSED_RAM_COUNTERS = ("skipped", "postcopy-requests", "multifd-bytes", "postcopy-bytes",
+                       "dirty-sync-missed-zero-copy")
 
 
 def _devices(machine: Any) -> dict[str, Any]:
@@ -36,18 +51,28 @@ def _regions(machine: Any) -> list[tuple[int, int]]:
     return [(r.gpa, r.size) for r in machine.memory.regions]
 
 
+def _ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
+
+
 class MigrationJob:
     """The latest migration of one machine (outgoing or incoming) and what query-migrate reports of it."""
 
     def __init__(self, machine: Any) -> None:
         self.machine = machine
+        self.options = MigrationOptions()
         self.status = "none"
+        self.incoming = False
         self.error = ""
-        self.started = 0.0
-        self.total_ms = 0
+        self.started = self.stopped_at = self.pass_started = 0.0
+        self.setup_ms = self.total_ms = self.downtime_ms = 0
         self.transferred = self.duplicate = self.normal = 0
+        self.sync_count = 0
+        self.dirty_rate = 0
+        self._listening: list[dict[str, str]] = []
         self._channel: Channel | None = None
         self._cancel = threading.Event()
+        self._continue = threading.Event()
         self._lock = threading.Lock()
 
     # ---- reporting ---------------------------------------------------------------------------------
@@ -55,41 +80,89 @@ class MigrationJob:
     def _set(self, status: str, error: str = "") -> None:
         with self._lock:
             self.status, self.error = status, error or self.error
-        self.machine.emit_event("MIGRATION", {"status": status})
+        if self.options.cap("events"):
+            self.machine.emit_event("MIGRATION", {"status": status})
+
+    def _sync(self) -> None:
+        """One dirty-bitmap sync (QEMU's pass): counted by dirty-sync-count, announced by MIGRATION_PASS."""
+        self.sync_count += 1
+        if self.options.cap("events"):
+            self.machine.emit_event("MIGRATION_PASS", {"pass": self.sync_count})
 
     def query(self) -> dict[str, Any]:
         """query-migrate's reply: {} before any migration, QEMU's member names after."""
+        if self.incoming:
+            if self.status == "setup":  # QEMU reports only where it listens (nothing for exec: and fd:)
+                return {"socket-address": self._listening} if self._listening else {}
+            return {"status": self.status}
         if self.status == "none":
             return {}
-        ram_total = sum(size for _, size in _regions(self.machine))
-        sent = (self.duplicate + self.normal) * TARGET_PAGE_SIZE
         out: dict[str, Any] = {"status": self.status}
-        if self.status in ("active", "completed", "cancelling"):
-            elapsed = self.total_ms if self.status == "completed" else int((time.monotonic() - self.started) * 1000)
-            out["total-time"] = elapsed
-            out["ram"] = {"transferred": self.transferred, "remaining": max(ram_total - sent, 0),
-                          "total": ram_total, "duplicate": self.duplicate, "normal": self.normal,
-                          "normal-bytes": self.normal * TARGET_PAGE_SIZE, "dirty-sync-count": 1,
-                          "page-size": TARGET_PAGE_SIZE}
+        if self.status in ("active", "pre-switchover", "device", "cancelling", "completed"):
+            done = self.status == "completed"
+            out["total-time"] = self.total_ms if done else _ms(self.started)
+            out["setup-time"] = self.setup_ms
+            if done:
+                out["downtime"] = self.downtime_ms
+            else:
+                out["expected-downtime"] = self._expected_downtime()
+            out["ram"] = self._ram_info(out["total-time"] - self.setup_ms)
         if self.status == "failed" and self.error:
             out["error-desc"] = self.error
         return out
 
+    def _ram_info(self, active_ms: int) -> dict[str, Any]:
+        ram_total = sum(size for _, size in _regions(self.machine))
+        pages = self.duplicate + self.normal
+        seconds = max(active_ms, 1) / 1000
+        info = {"transferred": self.transferred, "remaining": self._remaining(), "total": ram_total,
+                "duplicate": self.duplicate, "normal": self.normal, "normal-bytes": self.normal * TARGET_PAGE_SIZE,
+                "dirty-sync-count": self.sync_count, "page-size": TARGET_PAGE_SIZE,
+                "dirty-pages-rate": self.dirty_rate, "mbps": self.transferred * 8 / 1e6 / seconds,
+                "pages-per-second": int(pages / seconds), "precopy-bytes": self.transferred,
+                "downtime-bytes": 0}
+        info.update((name, 0) for name in UNUSED_RAM_COUNTERS)
+        return info
+
+    def _remaining(self) -> int:
+        ram_total = sum(size for _, size in _regions(self.machine))
+        if self.status == "completed":
+            return 0
+        return max(ram_total - (self.duplicate + self.normal) * TARGET_PAGE_SIZE, 0)
+
+    def _expected_downtime(self) -> int:
+        """ms to send what is left at the bandwidth measured so far (the limit until there is a measure)."""
+        elapsed = time.monotonic() - self.pass_started
+        if not self.pass_started or not self.transferred or elapsed <= 0:
+            return self.options.param("downtime-limit")
+        return int(self._remaining() / (self.transferred / elapsed) * 1000)
+
     @property
     def active(self) -> bool:
-        return self.status in ("setup", "active", "cancelling")
+        """An outgoing migration is under way (migrate and migrate-set-capabilities are refused)."""
+        return not self.incoming and self.status in RUNNING_STATUSES
 
     # ---- outgoing ----------------------------------------------------------------------------------
 
-    def start_outgoing(self, uri: str) -> None:
-        """QMP migrate: open the channel now (so a refused connection fails the command), copy in a thread."""
+    def start_outgoing(self, uri: str, lookup: FdLookup | None = None) -> None:
+        """QMP migrate: open the channel now (so a refused connection fails the command), copy in a thread.
+
+        An fd:NAME that was never passed raises KeyError after the status went failed (QEMU's order).
+        """
         self._cancel.clear()
-        self.transferred = self.duplicate = self.normal = 0
+        self._continue.clear()
+        self.incoming = False
+        self.transferred = self.duplicate = self.normal = self.sync_count = self.dirty_rate = 0
+        self.setup_ms = self.total_ms = self.downtime_ms = 0
         self.error = ""
-        self.started = time.monotonic()
+        self.started, self.pass_started = time.monotonic(), 0.0
         self._set("setup")
         try:
-            self._channel = connect(uri)
+            self._channel = connect(uri, lookup)
+        except KeyError:
+            name = uri.partition(":")[2]
+            self._set("failed", f"File descriptor named '{name}' has not been found")
+            raise
         except OSError as err:  # as QEMU: the command succeeds, the migration fails (query-migrate says why)
             self._set("failed", f"Failed to connect to '{uri.partition(':')[2]}': {err.strerror or err}")
             return
@@ -102,63 +175,145 @@ class MigrationJob:
             if self._channel is not None:
                 self._channel.abort()
 
+    def switchover(self, state: str) -> None:
+        """migrate-continue: leave `state` (ValueError naming the actual status when it is not that)."""
+        with self._lock:
+            current = "none" if self.incoming else self.status
+        if current != state:
+            raise ValueError(f"Migration not in expected state: {current}")
+        self._continue.set()
+
+    def _stop_guest(self) -> str:
+        """Stop for switchover (STOP if it ran, run state finish-migrate); returns the state it had."""
+        machine = self.machine
+        was = machine.status()
+        machine.pause()
+        machine.set_run_state("finish-migrate")
+        if was == "running":
+            machine.emit_event("STOP")
+        self.stopped_at = time.monotonic()
+        return was
+
     def _outgoing(self) -> None:
         machine, channel = self.machine, self._channel
         assert channel is not None
-        was_running = machine.status() == "running"
+        was = ""
         try:
-            self._set("active")
-            machine.pause()
             writer = StreamWriter(channel.stream)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
-            self._send_ram(writer)
-            for name, dev in _devices(machine).items():
-                state: DeviceState = dev.save()
+            self._sync()
+            self.setup_ms = _ms(self.started)
+            self._set("active")
+            self.pass_started = time.monotonic()
+            digests = self._send_ram(writer, [])
+            was = self._stop_guest()
+            if self.options.cap("pause-before-switchover"):
+                self._set("pre-switchover")
+                while not self._continue.wait(0.05):
+                    if self._cancel.is_set():
+                        raise OSError("cancelled")
+            self._set("device")
+            # Device states are taken before the last RAM pass: a save that completes work in flight writes
+            # guest memory, and those pages must go too.
+            states: list[tuple[str, DeviceState]] = [(name, dev.save()) for name, dev in _devices(machine).items()]
+            self._sync()
+            self._send_ram(writer, digests)
+            for name, state in states:
                 writer.device(name, 0, state.VERSION, state.encode(), state.describe())
+            glob = GlobalState(was.encode())
+            writer.device(GLOBALSTATE, 0, glob.VERSION, glob.encode(), glob.describe())
             writer.finish()
             self.transferred = writer.bytes_written
             if channel.close() != 0:
                 raise OSError("the migration command failed")
         except (OSError, ValueError) as err:
-            channel.abort()
-            channel.close()
-            if self._cancel.is_set():
-                self._set("cancelled")
-            else:
-                self._set("failed", f"Unable to write to socket: {getattr(err, 'strerror', None) or err}")
-            if was_running:
-                machine.resume()
+            self._fail(err, was)
             return
-        self.total_ms = int((time.monotonic() - self.started) * 1000)
+        self.downtime_ms = _ms(self.stopped_at)
+        self.total_ms = _ms(self.started)
         machine.set_run_state("postmigrate")
         self._set("completed")
 
-    def _send_ram(self, writer: StreamWriter) -> None:
+    def _fail(self, err: Exception, was: str) -> None:
+        """Failed or cancelled: QEMU's order is the status, then the guest restarts (RESUME) if it ran."""
+        assert self._channel is not None
+        self._channel.abort()
+        self._channel.close()
+        cancelled = self._cancel.is_set()
+        if not cancelled:
+            self._set("failed", f"Unable to write to socket: {getattr(err, 'strerror', None) or err}")
+        if was == "running":
+            self.machine.resume()
+            self.machine.emit_event("RESUME")
+        elif was:
+            self.machine.set_run_state("postmigrate")  # as QEMU: a guest that was not running stays stopped
+        if cancelled:
+            self._set("cancelled")
+
+    def _send_ram(self, writer: StreamWriter, sent: list[int]) -> list[int]:
+        """One pass over RAM.  With no digests (`sent` empty) every page goes, at most `max-bandwidth` bytes
+        a second, and the pages' digests come back; with them only pages that changed go, unthrottled (the
+        guest is stopped), as the section end."""
+        first = not sent
+        if not first and deviations.active("migration-drop-dirty"):
+            sent = [hash(data) for gpa, size in _regions(self.machine) for _, data in self._pages(gpa, size)]
         batch: list[tuple[str, int, bytes]] = []
-        offset = 0
+        digests: list[int] = []
+        offset = changed = 0
+        pass_start, pass_bytes = time.monotonic(), writer.bytes_written
         for gpa, size in _regions(self.machine):
-            for page in range(0, size, TARGET_PAGE_SIZE):
-                if self._cancel.is_set():
-                    raise OSError("cancelled")
-                data = self.machine.memory.read(gpa + page, TARGET_PAGE_SIZE)
+            for page, data in self._pages(gpa, size):
+                digest = hash(data)
+                if first:
+                    digests.append(digest)
+                elif sent[(offset + page) // TARGET_PAGE_SIZE] == digest:
+                    continue
+                changed += 1
                 batch.append((RAM_BLOCK, offset + page, data))
-                if any(data):
-                    self.normal += 1
-                else:
+                if data == ZERO_PAGE:
                     self.duplicate += 1
+                else:
+                    self.normal += 1
                 if len(batch) == PAGES_PER_PART:
                     writer.ram_part(batch)
                     self.transferred = writer.bytes_written
                     batch = []
+                    if first:
+                        self._throttle(writer.bytes_written - pass_bytes, pass_start)
             offset += size
-        writer.ram_part(batch, last=True)
+        writer.ram_part(batch, last=not first)
+        self.transferred = writer.bytes_written
+        if not first:
+            self.dirty_rate = int(changed / max(time.monotonic() - self.pass_started, 1e-3))
+        return digests
+
+    def _pages(self, gpa: int, size: int) -> Iterator[tuple[int, bytes]]:
+        """(offset in the region, page) for a region, read PAGES_PER_PART pages at a time (one bounds check and
+        one copy per chunk instead of per page); stops the pass at a cancel."""
+        chunk = PAGES_PER_PART * TARGET_PAGE_SIZE
+        for start in range(0, size, chunk):
+            if self._cancel.is_set():
+                raise OSError("cancelled")
+            data = self.machine.memory.read(gpa + start, min(chunk, size - start))
+            for off in range(0, len(data), TARGET_PAGE_SIZE):
+                yield start + off, data[off : off + TARGET_PAGE_SIZE]
+
+    def _throttle(self, sent: int, since: float) -> None:
+        """Hold the pass back to `max-bandwidth` (read each time: migrate-set-parameters applies at once)."""
+        limit = self.options.param("max-bandwidth")
+        if limit:
+            ahead = sent / limit - (time.monotonic() - since)
+            if ahead > 0:
+                self._cancel.wait(ahead)
 
     # ---- incoming ----------------------------------------------------------------------------------
 
-    def start_incoming(self, uri: str) -> None:
+    def start_incoming(self, uri: str, lookup: FdLookup | None = None) -> None:
         """-incoming URI or migrate-incoming: listen now (errors go to the caller), load in a thread."""
-        listener = Listener(uri)
+        listener = Listener(uri, lookup)
+        self.incoming = True
+        self._listening = listener.address()
         self.machine.set_run_state("inmigrate")
         self.started = time.monotonic()
         self._set("setup")
@@ -174,21 +329,25 @@ class MigrationJob:
             channel.close()
             if len(data) > limit:
                 raise StreamError(f"migration stream: stream: field 'length': more than {limit} bytes")
-            self._load(read_stream(data))
+            runstate = self._load(read_stream(data))
             self.transferred = len(data)
         except (OSError, StreamError) as err:
             self._set("failed", str(err))
             machine.request_error(f"load of migration failed: {err}")
             return
-        self.total_ms = int((time.monotonic() - self.started) * 1000)
-        self._set("completed")
-        if machine.config.start_paused:
+        self.total_ms = _ms(self.started)
+        if runstate != "running":
+            machine.set_run_state(runstate)  # a source that was stopped: so is the destination
+        elif machine.config.start_paused:
             machine.set_run_state("paused")
         else:
             machine.resume()
+            machine.emit_event("RESUME")
+        self._set("completed")
 
-    def _load(self, parsed: Any) -> None:
-        """Check the stream against this machine completely, then write RAM and load devices."""
+    def _load(self, parsed: Any) -> str:
+        """Check the stream against this machine completely, then write RAM and load devices; returns the
+        source's run state (running when the stream does not say)."""
         regions = _regions(self.machine)
         total = sum(size for _, size in regions)
         if parsed.ram.blocks != {RAM_BLOCK: total}:
@@ -196,7 +355,11 @@ class MigrationJob:
                               f"{parsed.ram.blocks} do not match this machine's {RAM_BLOCK} of {total:#x}")
         devices = _devices(self.machine)
         states = []
+        runstate = "running"
         for sec in parsed.devices():
+            if sec.idstr == GLOBALSTATE:
+                runstate = GlobalState.decode(sec.payload, sec.version_id).runstate.decode()
+                continue
             dev = devices.get(sec.idstr)
             if dev is None:
                 raise StreamError(f"migration stream: section '{sec.idstr}': field 'idstr': no such device here")
@@ -213,3 +376,4 @@ class MigrationJob:
             base += size
         for dev, state in states:
             dev.load(state)
+        return runstate

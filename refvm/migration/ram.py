@@ -57,7 +57,7 @@ def encode_ram_pages(pages: Iterable[tuple[str, int, bytes]]) -> bytes:
     for block, offset, data in pages:
         if offset % TARGET_PAGE_SIZE or len(data) != TARGET_PAGE_SIZE:
             raise ValueError(f"page {block}@{offset:#x} must be one aligned {TARGET_PAGE_SIZE}-byte page")
-        zero = not any(data)
+        zero = data == ZERO_PAGE  # a memcmp, not a Python loop over 4096 bytes
         flags = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
         if block == last:
             flags |= RAM_SAVE_FLAG_CONTINUE

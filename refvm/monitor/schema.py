@@ -35,6 +35,7 @@ EVENTS: dict[str, dict[str, str]] = {
     "WAKEUP": {},
     "BALLOON_CHANGE": {"actual": "int"},
     "MIGRATION": {"status": "str"},
+    "MIGRATION_PASS": {"pass": "int"},
 }
 
 
