@@ -22,13 +22,17 @@ MACHINE_TYPE = "pc-i440fx-7.2"
 
 
 def _devices(machine: Any) -> dict[str, Any]:
-    """The port-I/O devices that can save and load their state, by bus registration name."""
+    """The devices that save and load their state, by section idstr: port-I/O devices by bus registration
+    name, then every PCI function in slot order as QEMU names them (`0000:00:04.0/virtio-blk`)."""
     found: dict[str, Any] = {}
     for base, _length, name in machine.pio.ranges():
         rng = machine.pio.lookup(base)
         dev = rng.device if rng is not None else None
         if dev is not None and hasattr(dev, "save") and hasattr(dev, "load"):
             found[name] = dev
+    pci = getattr(machine, "pci", None)
+    for slot, function, dev in pci.devices() if pci is not None else ():
+        found[f"0000:00:{slot:02x}.{function}/{dev.vmsd_name}"] = dev
     return found
 
 
@@ -111,10 +115,11 @@ class MigrationJob:
             machine.pause()
             writer = StreamWriter(channel.stream)
             writer.header(MACHINE_TYPE)
+            # Device states are taken first: saving drains requests in flight, whose writes then go with RAM.
+            states: list[tuple[str, DeviceState]] = [(name, dev.save()) for name, dev in _devices(machine).items()]
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
             self._send_ram(writer)
-            for name, dev in _devices(machine).items():
-                state: DeviceState = dev.save()
+            for name, state in states:
                 writer.device(name, 0, state.VERSION, state.encode(), state.describe())
             writer.finish()
             self.transferred = writer.bytes_written
@@ -201,7 +206,7 @@ class MigrationJob:
             if dev is None:
                 raise StreamError(f"migration stream: section '{sec.idstr}': field 'idstr': no such device here")
             state_cls = type(dev.save())
-            states.append((dev, state_cls.decode(sec.payload, sec.version_id)))
+            states.append((dev, state_cls.decode(sec.payload, sec.version_id, sec.idstr)))
         pages = parsed.ram.pages.get(RAM_BLOCK, {})
         base = 0
         for gpa, size in regions:

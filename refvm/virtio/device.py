@@ -43,11 +43,13 @@ from collections.abc import Callable
 
 from refvm import deviations
 from refvm.memory import GuestMemory, GuestMemoryError
+from refvm.migration.state import StateError
 from refvm.virtio import features as F
 from refvm.virtio import status as S
 from refvm.virtio.packed_queue import PackedQueue
 from refvm.virtio.queue import NO_VECTOR, Chain, Virtqueue, VirtqueueError
 from refvm.virtio.split_queue import SplitQueue
+from refvm.virtio.state import NoDeviceState, VirtioCoreState
 
 __all__ = ["VirtioDevice", "ISR_QUEUE", "ISR_CONFIG"]
 
@@ -421,6 +423,79 @@ class VirtioDevice:
     def queue_reset_device(self, index: int) -> None:
         """Device-specific hook after queue ``index`` was reset (lock held): drop what the device keeps
         from that queue (held buffers, pending requests). The default keeps nothing."""
+
+    # ------------------------------------------------------------------ migration (refvm/virtio/state.py)
+    #: The State class of the device type's own state (saved by save_device, loaded by load_device).
+    DEVICE_STATE: type = NoDeviceState
+    #: QEMU's vmsd name of the device type, the second half of its section idstr (`0000:00:04.0/virtio-blk`).
+    VMSD_NAME = "virtio-device"
+
+    def quiesce(self) -> None:
+        """Before save (lock held): finish or give back every request in flight. Default: nothing is."""
+
+    #: Why this device type cannot migrate yet (QEMU's migration blocker), or None.
+    migration_blocker: str | None = None
+
+    def save_core(self) -> VirtioCoreState:
+        """Status, features, ISR, generation and every queue (call with the lock held, after quiesce)."""
+        if self.migration_blocker:
+            raise StateError(f"migration: {self.VMSD_NAME}: {self.migration_blocker}")
+        return VirtioCoreState(
+            status=self._status, driver_features=self.driver_features, negotiated_features=self.negotiated_features,
+            features_locked=self._features_locked, isr=self.isr, config_msix_vector=self.config_msix_vector,
+            generation=self._generation, config_dirty=self._config_dirty, error=(self.error or "").encode()[:1024],
+            queues=tuple(q.save() for q in self.queues))
+
+    def core_problem(self, st: VirtioCoreState) -> tuple[str, str] | None:
+        """(field, problem) when ``st`` cannot be this device's state; checked before anything is loaded."""
+        if st.features_locked:
+            extra = st.negotiated_features & ~self.device_features
+            if extra and not deviations.active("accept-invalid-features"):
+                return "negotiated_features", f"{F.describe(extra, self.feature_names)} not offered by this device"
+            if not F.has(st.negotiated_features, F.VIRTIO_F_VERSION_1):
+                return "negotiated_features", "VIRTIO_F_VERSION_1 missing"
+        elif st.negotiated_features:
+            return "negotiated_features", f"{st.negotiated_features:#x} without features_locked"
+        if len(st.queues) != len(self.queue_max_sizes):
+            return "queues", f"{len(st.queues)} queues, this device has {len(self.queue_max_sizes)}"
+        for q, qst in zip(self._queues_for(st.negotiated_features), st.queues, strict=True):
+            found = q.state_problem(qst)
+            if found:
+                return f"queues[{q.index}].{found[0]}", found[1]
+        return None
+
+    def _queues_for(self, negotiated: int) -> list[Virtqueue]:
+        """Fresh queues in the ring format ``negotiated`` selects, with its ring features."""
+        cls: type[Virtqueue] = PackedQueue if F.has(negotiated, F.VIRTIO_F_RING_PACKED) else SplitQueue
+        queues = [cls(self.mem, i, n) for i, n in enumerate(self.queue_max_sizes)]
+        for q in queues:
+            q.event_idx = F.has(negotiated, F.VIRTIO_F_RING_EVENT_IDX)
+            q.indirect = F.has(negotiated, F.VIRTIO_F_RING_INDIRECT_DESC)
+        return queues
+
+    def load_core(self, st: VirtioCoreState) -> None:
+        """Take a checked state by assignment (no status machine, no reset hooks, no ring resets)."""
+        with self.lock:
+            self._status, self.driver_features = st.status, st.driver_features
+            self.negotiated_features, self._features_locked = st.negotiated_features, st.features_locked
+            self.isr, self.config_msix_vector = st.isr, st.config_msix_vector
+            self._generation, self._config_dirty = st.generation, st.config_dirty
+            self.error = st.error.decode(errors="replace") or None
+            queues = self._queues_for(st.negotiated_features)
+            for q, qst in zip(queues, st.queues, strict=True):
+                q.load(qst)
+            self.queues = queues
+
+    def save_device(self) -> NoDeviceState:
+        """The device type's own state (lock held). Default: none."""
+        return NoDeviceState()
+
+    def device_problem(self, st: object) -> tuple[str, str] | None:
+        """(field, problem) when the device-type state does not fit this device. Default: fits."""
+        return None
+
+    def load_device(self, st: object) -> None:
+        """Take the device type's own checked state (lock held). Default: nothing to take."""
 
     def handle_queue(self, queue: Virtqueue) -> None:
         """Device hook: pop chains from ``queue``, use them, push them (called with the lock held)."""

@@ -35,6 +35,7 @@ class HostBridge(PciDevice):
     """i440FX PCI and memory controller as on ``-M pc``: 8086:1237 rev 2, class 060000h, no BARs."""
 
     type_name = "i440FX"
+    vmsd_name = "I440FX"
 
     def __init__(self, ram_size: int = 128 << 20) -> None:
         super().__init__(

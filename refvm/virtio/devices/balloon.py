@@ -76,6 +76,7 @@ class VirtioBalloon(VirtioDevice):
     """A memory balloon over GuestMemory."""
 
     device_id = 5
+    VMSD_NAME = "virtio-balloon"
     queue_max_sizes = (QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE)
     feature_names = {0: "MUST_TELL_HOST", 1: "STATS_VQ", 2: "DEFLATE_ON_OOM", 3: "FREE_PAGE_HINT",
                      4: "PAGE_POISON", 5: "REPORTING"}

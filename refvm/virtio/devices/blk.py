@@ -51,6 +51,14 @@ waits. The throttle queue is FIFO per direction, so completions keep their order
 FLUSH, GET_ID, DISCARD and WRITE_ZEROES are not throttled (QEMU throttles only reads and writes).
 A device reset first performs the requests still waiting for the limits (QEMU drains with the
 limits lifted), without completing them into the rings that the reset discards.
+
+Migration (:class:`BlkState`): requests in flight are **drained, not carried**. Requests are performed
+synchronously inside the notification, so the only ones in flight at a save are those waiting for the
+throttle; :meth:`quiesce` performs them and completes them into their rings before the State is taken
+(and before RAM is copied, so their data and used elements travel with RAM), as QEMU drains block I/O when
+the VM stops. A request the driver made available but has not notified (or that the device has not
+popped) is not in flight: it stays in the available ring, ``last_avail_idx`` says so, and the destination
+pops it at the next notification. Either way a request completes exactly once, on one side.
 """
 
 from __future__ import annotations
@@ -59,12 +67,14 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from refvm import deviations
 from refvm.block import BlockBackend
 from refvm.block.vectored import read_into, write_from
 from refvm.memory import GuestMemory
+from refvm.migration.state import BOOL, DeviceState, sfield
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Chain, Virtqueue
@@ -154,6 +164,17 @@ class _Throttled:
             return True
 
 
+@dataclass
+class BlkState(DeviceState):
+    """virtio-blk's own state: the cache mode the driver chose (the config's writeback byte follows it) and
+    whether a driver without CONFIG_WCE keeps a write-through drive syncing; no requests (drained)."""
+
+    VMSD_NAME = "virtio-blk-device"
+
+    writeback: bool = sfield(BOOL, True)
+    host_writethrough: bool = sfield(BOOL, False)
+
+
 def _set_status(chain: Chain, status: int) -> None:
     """The status byte: the last byte of the last writable descriptor (checked non-empty at pop)."""
     last = chain.writable[-1]
@@ -170,6 +191,8 @@ class VirtioBlk(VirtioDevice):
     """A virtio block device on a :class:`~refvm.block.BlockBackend`."""
 
     device_id = 2
+    VMSD_NAME = "virtio-blk"
+    DEVICE_STATE = BlkState
     feature_names = FEATURE_NAMES
 
     def __init__(
@@ -447,6 +470,31 @@ class VirtioBlk(VirtioDevice):
                     req.io()
                 except Exception:  # noqa: BLE001 - the rings are being reset anyway
                     log.warning("virtio-blk: throttled request failed during reset drain")
+
+    # ------------------------------------------------------------------ migration
+    def quiesce(self) -> None:
+        """Before a save: perform every request waiting for the throttle and complete it into its ring
+        (see the module docstring: drained, not carried). A start the throttle fires later finds it claimed."""
+        with self._throttled_lock:
+            pending, self._throttled = self._throttled, []
+        for req in pending:
+            if not req.claim():
+                continue
+            try:
+                written = req.io()
+            except Exception:  # noqa: BLE001 - guest memory vanished: the device fails, the save goes on
+                log.exception("virtio-blk: throttled request failed while draining for migration")
+                self.fail("virtio-blk: throttled request could not be completed")
+                continue
+            self.complete(req.queue, req.chain, self._used_len(written))
+
+    def save_device(self) -> BlkState:
+        return BlkState(writeback=self.writeback, host_writethrough=self._host_writethrough)
+
+    def load_device(self, st: object) -> None:
+        assert isinstance(st, BlkState)
+        self._host_writethrough = st.host_writethrough
+        self._set_writeback(st.writeback)
 
     @property
     def throttled_pending(self) -> int:

@@ -92,6 +92,7 @@ class VirtioSerial(VirtioDevice):
     """virtio-serial with console ports on chardevs (Chardev.write / Chardev.set_receiver)."""
 
     device_id = 3
+    VMSD_NAME = "virtio-console"
     feature_names = {0: "SIZE", 1: "MULTIPORT", 2: "EMERG_WRITE"}
 
     def __init__(self, mem: GuestMemory, *, max_ports: int = 31, emergency_write: bool = True, **virtio: bool) -> None:

@@ -169,6 +169,8 @@ class VirtioNet(VirtioDevice):
     """A virtio NIC on a tap device."""
 
     device_id = 1
+    VMSD_NAME = "virtio-net"
+    migration_blocker = "its receive filter, queue pairs and held receive buffers do not migrate yet"
     feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
                      18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 22: "MQ",
                      23: "CTRL_MAC_ADDR", 63: "SPEED_DUPLEX"}

@@ -46,6 +46,7 @@ class VirtioRng(VirtioDevice):
     """Entropy from a host file (a character device such as /dev/urandom or /dev/random)."""
 
     device_id = 4
+    VMSD_NAME = "virtio-rng"
     features = 0
     queue_max_sizes = (QUEUE_SIZE,)
 
