@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_migration_qtest import Qmp
 from test_virtio_helpers import MODERN, RAM_SIZE, PackedDriver, SplitDriver, make_mem
 from virtio_pci_rig import MODERN_BASE, C, EchoRng, Rig
 
+from conformance.drivers.pci import BarAllocator, ConfigMechanism1, enumerate_bus
+from conformance.drivers.qtest import QtestSession
+from conformance.drivers.virtio import GuestAllocator, VirtioPciDevice, find_virtio
+from conformance.drivers.virtqueue import SplitQueue
+from conformance.targets import refvm_target
 from refvm.block import RawFile
 from refvm.block.drive import open_drive
 from refvm.block.throttle_group import ThrottleGroups
@@ -268,3 +274,96 @@ def test_device_with_a_migration_blocker_refuses_to_save() -> None:
     with pytest.raises(StateError, match="migration: virtio-device: testing"):
         rig.fn.save()
     assert isinstance(PciState().validate(), PciState)
+
+
+# ---------------------------------------------------------------- two refvm processes under -accel qtest
+
+class Session:
+    """The qtest session the drivers talk to: the source's until the migration, then the destination's."""
+
+    def __init__(self, current: QtestSession) -> None:
+        self.current = current
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - forwards QtestSession's methods
+        return getattr(self.current, name)
+
+
+def _machine(tmp: Path, name: str, disk: Path, *extra: str) -> tuple[QtestSession, Qmp]:
+    qmp_path = tmp / f"{name}.qmp"
+    qt = QtestSession(name=name).start(refvm_target(), [
+        "-m", "32", "-qmp", f"unix:{qmp_path},server=on,wait=off", "-watchdog-timeout", "120",
+        "-drive", f"file={disk},if=none,id=d0,format=raw,{THROTTLE}" if extra[:1] == ("throttle",) else
+        f"file={disk},if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0,addr=4",
+        *[a for a in extra if a != "throttle"]])
+    return qt, Qmp(qmp_path)
+
+
+THROTTLE = "throttling.iops-total=1"
+
+
+def _blk_request(vq: SplitQueue, rtype: int, sector: int, data: bytes = b"", inlen: int = 0) -> tuple[int, list]:
+    segs = [vq.out_buf(struct.pack("<IIQ", rtype, 0, sector))]
+    segs += [vq.out_buf(data)] if data else []
+    segs += [vq.in_buf(inlen)] if inlen else []
+    segs.append(vq.in_buf(1))
+    return vq.add(segs), segs
+
+
+@pytest.mark.parametrize("stop", ["before-notify", "throttled-after-notify"])
+def test_virtio_blk_stopped_mid_ring_migrates_between_processes_and_completes_once(
+        tmp_path: Path, disk: Path, stop: str) -> None:
+    """Source and destination are real refvm processes under -accel qtest; the test is the guest's driver.
+
+    before-notify: the request is in the available ring, never notified; the destination completes it at
+    its first notification. throttled-after-notify: the request was notified but waits for the throttle
+    (iops-total=1, virtual clock stopped); the source drains it at save, the destination's ring shows it
+    used and does not run it again. Either way: used idx advances exactly once per request, the indices
+    go on where the source left them, the data is on disk once."""
+    mig = tmp_path / "mig.sock"
+    throttle = ("throttle",) if stop != "before-notify" else ()
+    dst_qt, dst_qmp = _machine(tmp_path, "dst", disk, *throttle, "-incoming", f"unix:{mig}")
+    src_qt, src_qmp = _machine(tmp_path, "src", disk, *throttle)
+    try:
+        qt = Session(src_qt)
+        alloc = GuestAllocator(0x100000, 0x1F00000)
+        func = find_virtio(enumerate_bus(ConfigMechanism1(qt), 0), "blk")  # type: ignore[arg-type]
+        dev = VirtioPciDevice(qt, func, alloc).map(BarAllocator())  # type: ignore[arg-type]
+        dev.initialize(driver_ok=False)
+        vq = SplitQueue(qt, alloc, 0, 16)  # type: ignore[arg-type]
+        dev.setup_queue(vq)
+        dev.driver_ok()
+        first, _ = _blk_request(vq, B.T_OUT, 1, b"A" * 512)
+        vq.kick()
+        assert vq.wait_used().id == first  # (within the throttle's burst)
+        second, segs = _blk_request(vq, B.T_OUT, 2, b"B" * 512)  # made available ...
+        if stop != "before-notify":
+            vq.kick()  # ... and notified: held by the throttle, whose virtual clock stands still under qtest
+            vq.assert_idle(0.3)
+        assert vq.used_idx() == 1
+        assert src_qmp.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
+        src_qmp.wait_status("completed")
+        dst_qmp.wait_status("completed")
+        qt.current = dst_qt
+        assert dst_qmp.cmd("query-status")["return"]["status"] == "running"
+        if stop == "before-notify":
+            assert vq.used_idx() == 1, "nothing completed in transit"
+            vq.kick()
+            used = vq.wait_used()
+        else:
+            assert vq.used_idx() == 2, "drained on the source before RAM was copied"
+            used = vq.get_used()
+        assert used is not None and used.id == second and dst_qt.readb(segs[-1].addr) == B.S_OK
+        vq.kick()
+        vq.assert_idle(0.3)  # a second notification finds nothing new: completed exactly once
+        assert vq.used_idx() == 2
+        third, _ = _blk_request(vq, B.T_IN, 2, inlen=512)
+        vq.kick()
+        assert vq.wait_used().id == third and vq.read_back(third)[0] == b"B" * 512
+        assert vq.used_idx() == 3, "indices go on from the source's"
+    finally:
+        for qmp in (src_qmp, dst_qmp):
+            qmp.sock.close()
+        src_qt.close()
+        dst_qt.close()
+    with open(disk, "rb") as f:
+        assert f.read(3 * 512)[512:] == b"A" * 512 + b"B" * 512
