@@ -1,4 +1,5 @@
-"""State as data: the 16550 UART and the MC146818 RTC saved, carried as stream bytes, validated and loaded."""
+"""State as data: the 16550 UART, the MC146818 RTC, and the schemas of PCI functions, virtqueues, the virtio core and
+transport and virtio-blk, saved, carried as stream bytes, validated and loaded."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,19 @@ from refvm.bus import PioBus
 from refvm.clock import VirtualClock
 from refvm.devices.chardev import NullChardev
 from refvm.devices.irq import IrqLine
+from refvm.devices.pci.state import PciState
 from refvm.devices.rtc import REG_B, REG_C, SECONDS, Rtc, RtcOptions, RtcState
 from refvm.devices.serial import COM1, Serial16550, SerialState
-from refvm.migration.state import DeviceState, StateError
+from refvm.migration.state import BOOL, DeviceState, StateError
 from refvm.migration.stream import StreamWriter, read_stream
+from refvm.virtio.devices.blk import BlkState
+from refvm.virtio.state import QueueRegsState, QueueState, VirtioCoreState, VirtioPciState, section_state
 
 NS = 1_000_000_000
 BASE = COM1[0]
-STATES: list[type[DeviceState]] = [SerialState, RtcState]
+BLK_SECTION = section_state("virtio-blk", BlkState)
+STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, QueueState, QueueRegsState, VirtioCoreState,
+                                   VirtioPciState, BlkState, BLK_SECTION]
 
 
 class Chip:
@@ -129,6 +135,10 @@ def test_rtc_frozen_set_mode_survives() -> None:
 def _invalid_values(cls: type[DeviceState], f: dataclasses.Field) -> list[object]:
     """Values of the field's type that break its schema or its extra rule."""
     kind = f.metadata["kind"]
+    if kind.state is not None:  # a nested State, or a tuple of them
+        item = kind.state(**{g.name: 2 for g in dataclasses.fields(kind.state) if g.metadata["kind"] is BOOL})
+        bad = [(item,), (kind.state(),) * (kind.max_len + 1)] if kind.is_list else [item]
+        return [*bad, "text"] if any(g.metadata["kind"] is BOOL for g in dataclasses.fields(kind.state)) else ["text"]
     if kind.vmdesc_type == "bool":
         return [2, "yes"]
     if kind.vmdesc_type == "buffer":
@@ -147,8 +157,8 @@ def test_every_invalid_field_is_refused_by_name(cls: type[DeviceState]) -> None:
     for f in dataclasses.fields(cls):
         for bad in _invalid_values(cls, f):
             state = dataclasses.replace(cls(), **{f.name: bad})
-            with pytest.raises(StateError, match=f"section '{cls.VMSD_NAME}': field '{f.name}'"):
-                state.validate()
+            with pytest.raises(StateError, match=rf"section '{cls.VMSD_NAME}': field '{f.name}['.\[]"):
+                state.validate()  # a nested field is named by its path: queues[0].enabled
 
 
 def test_cross_field_rule_names_the_field() -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_migration_qtest import Qmp
+from test_virtio_console import MemChardev
 from test_virtio_helpers import MODERN, RAM_SIZE, PackedDriver, SplitDriver, make_mem
 from virtio_pci_rig import MODERN_BASE, C, EchoRng, Rig
 
@@ -35,8 +36,11 @@ from refvm.migration.state import DeviceState, StateError
 from refvm.migration.stream import StreamWriter, read_stream
 from refvm.virtio import features as F
 from refvm.virtio import status as S
+from refvm.virtio.devices import balloon as BL
 from refvm.virtio.devices import blk as B
+from refvm.virtio.devices.balloon import VirtioBalloon
 from refvm.virtio.devices.blk import VirtioBlk
+from refvm.virtio.devices.console import VirtConsole, VirtioSerial
 from refvm.virtio.state import QueueState, VirtioCoreState
 
 HDR, DATA, STATUS = 0x1000, 0x2000, 0x9000
@@ -177,6 +181,65 @@ def test_host_bridge_round_trip_and_a_function_refuses_another_functions_state()
     with pytest.raises(StateError, match=r"section 'PIIX3': field 'config': byte 0x02 is 0x37, but this "
                                          r"PIIX3's read-only bits 0xff hold 0x00"):
         Piix3IsaBridge().load(state)  # type: ignore[arg-type]
+
+
+def _drivers(rig: Rig, count: int) -> dict[int, SplitDriver]:
+    return {i: SplitDriver(rig.mem, 8, base=0x10000 + 0x1000 * i) for i in range(count)}
+
+
+def _post(rig: Rig, drv: SplitDriver, index: int, addr: int, length: int, writable: bool, head: int = 0) -> None:
+    drv.chain(head, [(addr, length, writable)])
+    drv.publish(head)
+    rig.notify(index)
+
+
+def _twin(drv: SplitDriver, rig: Rig) -> SplitDriver:
+    """The same driver state, looking at the destination's RAM."""
+    twin = SplitDriver.__new__(SplitDriver)
+    twin.__dict__.update(drv.__dict__, mem=rig.mem)
+    return twin
+
+
+def test_console_input_the_guest_has_not_taken_is_delivered_on_the_destination() -> None:
+    def serial() -> tuple[VirtioSerial, MemChardev]:
+        chardev = MemChardev()
+        dev = VirtioSerial.create(make_mem(), {})
+        dev.add_port(VirtConsole.create({"chardev": "c0"}, chardevs={"c0": chardev}))
+        return dev, chardev
+
+    dev, chardev = serial()
+    src = Rig(dev)
+    drvs = _drivers(src, 2)
+    src.init_driver(MODERN, drvs)
+    chardev.type_in(b"typed before the migration")  # the guest has posted no receive buffer yet
+    dst_dev, dst_chardev = serial()
+    dst = Rig(dst_dev, enable=False)
+    state = migrate(src, dst)
+    assert state.device.ports[0].pending == b"typed before the migration"  # type: ignore[attr-defined]
+    rx = _twin(drvs[0], dst)
+    _post(dst, rx, 0, 0x30000, 64, True)
+    assert rx.used_elem(0) == (0, 26) and dst.mem.read(0x30000, 26) == b"typed before the migration"
+    tx = _twin(drvs[1], dst)
+    dst.mem.write(0x31000, b"out")
+    _post(dst, tx, 1, 0x31000, 3, False)
+    assert dst_chardev.out == b"out" and chardev.out == b""
+
+
+def test_balloon_target_and_held_stats_buffer_carry_over() -> None:
+    src = Rig(VirtioBalloon.create(make_mem(), {}))
+    drvs = _drivers(src, 3)
+    src.init_driver(MODERN | 1 << BL.VIRTIO_BALLOON_F_STATS_VQ, drvs)
+    src.mem.write(0x30000, struct.pack("<HQ", 4, 12345))
+    _post(src, drvs[2], 2, 0x30000, 10, False)  # the driver's stats buffer: the device holds it
+    src.vdev.set_target_pages(100)  # type: ignore[attr-defined]
+    dst = Rig(VirtioBalloon.create(make_mem(), {}), enable=False)
+    state = migrate(src, dst)
+    assert state.virtio.queues[2].last_avail_idx == 0  # type: ignore[attr-defined]  # given back
+    balloon: VirtioBalloon = dst.vdev  # type: ignore[assignment]
+    assert (balloon.target_pages, dst.rd(0x2000, 4)) == (100, 100)  # num_pages in the device config
+    assert balloon.stats == {BL.STAT_NAMES[4]: 12345}  # the held buffer was popped again and read
+    assert balloon.request_stats() and _twin(drvs[2], dst).used_idx() == 1, "the held buffer is returned once"
+    assert not balloon.request_stats()
 
 
 # ---------------------------------------------------------------- hostile values, one line naming the field

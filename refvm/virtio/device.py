@@ -436,6 +436,11 @@ class VirtioDevice:
     #: Why this device type cannot migrate yet (QEMU's migration blocker), or None.
     migration_blocker: str | None = None
 
+    def held_chains(self, index: int) -> tuple[Chain, ...]:
+        """Chains of queue ``index`` the device keeps popped but unused (the last ones popped), which a save
+        gives back to the available ring; the device pops them again in :meth:`load_device`. Default none."""
+        return ()
+
     def save_core(self) -> VirtioCoreState:
         """Status, features, ISR, generation and every queue (call with the lock held, after quiesce)."""
         if self.migration_blocker:
@@ -444,7 +449,7 @@ class VirtioDevice:
             status=self._status, driver_features=self.driver_features, negotiated_features=self.negotiated_features,
             features_locked=self._features_locked, isr=self.isr, config_msix_vector=self.config_msix_vector,
             generation=self._generation, config_dirty=self._config_dirty, error=(self.error or "").encode()[:1024],
-            queues=tuple(q.save() for q in self.queues))
+            queues=tuple(q.save(self.held_chains(q.index)) for q in self.queues))
 
     def core_problem(self, st: VirtioCoreState) -> tuple[str, str] | None:
         """(field, problem) when ``st`` cannot be this device's state; checked before anything is loaded."""
@@ -496,6 +501,10 @@ class VirtioDevice:
 
     def load_device(self, st: object) -> None:
         """Take the device type's own checked state (lock held). Default: nothing to take."""
+
+    def post_load(self) -> None:
+        """After the whole function (transport, PCI, MSI-X) was loaded, lock held: resume work the state
+        implies, e.g. deliver carried input into buffers the driver posted. Default: nothing."""
 
     def handle_queue(self, queue: Virtqueue) -> None:
         """Device hook: pop chains from ``queue``, use them, push them (called with the lock held)."""

@@ -235,8 +235,11 @@ class PackedQueue(Virtqueue):
         return (event - old) % ring < (new - old) % ring
 
     # ------------------------------------------------------------------ migration
-    def _save_ring(self, st: QueueState) -> None:
-        st.last_avail_idx, st.avail_wrap = self.next_avail, bool(self.avail_wrap)
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:
+        slot, wrap = self.next_avail - sum(c.desc_count for c in held), self.avail_wrap
+        while slot < 0:  # held chains from the previous lap
+            slot, wrap = slot + self.size, wrap ^ 1
+        st.last_avail_idx, st.avail_wrap = slot, bool(wrap)
         st.used_idx, st.used_wrap = self.next_used, bool(self.used_wrap)
         st.signalled_used, st.used_slots, st.pushed = self._signalled, self._used_slots, self._pushed
 

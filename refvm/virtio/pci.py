@@ -403,6 +403,7 @@ class VirtioPciFunction(PciDevice):
                 leg.queue_select, leg.guest_features = t.legacy_queue_select, t.legacy_guest_features
                 leg.negotiated = t.legacy_negotiated
             self.load_pci(s.pci, section)
+            dev.post_load()
 
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:

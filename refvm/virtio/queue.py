@@ -335,15 +335,18 @@ class Virtqueue:
         self.enabled = other.enabled
 
     # ------------------------------------------------------------------ migration (refvm/virtio/state.py)
-    def save(self) -> QueueState:
-        """This queue as data. A chain still in flight means the device did not drain: refused here."""
-        if self.in_flight:
-            raise StateError(f"migration: queue {self.index}: {self.in_flight} requests in flight "
-                             "(the device did not drain them)")
+    def save(self, held: tuple[Chain, ...] = ()) -> QueueState:
+        """This queue as data. ``held``: chains the device keeps popped but unused, which must be the last
+        ones popped; the State gives them back to the available ring (the driver still owns nothing new,
+        the descriptors are in RAM) and the destination device pops them again. Any other chain in flight
+        means the device did not drain: refused."""
+        if self.in_flight != len(held):
+            raise StateError(f"migration: queue {self.index}: {self.in_flight} requests in flight, "
+                             f"{len(held)} held (the device did not drain them)")
         st = QueueState(size=self.size, enabled=self._enabled, desc_addr=self.desc_addr,
                         driver_addr=self.driver_addr, device_addr=self.device_addr, msix_vector=self.msix_vector,
                         notify_off=self.notify_off, suppressed=self.suppressed)
-        self._save_ring(st)
+        self._save_ring(st, held)
         return st
 
     def state_problem(self, st: QueueState) -> tuple[str, str] | None:
@@ -366,7 +369,7 @@ class Virtqueue:
         self._reset_ring()
         self._load_ring(st)
 
-    def _save_ring(self, st: QueueState) -> None:  # pragma: no cover - overridden
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _ring_problem(self, st: QueueState) -> tuple[str, str] | None:  # pragma: no cover - overridden

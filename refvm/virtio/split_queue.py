@@ -293,8 +293,8 @@ class SplitQueue(Virtqueue):
             _U16.pack_into(device, 0, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
 
     # ------------------------------------------------------------------ migration
-    def _save_ring(self, st: QueueState) -> None:
-        st.last_avail_idx = self.last_avail_idx
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:
+        st.last_avail_idx = (self.last_avail_idx - len(held)) & 0xFFFF
         st.used_idx = self.used_idx
         st.signalled_used = self._signalled_used
         st.pushed = self._pushed

@@ -124,11 +124,9 @@ def section_state(vmsd_name: str, device_state: type[DeviceState]) -> type[Devic
     key = (vmsd_name, device_state)
     if key not in _SECTIONS:
         fields: list[tuple[str, Any, Any]] = [
-            ("pci", PciState, sfield(struct(PciState), dataclasses.MISSING)),
-            ("transport", VirtioPciState, sfield(struct(VirtioPciState), dataclasses.MISSING)),
-            ("virtio", VirtioCoreState, sfield(struct(VirtioCoreState), dataclasses.MISSING)),
-            ("device", device_state, sfield(struct(device_state), dataclasses.MISSING)),
-        ]
+            (name, part, dataclasses.field(default_factory=part, metadata=sfield(struct(part), None).metadata))
+            for name, part in (("pci", PciState), ("transport", VirtioPciState), ("virtio", VirtioCoreState),
+                               ("device", device_state))]
         cls = dataclasses.make_dataclass(f"VirtioPciSection_{vmsd_name.replace('-', '_')}", fields,
                                          bases=(DeviceState,), namespace={"VMSD_NAME": vmsd_name, "VERSION": 1})
         _SECTIONS[key] = cls
