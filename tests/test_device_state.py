@@ -13,19 +13,23 @@ from refvm.bus import PioBus
 from refvm.clock import VirtualClock
 from refvm.devices.chardev import NullChardev
 from refvm.devices.irq import IrqLine
+from refvm.devices.pci.host import Conf1State
 from refvm.devices.pci.state import PciState
 from refvm.devices.rtc import REG_B, REG_C, SECONDS, Rtc, RtcOptions, RtcState
 from refvm.devices.serial import COM1, Serial16550, SerialState
 from refvm.migration.state import BOOL, DeviceState, StateError
 from refvm.migration.stream import StreamWriter, read_stream
+from refvm.virtio.devices.balloon import BalloonState
 from refvm.virtio.devices.blk import BlkState
+from refvm.virtio.devices.console import ConsolePortState, ConsoleState, ControlMessageState
 from refvm.virtio.state import QueueRegsState, QueueState, VirtioCoreState, VirtioPciState, section_state
 
 NS = 1_000_000_000
 BASE = COM1[0]
 BLK_SECTION = section_state("virtio-blk", BlkState)
-STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, QueueState, QueueRegsState, VirtioCoreState,
-                                   VirtioPciState, BlkState, BLK_SECTION]
+STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
+                                   VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
+                                   ConsolePortState, ControlMessageState]
 
 
 class Chip:

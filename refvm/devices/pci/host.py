@@ -15,11 +15,13 @@ Mechanism #1 (PCI 3.0 §3.2.2.3.2) as QEMU 7.2's pc machine implements it, measu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from refvm.bus import PioBus
 from refvm.devices.pci.bus import PciBus
 from refvm.devices.pci.device import QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, PciDevice
+from refvm.migration.state import U32, DeviceState, sfield
 
 __all__ = ["HostBridge", "ConfigMechanism1", "CONFIG_ADDRESS_PORT", "CONFIG_DATA_PORT", "ENABLE_BIT"]
 
@@ -54,11 +56,26 @@ class HostBridge(PciDevice):
         self.config.set_u8(I440FX_COREBOOT_RAM_SIZE, min(self.ram_size >> 23, 0xFF))
 
 
+@dataclass
+class Conf1State(DeviceState):
+    """CONFIG_ADDRESS as the guest last wrote it (a driver may migrate between its 0CF8h and 0CFCh accesses)."""
+
+    VMSD_NAME = "pci-conf1"
+
+    address: int = sfield(U32, 0)
+
+
 class _AddressPort:
     """0CF8h-0CFBh: CONFIG_ADDRESS, with the Reset Control Register's byte at 0CF9h."""
 
     def __init__(self, owner: ConfigMechanism1) -> None:
         self._owner = owner
+
+    def save(self) -> Conf1State:
+        return Conf1State(self._owner.address)
+
+    def load(self, state: Conf1State) -> None:
+        self._owner.address = state.address
 
     def read(self, offset: int, size: int) -> int:
         rcr = self._owner.reset_control
