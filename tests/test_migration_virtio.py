@@ -283,6 +283,7 @@ def _with_queue(state: DeviceState, **changes: object) -> DeviceState:
     (lambda s: _with(s, "virtio", negotiated_features=s.virtio.negotiated_features | 1 << 50),
      "virtio.negotiated_features"),
     (lambda s: _with(s, "virtio", queues=()), "virtio.queues"),
+    (lambda s: _with(s, "virtio", features_locked=False, negotiated_features=0), "virtio.status"),
     (lambda s: _with(s, "virtio", config_msix_vector=7), "virtio.config_msix_vector"),
     (lambda s: _with_queue(s, size=4096), "virtio.queues[0].size"),
     (lambda s: _with_queue(s, last_avail_idx=9, used_idx=0), "virtio.queues[0].last_avail_idx"),

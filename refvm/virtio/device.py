@@ -461,6 +461,8 @@ class VirtioDevice:
                 return "negotiated_features", "VIRTIO_F_VERSION_1 missing"
         elif st.negotiated_features:
             return "negotiated_features", f"{st.negotiated_features:#x} without features_locked"
+        elif st.status & S.FEATURES_OK or st.status & S.DRIVER_OK and not st.status & S.DEVICE_NEEDS_RESET:
+            return "status", f"{S.describe(st.status)} without accepted features"  # unreachable by a driver
         if len(st.queues) != len(self.queue_max_sizes):
             return "queues", f"{len(st.queues)} queues, this device has {len(self.queue_max_sizes)}"
         for q, qst in zip(self._queues_for(st.negotiated_features), st.queues, strict=True):
