@@ -22,6 +22,7 @@ from refvm.migration.stream import StreamWriter, read_stream
 from refvm.virtio.devices.balloon import BalloonState
 from refvm.virtio.devices.blk import BlkState
 from refvm.virtio.devices.console import ConsolePortState, ConsoleState, ControlMessageState
+from refvm.virtio.devices.net_state import NetState
 from refvm.virtio.state import QueueRegsState, QueueState, VirtioCoreState, VirtioPciState, section_state
 
 NS = 1_000_000_000
@@ -29,7 +30,7 @@ BASE = COM1[0]
 BLK_SECTION = section_state("virtio-blk", BlkState)
 STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
                                    VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
-                                   ConsolePortState, ControlMessageState]
+                                   ConsolePortState, ControlMessageState, NetState]
 
 
 class Chip:

@@ -43,7 +43,6 @@ from collections.abc import Callable
 
 from refvm import deviations
 from refvm.memory import GuestMemory, GuestMemoryError
-from refvm.migration.state import StateError
 from refvm.virtio import features as F
 from refvm.virtio import status as S
 from refvm.virtio.packed_queue import PackedQueue
@@ -228,6 +227,7 @@ class VirtioDevice:
             nq.event_idx = self.negotiated(F.VIRTIO_F_RING_EVENT_IDX)
             nq.indirect = self.negotiated(F.VIRTIO_F_RING_INDIRECT_DESC)
             new_queues.append(nq)
+        self.shape_queues(new_queues, self.negotiated_features)
         self.queues = new_queues
 
     def reset(self) -> None:
@@ -433,9 +433,6 @@ class VirtioDevice:
     def quiesce(self) -> None:
         """Before save (lock held): finish or give back every request in flight. Default: nothing is."""
 
-    #: Why this device type cannot migrate yet (QEMU's migration blocker), or None.
-    migration_blocker: str | None = None
-
     def held_chains(self, index: int) -> tuple[Chain, ...]:
         """Chains of queue ``index`` the device keeps popped but unused (the last ones popped), which a save
         gives back to the available ring; the device pops them again in :meth:`load_device`. Default none."""
@@ -443,8 +440,6 @@ class VirtioDevice:
 
     def save_core(self) -> VirtioCoreState:
         """Status, features, ISR, generation and every queue (call with the lock held, after quiesce)."""
-        if self.migration_blocker:
-            raise StateError(f"migration: {self.VMSD_NAME}: {self.migration_blocker}")
         return VirtioCoreState(
             status=self._status, driver_features=self.driver_features, negotiated_features=self.negotiated_features,
             features_locked=self._features_locked, isr=self.isr, config_msix_vector=self.config_msix_vector,
@@ -478,7 +473,12 @@ class VirtioDevice:
         for q in queues:
             q.event_idx = F.has(negotiated, F.VIRTIO_F_RING_EVENT_IDX)
             q.indirect = F.has(negotiated, F.VIRTIO_F_RING_INDIRECT_DESC)
+        self.shape_queues(queues, negotiated)
         return queues
+
+    def shape_queues(self, queues: list[Virtqueue], negotiated: int) -> None:
+        """Replace queues whose existence depends on the negotiated features (virtio-net without MQ); called
+        at FEATURES_OK and when a migration builds the queues. No side effects on the device. Default none."""
 
     def load_core(self, st: VirtioCoreState) -> None:
         """Take a checked state by assignment (no status machine, no reset hooks, no ring resets)."""
@@ -497,8 +497,9 @@ class VirtioDevice:
         """The device type's own state (lock held). Default: none."""
         return NoDeviceState()
 
-    def device_problem(self, st: object) -> tuple[str, str] | None:
-        """(field, problem) when the device-type state does not fit this device. Default: fits."""
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
+        """(field, problem) when the device-type state does not fit this device (``core``: the checked core
+        state about to be loaded with it, e.g. its negotiated features). Default: fits."""
         return None
 
     def load_device(self, st: object) -> None:

@@ -384,7 +384,7 @@ class VirtioPciFunction(PciDevice):
         self.check_pci(s.pci, section)
         for prefix, found in (("transport.", self._transport_problem(s.transport)),
                               ("virtio.", dev.core_problem(s.virtio)), ("", self._vector_problem(s)),
-                              ("device.", dev.device_problem(s.device))):
+                              ("device.", dev.device_problem(s.device, s.virtio))):
             if found:
                 raise load_error(section, prefix + found[0], found[1])
         with dev.lock:

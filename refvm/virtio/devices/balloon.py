@@ -40,6 +40,7 @@ from refvm.migration.state import BOOL, U32, DeviceState, sfield
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Chain, Virtqueue, VirtqueueError
+from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioBalloon"]
 
@@ -237,7 +238,7 @@ class VirtioBalloon(VirtioDevice):
         return BalloonState(num_pages=self.target_pages, actual=self.actual,
                             poison_val=self.poison_val, stats_held=self._stats_chain is not None)
 
-    def device_problem(self, st: object) -> tuple[str, str] | None:
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
         assert isinstance(st, BalloonState)
         if st.poison_val and len(self.config) < 16:
             return "poison_val", "set on a balloon without page-poison"

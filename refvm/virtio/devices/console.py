@@ -47,6 +47,7 @@ from refvm.migration.state import BOOL, U32, DeviceState, buffer, sfield, struct
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Virtqueue
+from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioSerial", "ConsolePort", "VirtConsole"]
 
@@ -207,7 +208,7 @@ class VirtioSerial(VirtioDevice):
                                                                                     key=lambda p: p.nr))
         return ConsoleState(ports=ports, control=tuple(ControlMessageState(m) for m in self._ctrl_out))
 
-    def device_problem(self, st: object) -> tuple[str, str] | None:
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
         assert isinstance(st, ConsoleState)
         have = sorted(self.ports)
         if [p.nr for p in st.ports] != have:

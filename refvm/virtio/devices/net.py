@@ -73,9 +73,11 @@ from collections.abc import Mapping, Sequence
 
 from refvm.memory import GuestMemory
 from refvm.virtio.device import VirtioDevice
+from refvm.virtio.devices.net_state import NetState, load_net, net_problem, save_net
 from refvm.virtio.devices.props import Props
 from refvm.virtio.devices.tap import VNET_HDR_LEN, Tap
 from refvm.virtio.queue import Chain, Virtqueue
+from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioNet", "parse_mac"]
 
@@ -170,7 +172,7 @@ class VirtioNet(VirtioDevice):
 
     device_id = 1
     VMSD_NAME = "virtio-net"
-    migration_blocker = "its receive filter, queue pairs and held receive buffers do not migrate yet"
+    DEVICE_STATE = NetState
     feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
                      18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 22: "MQ",
                      23: "CTRL_MAC_ADDR", 63: "SPEED_DUPLEX"}
@@ -373,18 +375,42 @@ class VirtioNet(VirtioDevice):
             else:
                 self._flush_rx(i // 2)
 
-    def _setup_queues(self) -> None:
+    def _single_pair(self, negotiated: int) -> bool:
+        return self.max_pairs > 1 and not negotiated >> F_MQ & 1 and len(self.queue_max_sizes) > 2 * self.max_pairs
+
+    def shape_queues(self, queues: list[Virtqueue], negotiated: int) -> None:
         """Without MQ negotiated only one pair exists and the control queue is queue 2 (5.1.2; QEMU's
         virtio_net_change_num_queue_pairs): the other pairs' queues become unavailable (size 0)."""
-        super()._setup_queues()
-        self.ctrl_index = 2 * self.max_pairs
-        if self.max_pairs > 1 and not self.negotiated(F_MQ) and len(self.queues) > 2 * self.max_pairs:
-            first = self.queues[0]
-            for i in range(2, len(self.queues)):
+        if self._single_pair(negotiated):
+            first = queues[0]
+            for i in range(2, len(queues)):
                 nq = type(first)(self.mem, i, 64 if i == 2 else 0)
                 nq.event_idx, nq.indirect = first.event_idx, first.indirect
-                self.queues[i] = nq
-            self.ctrl_index = 2
+                queues[i] = nq
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
+
+    # ------------------------------------------------------------------ migration (net_state.py)
+    def held_chains(self, index: int) -> tuple[Chain, ...]:
+        return tuple(self._helds[index // 2]) if index < self.ctrl_index and index % 2 == 0 else ()
+
+    def save_device(self) -> NetState:
+        return save_net(self)
+
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
+        assert isinstance(st, NetState)
+        return net_problem(self, st, core.negotiated_features, F_MQ)
+
+    def load_device(self, st: object) -> None:
+        assert isinstance(st, NetState)
+        load_net(self, st)
+        self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
+        self._sync_status()
+        if self.curr_pairs != st.curr_pairs:
+            self.curr_pairs = st.curr_pairs
+            self._apply_pairs()
 
     def queue_reset_device(self, index: int) -> None:
         if index < self.ctrl_index and index % 2 == 0:
