@@ -188,7 +188,7 @@ def test_host_bridge_round_trip_and_a_function_refuses_another_functions_state()
     other = HostBridge(64 << 20)
     other.load(state)  # type: ignore[arg-type]
     assert other.config.snapshot() == bridge.config.snapshot()
-    with pytest.raises(StateError, match=r"section 'PIIX3': field 'config': byte 0x02 is 0x37, but this "
+    with pytest.raises(StateError, match=r"section '0000:00:00.0/PIIX3': field 'config': byte 0x02 is 0x37, but this "
                                          r"PIIX3's read-only bits 0xff hold 0x00"):
         Piix3IsaBridge().load(state)  # type: ignore[arg-type]
 
@@ -331,8 +331,8 @@ def _with_queue(state: DeviceState, **changes: object) -> DeviceState:
 
 
 @pytest.mark.parametrize("mutate,field", [
-    (lambda s: _with(s, "pci", config=b"\x86\x80" + s.pci.config[2:]), "config"),  # vendor ID is read-only
-    (lambda s: _with(s, "pci", msix_table=s.pci.msix_table[:16]), "msix_table"),
+    (lambda s: _with(s, "pci", config=b"\x86\x80" + s.pci.config[2:]), "pci.config"),  # vendor ID is read-only
+    (lambda s: _with(s, "pci", msix_table=s.pci.msix_table[:16]), "pci.msix_table"),
     (lambda s: _with(s, "virtio", negotiated_features=s.virtio.negotiated_features | 1 << 50),
      "virtio.negotiated_features"),
     (lambda s: _with(s, "virtio", queues=()), "virtio.queues"),
@@ -351,7 +351,7 @@ def test_state_that_does_not_fit_the_destination_is_refused_by_field(disk: Path,
     before = dst.fn.config.snapshot()
     with pytest.raises(StateError) as err:
         dst.fn.load(through_stream(mutate(state)))
-    assert str(err.value).startswith(f"migration stream: section 'virtio-blk': field '{field}': "), err.value
+    assert str(err.value).startswith(f"migration stream: section '{IDSTR}': field '{field}': "), err.value
     assert "\n" not in str(err.value)
     assert dst.fn.config.snapshot() == before and dst.vdev.status == 0, "nothing was loaded"
 
@@ -412,17 +412,31 @@ class Session:
         return getattr(self.current, name)
 
 
-def _machine(tmp: Path, name: str, disk: Path, *extra: str) -> tuple[QtestSession, Qmp]:
+def _machine(tmp: Path, name: str, disk: Path, *extra: str, drive: str = "", device: str = "") -> \
+        tuple[QtestSession, Qmp]:
     qmp_path = tmp / f"{name}.qmp"
     qt = QtestSession(name=name).start(refvm_target(), [
         "-m", "32", "-qmp", f"unix:{qmp_path},server=on,wait=off", "-watchdog-timeout", "120",
-        "-drive", f"file={disk},if=none,id=d0,format=raw,{THROTTLE}" if extra[:1] == ("throttle",) else
-        f"file={disk},if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0,addr=4",
-        *[a for a in extra if a != "throttle"]])
+        "-drive", f"file={disk},if=none,id=d0,format=raw{drive}", "-device", f"virtio-blk-pci,drive=d0,addr=4{device}",
+        *extra])
     return qt, Qmp(qmp_path)
 
 
-THROTTLE = "throttling.iops-total=1"
+def test_destination_whose_device_differs_ends_with_one_line_naming_the_section(tmp_path: Path, disk: Path) -> None:
+    mig = tmp_path / "mig.sock"
+    dst_qt, dst_qmp = _machine(tmp_path, "dst", disk, "-incoming", f"unix:{mig}", device=",num-queues=2")
+    src_qt, src_qmp = _machine(tmp_path, "src", disk)
+    try:
+        assert src_qmp.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
+        src_qmp.wait_status("completed")
+        assert dst_qt.proc is not None and dst_qt.proc.wait(timeout=30) == 1
+        lines = [ln for ln in dst_qt.stderr.splitlines() if "migration" in ln]
+        assert len(lines) == 1 and "section '0000:00:04.0/virtio-blk': field 'pci.config': byte 0x9a" in lines[0], lines
+    finally:
+        for qmp in (src_qmp, dst_qmp):
+            qmp.sock.close()
+        src_qt.close()
+        dst_qt.close()
 
 
 def _blk_request(vq: SplitQueue, rtype: int, sector: int, data: bytes = b"", inlen: int = 0) -> tuple[int, list]:
@@ -444,9 +458,9 @@ def test_virtio_blk_stopped_mid_ring_migrates_between_processes_and_completes_on
     used and does not run it again. Either way: used idx advances exactly once per request, the indices
     go on where the source left them, the data is on disk once."""
     mig = tmp_path / "mig.sock"
-    throttle = ("throttle",) if stop != "before-notify" else ()
-    dst_qt, dst_qmp = _machine(tmp_path, "dst", disk, *throttle, "-incoming", f"unix:{mig}")
-    src_qt, src_qmp = _machine(tmp_path, "src", disk, *throttle)
+    drive = ",throttling.iops-total=1" if stop != "before-notify" else ""
+    dst_qt, dst_qmp = _machine(tmp_path, "dst", disk, "-incoming", f"unix:{mig}", drive=drive)
+    src_qt, src_qmp = _machine(tmp_path, "src", disk, drive=drive)
     try:
         qt = Session(src_qt)
         alloc = GuestAllocator(0x100000, 0x1F00000)

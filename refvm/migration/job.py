@@ -31,8 +31,8 @@ def _devices(machine: Any) -> dict[str, Any]:
         if dev is not None and hasattr(dev, "save") and hasattr(dev, "load"):
             found[name] = dev
     pci = getattr(machine, "pci", None)
-    for slot, function, dev in pci.devices() if pci is not None else ():
-        found[f"0000:00:{slot:02x}.{function}/{dev.vmsd_name}"] = dev
+    for _slot, _function, dev in pci.devices() if pci is not None else ():
+        found[dev.idstr] = dev
     return found
 
 

@@ -376,12 +376,12 @@ class VirtioPciFunction(PciDevice):
 
     def load(self, state: DeviceState) -> None:
         """Check everything against this function first (one line naming the field), then assign it."""
-        section = f"{self.vmsd_name}"
+        section = self.idstr
         dev = self.vdev
         if not isinstance(state, section_state(dev.VMSD_NAME, dev.DEVICE_STATE)):
             raise load_error(section, "state", f"{type(state).__name__} is not this {self.name}'s state")
         s: Any = state
-        self.check_pci(s.pci, section)
+        self.check_pci(s.pci, section, "pci.")
         for prefix, found in (("transport.", self._transport_problem(s.transport)),
                               ("virtio.", dev.core_problem(s.virtio)), ("", self._vector_problem(s)),
                               ("device.", dev.device_problem(s.device, s.virtio))):
@@ -402,7 +402,7 @@ class VirtioPciFunction(PciDevice):
                 leg = self.legacy_bar
                 leg.queue_select, leg.guest_features = t.legacy_queue_select, t.legacy_guest_features
                 leg.negotiated = t.legacy_negotiated
-            self.load_pci(s.pci, section)
+            self.load_pci(s.pci, section, "pci.")
             dev.post_load()
 
     # ---------------------------------------------------------------- reset

@@ -385,6 +385,11 @@ class PciDevice:
         self.bus.deliver_msi(address, data)
 
     # ---------------------------------------------------------------- migration
+    @property
+    def idstr(self) -> str:
+        """The function's migration section name, as QEMU forms it: `0000:00:04.0/virtio-blk`."""
+        return f"0000:00:{max(self.slot, 0):02x}.{max(self.function, 0)}/{self.vmsd_name}"
+
     def save_pci(self) -> PciState:
         """Config space, INTx level and MSI-X as data (see :mod:`refvm.devices.pci.state`)."""
         with self._lock:
@@ -392,7 +397,7 @@ class PciDevice:
             return PciState(config=self.config.snapshot(), intx_level=self._intx_level,
                             msix_table=bytes(msix.table) if msix else b"", msix_pba=bytes(msix.pba) if msix else b"")
 
-    def check_pci(self, state: PciState, section: str) -> None:
+    def check_pci(self, state: PciState, section: str, prefix: str = "") -> None:
         """Refuse a state that does not fit this function: read-only bits changed, MSI-X of another size."""
         c = self.config
         for addr, (new, old) in enumerate(zip(state.config, c.data, strict=True)):
@@ -400,18 +405,18 @@ class PciDevice:
             if addr == STATUS:
                 fixed &= ~STATUS_INTERRUPT
             if (new ^ old) & fixed:
-                raise load_error(section, "config", f"byte {addr:#04x} is {new:#04x}, but this {self.name}'s "
+                raise load_error(section, prefix + "config", f"byte {addr:#04x} is {new:#04x}, but this {self.name}'s "
                                  f"read-only bits {fixed:#04x} hold {old:#04x}")
         msix = self.msix
         for name, value, want in (("msix_table", state.msix_table, len(msix.table) if msix else 0),
                                   ("msix_pba", state.msix_pba, len(msix.pba) if msix else 0)):
             if len(value) != want:
-                raise load_error(section, name, f"{len(value)} bytes, this {self.name} has {want}")
+                raise load_error(section, prefix + name, f"{len(value)} bytes, this {self.name} has {want}")
 
-    def load_pci(self, state: PciState, section: str = "PCIDevice") -> None:
+    def load_pci(self, state: PciState, section: str, prefix: str = "") -> None:
         """Take a validated state: bytes stored directly (no guest-write side effects), then decoding, INTx
         routing and MSI-X routes brought in line with it."""
-        self.check_pci(state, section)
+        self.check_pci(state, section, prefix)
         with self._lock:
             self.config.data[:] = state.config
             self._intx_level = state.intx_level
@@ -431,7 +436,7 @@ class PciDevice:
         return self.save_pci()
 
     def load(self, state: PciState) -> None:
-        self.load_pci(state, self.vmsd_name)
+        self.load_pci(state, self.idstr)
 
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:
