@@ -310,6 +310,33 @@ def test_net_filter_mac_and_held_receive_buffer_carry_over(taps: list[Tap]) -> N
     net.close()
 
 
+def test_legacy_driver_through_bar0_carries_over() -> None:
+    """A transitional function driven the legacy way (features without VERSION_1, queue by page frame)."""
+    src = Rig(EchoRng(make_mem(), sizes=(8, 8)))
+    drv = SplitDriver(src.mem, 8, base=0x20000)
+    drv.used = 0x21000  # the legacy layout: used ring on the next 4096-byte boundary
+    src.mem.fill(0x20000, 0x2000)
+    src.out(0x12, 1, S.ACKNOWLEDGE | S.DRIVER)
+    src.out(0x04, 4, 0)
+    src.out(0x0E, 2, 0)
+    src.out(0x08, 4, 0x20000 >> 12)
+    src.out(0x12, 1, S.ACKNOWLEDGE | S.DRIVER | S.DRIVER_OK)
+    src.mem.write(0x30000, b"legacy")
+    drv.chain(0, [(0x30000, 6, False), (0x31000, 6, True)])
+    drv.publish(0)
+    src.out(0x10, 2, 0)
+    assert drv.used_idx() == 1
+    drv.chain(2, [(0x30000, 6, False), (0x32000, 6, True)])
+    drv.publish(2)  # not notified
+    dst = Rig(EchoRng(make_mem(), sizes=(8, 8)), enable=False)
+    state = migrate(src, dst)
+    assert state.transport.legacy_negotiated and not state.virtio.negotiated_features >> 32  # type: ignore[attr-defined]
+    assert dst.inp(0x08, 4) == 0x20 and dst.inp(0x12, 1) == S.ACKNOWLEDGE | S.DRIVER | S.DRIVER_OK
+    dst.out(0x10, 2, 0)
+    twin = _twin(drv, dst)
+    assert twin.used_idx() == 2 and twin.used_elem(1) == (2, 6) and dst.mem.read(0x32000, 6) == b"legacy"
+
+
 # ---------------------------------------------------------------- hostile values, one line naming the field
 
 def _saved(disk: Path) -> tuple[Rig, DeviceState]:

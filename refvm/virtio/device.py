@@ -446,13 +446,16 @@ class VirtioDevice:
             generation=self._generation, config_dirty=self._config_dirty, error=(self.error or "").encode()[:1024],
             queues=tuple(q.save(self.held_chains(q.index)) for q in self.queues))
 
-    def core_problem(self, st: VirtioCoreState) -> tuple[str, str] | None:
-        """(field, problem) when ``st`` cannot be this device's state; checked before anything is loaded."""
+    def core_problem(self, st: VirtioCoreState, legacy: bool = False) -> tuple[str, str] | None:
+        """(field, problem) when ``st`` cannot be this device's state; checked before anything is loaded.
+        ``legacy``: a legacy driver negotiated through the transport (no VERSION_1, 32 feature bits)."""
         if st.features_locked:
             extra = st.negotiated_features & ~self.device_features
             if extra and not deviations.active("accept-invalid-features"):
                 return "negotiated_features", f"{F.describe(extra, self.feature_names)} not offered by this device"
-            if not F.has(st.negotiated_features, F.VIRTIO_F_VERSION_1):
+            if legacy and st.negotiated_features >> 32:
+                return "negotiated_features", f"{st.negotiated_features:#x} beyond a legacy driver's 32 bits"
+            if not legacy and not F.has(st.negotiated_features, F.VIRTIO_F_VERSION_1):
                 return "negotiated_features", "VIRTIO_F_VERSION_1 missing"
         elif st.negotiated_features:
             return "negotiated_features", f"{st.negotiated_features:#x} without features_locked"

@@ -364,6 +364,10 @@ class VirtioPciFunction(PciDevice):
             return "queue_regs", "modern transport state for a function without the modern interface"
         return None
 
+    def _legacy_driver(self, st: VirtioPciState) -> bool:
+        """Whether the state's features were negotiated by a legacy driver through BAR0."""
+        return self.legacy_bar is not None and st.legacy_negotiated
+
     def _vector_problem(self, state: DeviceState) -> tuple[str, str] | None:
         vectors = self.msix.table_size if self.msix is not None else 0
         virtio = state.virtio  # type: ignore[attr-defined]
@@ -383,7 +387,8 @@ class VirtioPciFunction(PciDevice):
         s: Any = state
         self.check_pci(s.pci, section, "pci.")
         for prefix, found in (("transport.", self._transport_problem(s.transport)),
-                              ("virtio.", dev.core_problem(s.virtio)), ("", self._vector_problem(s)),
+                              ("virtio.", dev.core_problem(s.virtio, self._legacy_driver(s.transport))),
+                              ("", self._vector_problem(s)),
                               ("device.", dev.device_problem(s.device, s.virtio))):
             if found:
                 raise load_error(section, prefix + found[0], found[1])
