@@ -337,6 +337,20 @@ def test_legacy_driver_through_bar0_carries_over() -> None:
     assert twin.used_idx() == 2 and twin.used_elem(1) == (2, 6) and dst.mem.read(0x32000, 6) == b"legacy"
 
 
+def test_saved_device_is_frozen_until_thawed(disk: Path) -> None:
+    """After the cut nothing reaches the rings (the RAM copied next must match the state); a failed migration
+    thaws the device and what arrived meanwhile is processed then."""
+    src = blk_rig(disk)
+    drv = SplitDriver(src.mem, 8)
+    src.init_driver(FEATS, {0: drv})
+    state = src.fn.save()
+    post_write(src, drv, 4, b"late" * 128)
+    src.notify(0)
+    assert drv.used_idx() == 0 and src.fn.save().virtio == state.virtio  # type: ignore[attr-defined]
+    src.fn.thaw()
+    assert drv.used_idx() == 1 and src.mem.read_u8(STATUS) == B.S_OK
+
+
 # ---------------------------------------------------------------- hostile values, one line naming the field
 
 def _saved(disk: Path) -> tuple[Rig, DeviceState]:
@@ -449,6 +463,21 @@ def _machine(tmp: Path, name: str, disk: Path, *extra: str, drive: str = "", dev
     return qt, Qmp(qmp_path)
 
 
+def test_failed_migration_thaws_the_source_devices(tmp_path: Path, disk: Path) -> None:
+    src_qt, src_qmp = _machine(tmp_path, "src", disk)
+    try:
+        qt = Session(src_qt)
+        vq, dev = _blk_queue(qt)
+        token, segs = _blk_request(vq, B.T_OUT, 7, b"C" * 512)
+        assert src_qmp.cmd("migrate", uri="exec:exit 1") == {"return": {}}
+        assert src_qmp.wait_status("failed")["status"] == "failed"
+        vq.kick()  # the device thawed with the failure: it serves the ring again
+        assert vq.wait_used().id == token and src_qt.readb(segs[-1].addr) == B.S_OK
+    finally:
+        src_qmp.sock.close()
+        src_qt.close()
+
+
 def test_destination_whose_device_differs_ends_with_one_line_naming_the_section(tmp_path: Path, disk: Path) -> None:
     mig = tmp_path / "mig.sock"
     dst_qt, dst_qmp = _machine(tmp_path, "dst", disk, "-incoming", f"unix:{mig}", device=",num-queues=2")
@@ -464,6 +493,18 @@ def test_destination_whose_device_differs_ends_with_one_line_naming_the_section(
             qmp.sock.close()
         src_qt.close()
         dst_qt.close()
+
+
+def _blk_queue(qt: Session) -> tuple[SplitQueue, VirtioPciDevice]:
+    """The test as the guest's driver: BARs placed, features negotiated, queue 0 set up, DRIVER_OK."""
+    alloc = GuestAllocator(0x100000, 0x1F00000)
+    func = find_virtio(enumerate_bus(ConfigMechanism1(qt), 0), "blk")  # type: ignore[arg-type]
+    dev = VirtioPciDevice(qt, func, alloc).map(BarAllocator())  # type: ignore[arg-type]
+    dev.initialize(driver_ok=False)
+    vq = SplitQueue(qt, alloc, 0, 16)  # type: ignore[arg-type]
+    dev.setup_queue(vq)
+    dev.driver_ok()
+    return vq, dev
 
 
 def _blk_request(vq: SplitQueue, rtype: int, sector: int, data: bytes = b"", inlen: int = 0) -> tuple[int, list]:
@@ -490,13 +531,7 @@ def test_virtio_blk_stopped_mid_ring_migrates_between_processes_and_completes_on
     src_qt, src_qmp = _machine(tmp_path, "src", disk, drive=drive)
     try:
         qt = Session(src_qt)
-        alloc = GuestAllocator(0x100000, 0x1F00000)
-        func = find_virtio(enumerate_bus(ConfigMechanism1(qt), 0), "blk")  # type: ignore[arg-type]
-        dev = VirtioPciDevice(qt, func, alloc).map(BarAllocator())  # type: ignore[arg-type]
-        dev.initialize(driver_ok=False)
-        vq = SplitQueue(qt, alloc, 0, 16)  # type: ignore[arg-type]
-        dev.setup_queue(vq)
-        dev.driver_ok()
+        vq, _dev = _blk_queue(qt)
         first, _ = _blk_request(vq, B.T_OUT, 1, b"A" * 512)
         vq.kick()
         assert vq.wait_used().id == first  # (within the throttle's burst)

@@ -134,6 +134,8 @@ class MigrationJob:
                 self._set("failed", f"Unable to write to socket: {getattr(err, 'strerror', None) or err}")
             if was_running:
                 machine.resume()
+            for dev in _devices(machine).values():  # saved devices froze at the cut: they go on here
+                getattr(dev, "thaw", lambda: None)()
             return
         self.total_ms = int((time.monotonic() - self.started) * 1000)
         machine.set_run_state("postmigrate")
@@ -205,7 +207,7 @@ class MigrationJob:
             dev = devices.get(sec.idstr)
             if dev is None:
                 raise StreamError(f"migration stream: section '{sec.idstr}': field 'idstr': no such device here")
-            state_cls = type(dev.save())
+            state_cls = dev.state_class() if hasattr(dev, "state_class") else type(dev.save())
             states.append((dev, state_cls.decode(sec.payload, sec.version_id, sec.idstr)))
         pages = parsed.ram.pages.get(RAM_BLOCK, {})
         base = 0

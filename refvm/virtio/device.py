@@ -109,6 +109,8 @@ class VirtioDevice:
         self.violations: list[str] = []
         self.failures: list[str] = []
         self.queues: list[Virtqueue] = []
+        #: Saved for a migration: the device touches neither rings nor guest memory until thaw() or load.
+        self._frozen = False
         self._reset_state()
 
     # ------------------------------------------------------------------ identity / features (2.2)
@@ -164,9 +166,9 @@ class VirtioDevice:
 
     @property
     def live(self) -> bool:
-        """DRIVER_OK set and neither FAILED nor DEVICE_NEEDS_RESET: queues may be processed."""
+        """DRIVER_OK set, neither FAILED nor DEVICE_NEEDS_RESET, not frozen: queues may be processed."""
         st = self._status
-        return st & S.DRIVER_OK != 0 and st & (S.FAILED | S.DEVICE_NEEDS_RESET) == 0
+        return st & S.DRIVER_OK != 0 and st & (S.FAILED | S.DEVICE_NEEDS_RESET) == 0 and not self._frozen
 
     def write_status(self, value: int) -> None:
         """The driver writes ``device_status``; 0 resets the device (2.4, 4.1.4.3.1)."""
@@ -438,6 +440,25 @@ class VirtioDevice:
         gives back to the available ring; the device pops them again in :meth:`load_device`. Default none."""
         return ()
 
+    def freeze(self) -> None:
+        """The cut of a migration (lock held, right after the state was taken): from now on nothing the
+        device does reaches the rings or guest memory -- host input waits in the device, notifications are
+        counted and dropped -- so the RAM copied next matches the state. Undone by :meth:`thaw` (the
+        migration failed) or a load."""
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """Resume after :meth:`freeze`: every ready queue is run once, for what arrived meanwhile (a spurious
+        run finds nothing, 2.7.10.2)."""
+        with self.lock:
+            if not self._frozen:
+                return
+            self._frozen = False
+            if self.live:
+                for q in list(self.queues):
+                    if q.ready:
+                        self._run(q)
+
     def save_core(self) -> VirtioCoreState:
         """Status, features, ISR, generation and every queue (call with the lock held, after quiesce)."""
         return VirtioCoreState(
@@ -486,6 +507,7 @@ class VirtioDevice:
     def load_core(self, st: VirtioCoreState) -> None:
         """Take a checked state by assignment (no status machine, no reset hooks, no ring resets)."""
         with self.lock:
+            self._frozen = False
             self._status, self.driver_features = st.status, st.driver_features
             self.negotiated_features, self._features_locked = st.negotiated_features, st.features_locked
             self.isr, self.config_msix_vector = st.isr, st.config_msix_vector

@@ -328,12 +328,16 @@ class VirtioPciFunction(PciDevice):
     def vmsd_name(self) -> str:
         return self.vdev.VMSD_NAME
 
+    def state_class(self) -> type[DeviceState]:
+        return section_state(self.vdev.VMSD_NAME, self.vdev.DEVICE_STATE)
+
     def save(self) -> DeviceState:
         """The whole function as one State: PCI config and MSI-X, transport, virtio core, device type.
 
-        The device first quiesces (virtio-blk completes requests still waiting for its throttle), so no
-        request is in flight in the State; the caller saves before copying RAM, so what those completions
-        wrote into guest memory travels with it."""
+        This is the migration's cut. The device first quiesces (virtio-blk completes requests still waiting
+        for its throttle), so no request is in flight in the State; then it freezes (see
+        :meth:`VirtioDevice.freeze`), so the RAM the caller copies afterwards is the RAM this State goes
+        with. :meth:`thaw` undoes the freeze when the migration fails."""
         dev = self.vdev
         with dev.lock:
             dev.quiesce()
@@ -350,8 +354,13 @@ class VirtioPciFunction(PciDevice):
                 legacy_queue_select=legacy.queue_select if legacy else 0,
                 legacy_guest_features=legacy.guest_features if legacy else 0,
                 legacy_negotiated=bool(legacy.negotiated) if legacy else False)
-            cls = section_state(dev.VMSD_NAME, dev.DEVICE_STATE)
-            return cls(pci=self.save_pci(), transport=transport, virtio=dev.save_core(), device=dev.save_device())
+            state = self.state_class()(pci=self.save_pci(), transport=transport, virtio=dev.save_core(),
+                                       device=dev.save_device())
+            dev.freeze()
+            return state
+
+    def thaw(self) -> None:
+        self.vdev.thaw()
 
     def _transport_problem(self, st: VirtioPciState) -> tuple[str, str] | None:
         vectors = self.msix.table_size if self.msix is not None else 0
@@ -382,7 +391,7 @@ class VirtioPciFunction(PciDevice):
         """Check everything against this function first (one line naming the field), then assign it."""
         section = self.idstr
         dev = self.vdev
-        if not isinstance(state, section_state(dev.VMSD_NAME, dev.DEVICE_STATE)):
+        if not isinstance(state, self.state_class()):
             raise load_error(section, "state", f"{type(state).__name__} is not this {self.name}'s state")
         s: Any = state
         self.check_pci(s.pci, section, "pci.")

@@ -432,6 +432,9 @@ class PciDevice:
             self.bus.update_mappings()
             self.bus.reroute_intx()
 
+    def state_class(self) -> type[PciState]:
+        return PciState
+
     def save(self) -> PciState:
         return self.save_pci()
 
