@@ -463,16 +463,25 @@ def _machine(tmp: Path, name: str, disk: Path, *extra: str, drive: str = "", dev
     return qt, Qmp(qmp_path)
 
 
-def test_failed_migration_thaws_the_source_devices(tmp_path: Path, disk: Path) -> None:
+@pytest.mark.parametrize("uri,end", [("exec:exit 1", "failed"), ("exec:cat > {tmp}/stream", "completed")])
+def test_source_devices_go_on_after_a_failed_migration_or_cont(tmp_path: Path, disk: Path, uri: str,
+                                                                end: str) -> None:
+    """Saving froze the device; a failed migration thaws it, and so does `cont` on a completed one's source
+    (postmigrate -> running, which QEMU allows)."""
     src_qt, src_qmp = _machine(tmp_path, "src", disk)
     try:
         qt = Session(src_qt)
-        vq, dev = _blk_queue(qt)
+        vq, _dev = _blk_queue(qt)
         token, segs = _blk_request(vq, B.T_OUT, 7, b"C" * 512)
-        assert src_qmp.cmd("migrate", uri="exec:exit 1") == {"return": {}}
-        assert src_qmp.wait_status("failed")["status"] == "failed"
-        vq.kick()  # the device thawed with the failure: it serves the ring again
+        assert src_qmp.cmd("migrate", uri=uri.format(tmp=tmp_path)) == {"return": {}}
+        src_qmp.wait_status(end)
+        if end == "completed":
+            vq.kick()
+            vq.assert_idle(0.2)  # postmigrate: frozen at the cut
+            assert src_qmp.cmd("cont") == {"return": {}}
+        vq.kick()
         assert vq.wait_used().id == token and src_qt.readb(segs[-1].addr) == B.S_OK
+        assert src_qmp.cmd("query-status")["return"]["status"] == "running"
     finally:
         src_qmp.sock.close()
         src_qt.close()

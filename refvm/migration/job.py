@@ -36,6 +36,13 @@ def _devices(machine: Any) -> dict[str, Any]:
     return found
 
 
+def thaw_devices(machine: Any) -> None:
+    """Let devices frozen by a save (the migration's cut) run again: the migration failed, or the source of
+    a completed one is continued with `cont` (QEMU allows it from postmigrate)."""
+    for dev in _devices(machine).values():
+        getattr(dev, "thaw", lambda: None)()
+
+
 def _regions(machine: Any) -> list[tuple[int, int]]:
     return [(r.gpa, r.size) for r in machine.memory.regions]
 
@@ -134,8 +141,7 @@ class MigrationJob:
                 self._set("failed", f"Unable to write to socket: {getattr(err, 'strerror', None) or err}")
             if was_running:
                 machine.resume()
-            for dev in _devices(machine).values():  # saved devices froze at the cut: they go on here
-                getattr(dev, "thaw", lambda: None)()
+            thaw_devices(machine)  # saved devices froze at the cut: they go on here
             return
         self.total_ms = int((time.monotonic() - self.started) * 1000)
         machine.set_run_state("postmigrate")
