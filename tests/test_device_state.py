@@ -203,3 +203,30 @@ def test_arbitrary_payloads_load_or_fail_with_one_line(cls: type[DeviceState], p
         assert "\n" not in str(exc)
         return
     assert state.encode() == payload  # anything accepted re-encodes to the same bytes
+
+
+def _walk(fields: list[dict], data: bytes, pos: int = 0) -> int:
+    """Read `data` the way a vmdesc reader does (QEMU's analyze-migration: fields in order, `array_len` repeats
+    the entry, a struct by its own field list, everything else by its `size`); returns where it stopped."""
+    for f in fields:
+        for _ in range(f.get("array_len", 1)):
+            if f["type"] == "struct":
+                end = _walk(f["struct"]["fields"], data, pos)
+                assert end - pos == f["size"], f["name"]
+                pos = end
+            else:
+                pos += f["size"]
+    return pos
+
+
+def test_vmdesc_describes_nested_and_variable_sized_states_exactly() -> None:
+    states: list[DeviceState] = [
+        ConsoleState(ports=(ConsolePortState(nr=0, pending=b"abc"), ConsolePortState(nr=1, pending=b"")),
+                     control=(ControlMessageState(b"\0" * 8), ControlMessageState(b"\1" * 12))),
+        BLK_SECTION(virtio=VirtioCoreState(queues=(QueueState(size=8), QueueState(size=16, used_idx=3))),
+                    transport=VirtioPciState(queue_regs=(QueueRegsState(index=0), QueueRegsState(index=2)))),
+        NetState(uni_macs=b"\x02" * 12, vlan_filter=True, vlans=bytes(512)),
+    ]
+    for state in states:
+        payload = state.encode()
+        assert _walk(state.describe()["fields"], payload) == len(payload), state.VMSD_NAME

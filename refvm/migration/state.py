@@ -114,15 +114,17 @@ class Kind:
 
     def describe(self, name: str, value: Any) -> list[dict[str, Any]]:
         """vmdesc entries for this field as saved (a buffer is described as its length, then its bytes)."""
-        if self.state is not None:
+        if self.state is not None:  # QEMU's analyze-migration reads a struct by its own field list
             items = value if self.is_list else (value,)
-            entries: list[dict[str, Any]] = [{"name": name + "_count", "type": "uint32", "size": 4}] \
-                if self.is_list else []
-            if items:
-                entry = {"name": name, "type": "struct", "size": len(items[0].encode_fields()),
-                         "struct": items[0].describe()}
-                if self.is_list:
-                    entry["array_len"] = len(items)
+            entries: list[dict[str, Any]] = []
+            if self.is_list:
+                entries.append({"name": name + "_count", "type": "uint32", "size": 4})
+            described = [item.describe() for item in items]
+            same = bool(items) and all(d == described[0] for d in described)
+            for item, desc in zip(items, described[:1] if same and self.is_list else described, strict=False):
+                entry = {"name": name, "type": "struct", "size": len(item.encode_fields()), "struct": desc}
+                if same and self.is_list:
+                    entry["array_len"] = len(items)  # identical layouts: one entry, as QEMU's arrays
                 entries.append(entry)
             return entries
         if self.vmdesc_type == "buffer":
