@@ -73,11 +73,10 @@ from collections.abc import Mapping, Sequence
 
 from refvm.memory import GuestMemory
 from refvm.virtio.device import VirtioDevice
-from refvm.virtio.devices.net_state import NetState, load_net, net_problem, save_net
+from refvm.virtio.devices.net_state import NetMigration, NetState
 from refvm.virtio.devices.props import Props
 from refvm.virtio.devices.tap import VNET_HDR_LEN, Tap
 from refvm.virtio.queue import Chain, Virtqueue
-from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioNet", "parse_mac"]
 
@@ -167,7 +166,7 @@ def config_size(features: int) -> int:
     return max([6] + [end for bit, end in _CONFIG_ENDS if features >> bit & 1])
 
 
-class VirtioNet(VirtioDevice):
+class VirtioNet(NetMigration, VirtioDevice):
     """A virtio NIC on a tap device."""
 
     device_id = 1
@@ -392,25 +391,9 @@ class VirtioNet(VirtioDevice):
         super()._setup_queues()
         self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
 
-    # ------------------------------------------------------------------ migration (net_state.py)
-    def held_chains(self, index: int) -> tuple[Chain, ...]:
-        return tuple(self._helds[index // 2]) if index < self.ctrl_index and index % 2 == 0 else ()
-
-    def save_device(self) -> NetState:
-        return save_net(self)
-
-    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
-        assert isinstance(st, NetState)
-        return net_problem(self, st, core.negotiated_features, F_MQ)
-
-    def load_device(self, st: object) -> None:
-        assert isinstance(st, NetState)
-        load_net(self, st)
-        self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
-        self._sync_status()
-        if self.curr_pairs != st.curr_pairs:
-            self.curr_pairs = st.curr_pairs
-            self._apply_pairs()
+    def pairs_allowed(self, negotiated: int) -> int:
+        """Queue pairs a driver with ``negotiated`` features may use (5.1.6.5.5)."""
+        return self.max_pairs if negotiated >> F_MQ & 1 else 1
 
     def queue_reset_device(self, index: int) -> None:
         if index < self.ctrl_index and index % 2 == 0:

@@ -17,8 +17,10 @@ from refvm.migration.state import BOOL, U16, U32, DeviceState, buffer, sfield, u
 
 if TYPE_CHECKING:
     from refvm.virtio.devices.net import VirtioNet
+    from refvm.virtio.queue import Chain
+    from refvm.virtio.state import VirtioCoreState
 
-__all__ = ["NetState", "save_net", "net_problem", "load_net"]
+__all__ = ["NetState", "NetMigration"]
 
 _MACS = 64 * 6  # MAC_TABLE_ENTRIES six-byte addresses
 _VLAN_BYTES = 4096 // 8
@@ -57,40 +59,52 @@ class NetState(DeviceState):
         return None
 
 
-def save_net(dev: VirtioNet) -> NetState:
-    vlans = b""
-    if dev.vlans is not None:
-        bitmap = bytearray(_VLAN_BYTES)
-        for vid in dev.vlans:
-            bitmap[vid // 8] |= 1 << (vid % 8)
-        vlans = bytes(bitmap)
-    return NetState(mac=tuple(dev.config[0:6]), net_status=dev.net_status, curr_pairs=dev.curr_pairs,
-                    announces=dev.announces, promisc=dev.promisc, allmulti=dev.allmulti, alluni=dev.alluni,
-                    nomulti=dev.nomulti, nouni=dev.nouni, nobcast=dev.nobcast, uni_macs=b"".join(dev.uni_macs),
-                    multi_macs=b"".join(dev.multi_macs), uni_overflow=dev.uni_overflow,
-                    multi_overflow=dev.multi_overflow, vlan_filter=dev.vlans is not None, vlans=vlans)
+class NetMigration:
+    """virtio-net's migration hooks (a mixin of :class:`~refvm.virtio.devices.net.VirtioNet`)."""
 
+    def held_chains(self: VirtioNet, index: int) -> tuple[Chain, ...]:  # type: ignore[misc]
+        """Receive buffers popped for a frame not yet delivered: the last ones popped on their queue."""
+        return tuple(self._helds[index // 2]) if index < self.ctrl_index and index % 2 == 0 else ()
 
-def net_problem(dev: VirtioNet, st: NetState, negotiated: int, mq_bit: int) -> tuple[str, str] | None:
-    """What a driver could not have made of this NIC: more pairs than it has or than MQ allows."""
-    limit = dev.max_pairs if negotiated >> mq_bit & 1 else 1
-    if st.curr_pairs > limit:
-        return "curr_pairs", f"{st.curr_pairs} pairs, at most {limit} here"
-    return None
+    def save_device(self: VirtioNet) -> NetState:  # type: ignore[misc]
+        vlans = b""
+        if self.vlans is not None:
+            bitmap = bytearray(_VLAN_BYTES)
+            for vid in self.vlans:
+                bitmap[vid // 8] |= 1 << (vid % 8)
+            vlans = bytes(bitmap)
+        return NetState(mac=tuple(self.config[0:6]), net_status=self.net_status, curr_pairs=self.curr_pairs,
+                        announces=self.announces, promisc=self.promisc, allmulti=self.allmulti, alluni=self.alluni,
+                        nomulti=self.nomulti, nouni=self.nouni, nobcast=self.nobcast,
+                        uni_macs=b"".join(self.uni_macs), multi_macs=b"".join(self.multi_macs),
+                        uni_overflow=self.uni_overflow, multi_overflow=self.multi_overflow,
+                        vlan_filter=self.vlans is not None, vlans=vlans)
 
+    def device_problem(self: VirtioNet, st: object, core: VirtioCoreState) -> tuple[str, str] | None:  # type: ignore[misc]
+        """What a driver could not have made of this NIC: more pairs than it has or than MQ allows."""
+        assert isinstance(st, NetState)
+        limit = self.pairs_allowed(core.negotiated_features)
+        if st.curr_pairs > limit:
+            return "curr_pairs", f"{st.curr_pairs} pairs, at most {limit} here"
+        return None
 
-def load_net(dev: VirtioNet, st: NetState) -> None:
-    dev.config[0:6] = bytes(st.mac)
-    dev.net_status = st.net_status
-    dev.link_up = bool(st.net_status & 1)
-    dev.announces = st.announces
-    dev.promisc, dev.allmulti, dev.alluni = st.promisc, st.allmulti, st.alluni
-    dev.nomulti, dev.nouni, dev.nobcast = st.nomulti, st.nouni, st.nobcast
-    dev.uni_macs = [st.uni_macs[i:i + 6] for i in range(0, len(st.uni_macs), 6)]
-    dev.multi_macs = [st.multi_macs[i:i + 6] for i in range(0, len(st.multi_macs), 6)]
-    dev.uni_overflow, dev.multi_overflow = st.uni_overflow, st.multi_overflow
-    dev.vlans = {v for v in range(len(st.vlans) * 8) if st.vlans[v // 8] >> (v % 8) & 1} if st.vlan_filter else None
-    for held in dev._helds:  # given back to the rings by the source
-        held.clear()
-    for backlog in dev.rx_backlogs:
-        backlog.clear()
+    def load_device(self: VirtioNet, st: object) -> None:  # type: ignore[misc]
+        assert isinstance(st, NetState)
+        self.config[0:6] = bytes(st.mac)
+        self.net_status, self.link_up, self.announces = st.net_status, bool(st.net_status & 1), st.announces
+        self.promisc, self.allmulti, self.alluni = st.promisc, st.allmulti, st.alluni
+        self.nomulti, self.nouni, self.nobcast = st.nomulti, st.nouni, st.nobcast
+        self.uni_macs = [st.uni_macs[i:i + 6] for i in range(0, len(st.uni_macs), 6)]
+        self.multi_macs = [st.multi_macs[i:i + 6] for i in range(0, len(st.multi_macs), 6)]
+        self.uni_overflow, self.multi_overflow = st.uni_overflow, st.multi_overflow
+        self.vlans = {v for v in range(len(st.vlans) * 8) if st.vlans[v // 8] >> (v % 8) & 1} \
+            if st.vlan_filter else None
+        for held in self._helds:  # given back to the rings by the source
+            held.clear()
+        for backlog in self.rx_backlogs:
+            backlog.clear()
+        self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
+        self._sync_status()
+        if self.curr_pairs != st.curr_pairs:
+            self.curr_pairs = st.curr_pairs
+            self._apply_pairs()
