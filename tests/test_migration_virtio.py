@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_virtio_console import MemChardev
 from test_virtio_helpers import MODERN, RAM_SIZE, PackedDriver, SplitDriver, make_mem
@@ -60,9 +60,9 @@ def disk(tmp_path: Path) -> Path:
     return path
 
 
-def blk_rig(disk: Path, *, enable: bool = True) -> Rig:
+def blk_rig(disk: Path, *, enable: bool = True, **props: str) -> Rig:
     mem = make_mem()
-    dev = VirtioBlk.create(mem, {"drive": "d0"}, drives={"d0": RawFile(str(disk))})
+    dev = VirtioBlk.create(mem, {"drive": "d0", **props}, drives={"d0": RawFile(str(disk))})
     return Rig(dev, enable=enable)
 
 
@@ -433,3 +433,37 @@ def test_random_corruption_never_escapes_as_anything_but_state_error(disk: Path,
         assert "\n" not in str(err)
         return
     dst.notify(0)  # a state that loaded must survive use: driver errors become DEVICE_NEEDS_RESET, not crashes
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(packed=st.booleans(), size=st.sampled_from([1, 3, 8, 256, 1024]),
+       area=st.sampled_from([0, 0x10000, RAM_SIZE - 16, RAM_SIZE, 0xFFFF_FFFF_FFFF_F000, 7]),
+       last_avail=st.integers(0, 0xFFFF), ahead=st.sampled_from([0, 1, 7, 300, 0x8000]),
+       wraps=st.tuples(st.booleans(), st.booleans()), avail_event=st.sampled_from([0, 5, 0xFFFF, 0xFFFFFFFF]),
+       counters=st.tuples(st.integers(0, 2048), st.integers(0, 9)),
+       ring=st.binary(min_size=64, max_size=64))
+def test_hostile_ring_state_is_refused_or_only_ever_fails_the_device(
+        disk: Path, packed: bool, size: int, area: int, last_avail: int, ahead: int, wraps: tuple[bool, bool],
+        avail_event: int, counters: tuple[int, int], ring: bytes) -> None:
+    """Any ring state the schema allows either does not fit (one StateError) or loads; then a notification
+    and a completion never crash the model: what the driver wrote badly is DEVICE_NEEDS_RESET (2.1.2)."""
+    src = blk_rig(disk, packed="on")
+    drv = SplitDriver(src.mem, 8)
+    src.init_driver(FEATS | (F.bit(F.VIRTIO_F_RING_PACKED) if packed else 0), {0: drv})
+    state = src.fn.save()
+    top = (1 << 64) - 1
+    state = _with_queue(state, size=size, desc_addr=area, driver_addr=min(area + 0x1000, top) if area > 7 else area,
+                        device_addr=min(area + 0x2000, top) if area > 7 else area, last_avail_idx=last_avail,
+                        used_idx=(last_avail - ahead) & 0xFFFF, avail_wrap=wraps[0], used_wrap=wraps[1],
+                        avail_event=avail_event, signalled_used=counters[0], pushed=counters[1])
+    dst = blk_rig(disk, enable=False, packed="on")
+    dst.mem.write(0x10000, ring * 64)  # whatever a driver left in the areas
+    try:
+        dst.fn.load(through_stream(state))
+    except StateError as err:
+        assert "\n" not in str(err)
+        event("refused")
+        return
+    event("loaded")
+    dst.vdev.queue_notify(0)
+    assert not [f for f in dst.vdev.failures if f.startswith("device error")], dst.vdev.failures  # no model bug
