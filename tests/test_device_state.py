@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from refvm.bus import PioBus
 from refvm.clock import VirtualClock
+from refvm.devices.acpi.pm import PWRBTN_EN, PWRBTN_STS, AcpiPm, AcpiPmState
 from refvm.devices.chardev import NullChardev
 from refvm.devices.irq import IrqLine
 from refvm.devices.pci.host import Conf1State
@@ -30,7 +31,7 @@ BASE = COM1[0]
 BLK_SECTION = section_state("virtio-blk", BlkState)
 STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
                                    VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
-                                   ConsolePortState, ControlMessageState, NetState]
+                                   ConsolePortState, ControlMessageState, NetState, AcpiPmState]
 
 
 class Chip:
@@ -135,6 +136,19 @@ def test_rtc_frozen_set_mode_survives() -> None:
     dst.dev.load(state)
     dst.w(0, SECONDS)
     assert dst.r(1) == 0x42
+
+
+def test_acpi_pm_registers_and_sci_level_carry_over() -> None:
+    src = Chip(lambda irq: AcpiPm(irq, lambda _t: None, lambda: 0), 0x600, 0x40)
+    src.bus.write(0x602, 2, PWRBTN_EN)
+    src.dev.press_power_button()
+    assert src.level == 1
+    (state,) = _through_stream([src.dev.save()])
+    dst = Chip(lambda irq: AcpiPm(irq, lambda _t: None, lambda: 0), 0x600, 0x40)
+    dst.dev.load(state)
+    assert dst.level == 1 and dst.bus.read(0x600, 2) == PWRBTN_STS  # the guest's SCI handler finds the press
+    dst.bus.write(0x600, 2, PWRBTN_STS)
+    assert dst.level == 0
 
 
 def _invalid_values(cls: type[DeviceState], f: dataclasses.Field) -> list[object]:
