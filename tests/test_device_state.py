@@ -13,6 +13,7 @@ from refvm.bus import PioBus
 from refvm.clock import VirtualClock
 from refvm.devices.acpi.pm import PWRBTN_EN, PWRBTN_STS, AcpiPm, AcpiPmState
 from refvm.devices.chardev import NullChardev
+from refvm.devices.fw_cfg import FwCfg, FwCfgDmaState, FwCfgState, Key
 from refvm.devices.irq import IrqLine
 from refvm.devices.pci.host import Conf1State
 from refvm.devices.pci.state import PciState
@@ -31,7 +32,8 @@ BASE = COM1[0]
 BLK_SECTION = section_state("virtio-blk", BlkState)
 STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
                                    VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
-                                   ConsolePortState, ControlMessageState, NetState, AcpiPmState]
+                                   ConsolePortState, ControlMessageState, NetState, AcpiPmState, FwCfgState,
+                                   FwCfgDmaState]
 
 
 class Chip:
@@ -149,6 +151,18 @@ def test_acpi_pm_registers_and_sci_level_carry_over() -> None:
     assert dst.level == 1 and dst.bus.read(0x600, 2) == PWRBTN_STS  # the guest's SCI handler finds the press
     dst.bus.write(0x600, 2, PWRBTN_STS)
     assert dst.level == 0
+
+
+def test_fw_cfg_read_position_carries_over_and_a_position_past_the_item_is_refused() -> None:
+    src = FwCfg()
+    src.select(Key.SIGNATURE)
+    assert src.read_data(2) == b"QE"
+    (state,) = _through_stream([src.save()])
+    dst = FwCfg()
+    dst.load(state)
+    assert dst.read_data(2) == b"MU"
+    with pytest.raises(StateError, match=r"section 'fw_cfg': field 'offset': 9 is past the end of item 0x0"):
+        dst.load(FwCfgState(Key.SIGNATURE, 9))
 
 
 def _invalid_values(cls: type[DeviceState], f: dataclasses.Field) -> list[object]:
