@@ -10,7 +10,8 @@ Loading assigns the device's attributes directly instead of going through regist
 Field encodings are big-endian as in QEMU's vmstate: unsigned ints of 1, 2, 4 or 8 bytes, booleans as one byte,
 byte strings with a be32 length, fixed arrays of unsigned ints; a nested State (`struct(cls)`, QEMU's VMS_STRUCT)
 as its own fields, and a list of States (`struct_list(cls, max)`) as a be32 count then each one. Errors in a
-nested field name its path, e.g. `queues[1].size`.
+nested field name its path, e.g. `queues[1].size`. Nested States have no version of their own on the wire: a
+field's `since` is a version of the section that encloses it.
 """
 from __future__ import annotations
 
@@ -88,15 +89,17 @@ class Kind:
         values = value if self.count else (value,)
         return b"".join(v.to_bytes(self.width, "big") for v in values)
 
-    def decode(self, cur: Cursor, name: str) -> Any:
+    def decode(self, cur: Cursor, name: str, version: int = 1) -> Any:
+        """One field from `cur`; a nested State's fields are read at the enclosing section's `version` (their
+        `since` counts in the section's versions: a field added to a nested State bumps the section)."""
         if self.state is not None:
             if not self.is_list:
-                return self.state.decode_fields(cur, self.state.VERSION, name + ".")
+                return self.state.decode_fields(cur, version, name + ".")
             count = cur.be32(name + " count")
             if count > self.max_len:
                 cur.pos -= 4
                 raise cur.fail(name, f"{count} entries, at most {self.max_len} allowed")
-            return tuple(self.state.decode_fields(cur, self.state.VERSION, f"{name}[{i}].") for i in range(count))
+            return tuple(self.state.decode_fields(cur, version, f"{name}[{i}].") for i in range(count))
         if self.vmdesc_type == "bool":
             raw = cur.u8(name)
             if raw > 1:
@@ -215,7 +218,7 @@ class DeviceState:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.metadata["since"] <= version:
-                values[f.name] = f.metadata["kind"].decode(cur, prefix + f.name)
+                values[f.name] = f.metadata["kind"].decode(cur, prefix + f.name, version)
         return cls(**values)
 
     @classmethod
