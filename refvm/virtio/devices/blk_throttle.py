@@ -52,6 +52,7 @@ class ThrottledRequests:
     """The throttle side of virtio-blk; the device provides ``complete``, ``fail`` and ``_used_len``."""
 
     throttle: Any
+    lock: threading.RLock
     complete: Callable[[Virtqueue, Chain, int], None]
     fail: Callable[[str], None]
     _used_len: Callable[[int], int]
@@ -77,22 +78,27 @@ class ThrottledRequests:
         return DEFERRED
 
     def _throttle_start(self, req: _Throttled) -> None:
-        """The throttle let ``req`` go: on the submitting thread inside submit, or on the timer thread."""
-        if not req.claim():
-            return  # already performed by a reset's drain
-        with self._throttled_lock:
-            if req in self._throttled:
-                self._throttled.remove(req)
-        try:
-            written = req.io()
-        except Exception:  # guest memory vanished etc.: the device fails, the timer thread lives on
-            log.exception("virtio-blk: throttled request failed")
-            self.fail("virtio-blk: throttled request could not be completed")
-            return
-        if req.in_submit and req.submitter == threading.get_ident():
-            req.written = written
-            return
-        self.complete(req.queue, req.chain, self._used_len(written))
+        """The throttle let ``req`` go: on the submitting thread inside submit, or on the timer thread.
+
+        Claim, I/O and completion happen under the device lock, so a migration save (which holds it) finds
+        every request either completed or still waiting to be drained, never half done. (The throttle calls
+        ``start`` without its own lock held, and timer callbacks hold no lock a device path takes.)"""
+        with self.lock:
+            if not req.claim():
+                return  # already performed by a reset's or a save's drain
+            with self._throttled_lock:
+                if req in self._throttled:
+                    self._throttled.remove(req)
+            try:
+                written = req.io()
+            except Exception:  # guest memory vanished etc.: the device fails, the timer thread lives on
+                log.exception("virtio-blk: throttled request failed")
+                self.fail("virtio-blk: throttled request could not be completed")
+                return
+            if req.in_submit and req.submitter == threading.get_ident():
+                req.written = written
+                return
+            self.complete(req.queue, req.chain, self._used_len(written))
 
     def _drain_throttled(self) -> None:
         """Perform every request still waiting for the limits (called at reset, lock held)."""
