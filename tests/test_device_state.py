@@ -1,4 +1,5 @@
-"""State as data: the 16550 UART and the MC146818 RTC saved, carried as stream bytes, validated and loaded."""
+"""State as data: the 16550 UART, the MC146818 RTC, and the schemas of PCI functions, virtqueues, the virtio core and
+transport and virtio-blk, saved, carried as stream bytes, validated and loaded."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,16 +11,29 @@ from hypothesis import strategies as st
 
 from refvm.bus import PioBus
 from refvm.clock import VirtualClock
+from refvm.devices.acpi.pm import PWRBTN_EN, PWRBTN_STS, AcpiPm, AcpiPmState
 from refvm.devices.chardev import NullChardev
+from refvm.devices.fw_cfg import FwCfg, FwCfgDmaState, FwCfgState, Key
 from refvm.devices.irq import IrqLine
+from refvm.devices.pci.host import Conf1State
+from refvm.devices.pci.state import PciState
 from refvm.devices.rtc import REG_B, REG_C, SECONDS, Rtc, RtcOptions, RtcState
 from refvm.devices.serial import COM1, Serial16550, SerialState
-from refvm.migration.state import DeviceState, StateError
+from refvm.migration.state import BOOL, DeviceState, StateError
 from refvm.migration.stream import StreamWriter, read_stream
+from refvm.virtio.devices.balloon import BalloonState
+from refvm.virtio.devices.blk import BlkState
+from refvm.virtio.devices.console import ConsolePortState, ConsoleState, ControlMessageState
+from refvm.virtio.devices.net_state import NetState
+from refvm.virtio.state import QueueRegsState, QueueState, VirtioCoreState, VirtioPciState, section_state
 
 NS = 1_000_000_000
 BASE = COM1[0]
-STATES: list[type[DeviceState]] = [SerialState, RtcState]
+BLK_SECTION = section_state("virtio-blk", BlkState)
+STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
+                                   VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
+                                   ConsolePortState, ControlMessageState, NetState, AcpiPmState, FwCfgState,
+                                   FwCfgDmaState]
 
 
 class Chip:
@@ -126,9 +140,38 @@ def test_rtc_frozen_set_mode_survives() -> None:
     assert dst.r(1) == 0x42
 
 
+def test_acpi_pm_registers_and_sci_level_carry_over() -> None:
+    src = Chip(lambda irq: AcpiPm(irq, lambda _t: None, lambda: 0), 0x600, 0x40)
+    src.bus.write(0x602, 2, PWRBTN_EN)
+    src.dev.press_power_button()
+    assert src.level == 1
+    (state,) = _through_stream([src.dev.save()])
+    dst = Chip(lambda irq: AcpiPm(irq, lambda _t: None, lambda: 0), 0x600, 0x40)
+    dst.dev.load(state)
+    assert dst.level == 1 and dst.bus.read(0x600, 2) == PWRBTN_STS  # the guest's SCI handler finds the press
+    dst.bus.write(0x600, 2, PWRBTN_STS)
+    assert dst.level == 0
+
+
+def test_fw_cfg_read_position_carries_over_and_a_position_past_the_item_is_refused() -> None:
+    src = FwCfg()
+    src.select(Key.SIGNATURE)
+    assert src.read_data(2) == b"QE"
+    (state,) = _through_stream([src.save()])
+    dst = FwCfg()
+    dst.load(state)
+    assert dst.read_data(2) == b"MU"
+    with pytest.raises(StateError, match=r"section 'fw_cfg': field 'offset': 9 is past the end of item 0x0"):
+        dst.load(FwCfgState(Key.SIGNATURE, 9))
+
+
 def _invalid_values(cls: type[DeviceState], f: dataclasses.Field) -> list[object]:
     """Values of the field's type that break its schema or its extra rule."""
     kind = f.metadata["kind"]
+    if kind.state is not None:  # a nested State, or a tuple of them
+        item = kind.state(**{g.name: 2 for g in dataclasses.fields(kind.state) if g.metadata["kind"] is BOOL})
+        bad = [(item,), (kind.state(),) * (kind.max_len + 1)] if kind.is_list else [item]
+        return [*bad, "text"] if any(g.metadata["kind"] is BOOL for g in dataclasses.fields(kind.state)) else ["text"]
     if kind.vmdesc_type == "bool":
         return [2, "yes"]
     if kind.vmdesc_type == "buffer":
@@ -147,8 +190,8 @@ def test_every_invalid_field_is_refused_by_name(cls: type[DeviceState]) -> None:
     for f in dataclasses.fields(cls):
         for bad in _invalid_values(cls, f):
             state = dataclasses.replace(cls(), **{f.name: bad})
-            with pytest.raises(StateError, match=f"section '{cls.VMSD_NAME}': field '{f.name}'"):
-                state.validate()
+            with pytest.raises(StateError, match=rf"section '{cls.VMSD_NAME}': field '{f.name}['.\[]"):
+                state.validate()  # a nested field is named by its path: queues[0].enabled
 
 
 def test_cross_field_rule_names_the_field() -> None:
@@ -188,3 +231,30 @@ def test_arbitrary_payloads_load_or_fail_with_one_line(cls: type[DeviceState], p
         assert "\n" not in str(exc)
         return
     assert state.encode() == payload  # anything accepted re-encodes to the same bytes
+
+
+def _walk(fields: list[dict], data: bytes, pos: int = 0) -> int:
+    """Read `data` the way a vmdesc reader does (QEMU's analyze-migration: fields in order, `array_len` repeats
+    the entry, a struct by its own field list, everything else by its `size`); returns where it stopped."""
+    for f in fields:
+        for _ in range(f.get("array_len", 1)):
+            if f["type"] == "struct":
+                end = _walk(f["struct"]["fields"], data, pos)
+                assert end - pos == f["size"], f["name"]
+                pos = end
+            else:
+                pos += f["size"]
+    return pos
+
+
+def test_vmdesc_describes_nested_and_variable_sized_states_exactly() -> None:
+    states: list[DeviceState] = [
+        ConsoleState(ports=(ConsolePortState(nr=0, pending=b"abc"), ConsolePortState(nr=1, pending=b"")),
+                     control=(ControlMessageState(b"\0" * 8), ControlMessageState(b"\1" * 12))),
+        BLK_SECTION(virtio=VirtioCoreState(queues=(QueueState(size=8), QueueState(size=16, used_idx=3))),
+                    transport=VirtioPciState(queue_regs=(QueueRegsState(index=0), QueueRegsState(index=2)))),
+        NetState(uni_macs=b"\x02" * 12, vlan_filter=True, vlans=bytes(512)),
+    ]
+    for state in states:
+        payload = state.encode()
+        assert _walk(state.describe()["fields"], payload) == len(payload), state.VMSD_NAME

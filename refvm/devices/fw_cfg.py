@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from refvm.memory import GuestMemory, GuestMemoryError
+from refvm.migration.state import U16, U32, DeviceState, StateError, sfield
 
-__all__ = ["FwCfg", "FwCfgDma", "Key", "SELECTOR_PORT", "DATA_PORT", "DMA_PORT", "FILE_FIRST", "DMA_SIGNATURE"]
+__all__ = ["FwCfg", "FwCfgDma", "FwCfgState", "FwCfgDmaState", "Key", "SELECTOR_PORT", "DATA_PORT", "DMA_PORT",
+           "FILE_FIRST", "DMA_SIGNATURE"]
 
 SELECTOR_PORT = 0x510
 DATA_PORT = 0x511
@@ -63,6 +65,26 @@ class Key:
 class _File:
     name: str
     data: bytes
+
+
+@dataclass
+class FwCfgState(DeviceState):
+    """The selected item and how far into it the data port has read (QEMU's "fw_cfg": cur_entry, cur_offset);
+    the items themselves are the destination's own, built from its command line."""
+
+    VMSD_NAME = "fw_cfg"
+
+    selector: int = sfield(U16, 0)
+    offset: int = sfield(U32, 0)
+
+
+@dataclass
+class FwCfgDmaState(DeviceState):
+    """The high half of the DMA address, written by a guest that has not written the low half yet."""
+
+    VMSD_NAME = "fw_cfg-dma"
+
+    high: int = sfield(U32, 0)
 
 
 class FwCfg:
@@ -154,6 +176,18 @@ class FwCfg:
     def reset(self) -> None:
         self.select(0)
 
+    def save(self) -> FwCfgState:
+        with self._lock:
+            return FwCfgState(self.selector, self.offset)
+
+    def load(self, state: FwCfgState) -> None:
+        with self._lock:
+            length = len(self.item(state.selector))
+            if state.offset > length:  # the offset never passes the end of the item (read_data, skip)
+                raise StateError(f"migration stream: section 'fw_cfg': field 'offset': {state.offset} is past the "
+                                 f"end of item {state.selector:#x} ({length} bytes here)")
+            self.selector, self.offset = state.selector, state.offset
+
 
 class FwCfgDma:
     """The DMA address register at 0x514 (8 bytes, big endian): writing the low half starts a transfer.
@@ -216,3 +250,9 @@ class FwCfgDma:
 
     def reset(self) -> None:
         self.high = 0
+
+    def save(self) -> FwCfgDmaState:
+        return FwCfgDmaState(self.high)
+
+    def load(self, state: FwCfgDmaState) -> None:
+        self.high = state.high

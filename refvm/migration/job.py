@@ -37,14 +37,25 @@ UNUSED_RAM_COUNTERS = ("skipped", "postcopy-requests", "multifd-bytes", "postcop
 
 
 def _devices(machine: Any) -> dict[str, Any]:
-    """The port-I/O devices that can save and load their state, by bus registration name."""
+    """The devices that save and load their state, by section idstr: port-I/O devices by bus registration
+    name, then every PCI function in slot order as QEMU names them (`0000:00:04.0/virtio-blk`)."""
     found: dict[str, Any] = {}
     for base, _length, name in machine.pio.ranges():
         rng = machine.pio.lookup(base)
         dev = rng.device if rng is not None else None
         if dev is not None and hasattr(dev, "save") and hasattr(dev, "load"):
             found[name] = dev
+    pci = getattr(machine, "pci", None)
+    for _slot, _function, dev in pci.devices() if pci is not None else ():
+        found[dev.idstr] = dev
     return found
+
+
+def thaw_devices(machine: Any) -> None:
+    """Let devices frozen by a save (the migration's cut) run again: the migration failed, or the source of
+    a completed one is continued with `cont` (QEMU allows it from postmigrate)."""
+    for dev in _devices(machine).values():
+        getattr(dev, "thaw", lambda: None)()
 
 
 def _regions(machine: Any) -> list[tuple[int, int]]:
@@ -248,6 +259,7 @@ class MigrationJob:
             self.machine.emit_event("RESUME")
         elif was:
             self.machine.set_run_state("postmigrate")  # as QEMU: a guest that was not running stays stopped
+        thaw_devices(self.machine)  # saved devices froze at the cut: they go on here
         if cancelled:
             self._set("cancelled")
 
@@ -363,8 +375,8 @@ class MigrationJob:
             dev = devices.get(sec.idstr)
             if dev is None:
                 raise StreamError(f"migration stream: section '{sec.idstr}': field 'idstr': no such device here")
-            state_cls = type(dev.save())
-            states.append((dev, state_cls.decode(sec.payload, sec.version_id)))
+            state_cls = dev.state_class() if hasattr(dev, "state_class") else type(dev.save())
+            states.append((dev, state_cls.decode(sec.payload, sec.version_id, sec.idstr)))
         pages = parsed.ram.pages.get(RAM_BLOCK, {})
         base = 0
         for gpa, size in regions:

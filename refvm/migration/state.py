@@ -8,7 +8,10 @@ Loading assigns the device's attributes directly instead of going through regist
 (clearing FIFOs, re-arming interrupts) are for a guest's accesses, not for restoring them.
 
 Field encodings are big-endian as in QEMU's vmstate: unsigned ints of 1, 2, 4 or 8 bytes, booleans as one byte,
-byte strings with a be32 length, fixed arrays of unsigned ints.
+byte strings with a be32 length, fixed arrays of unsigned ints; a nested State (`struct(cls)`, QEMU's VMS_STRUCT)
+as its own fields, and a list of States (`struct_list(cls, max)`) as a be32 count then each one. Errors in a
+nested field name its path, e.g. `queues[1].size`. Nested States have no version of their own on the wire: a
+field's `since` is a version of the section that encloses it.
 """
 from __future__ import annotations
 
@@ -33,10 +36,32 @@ class Kind:
     vmdesc_type: str
     width: int = 0  # bytes per unsigned int (scalar or array element); 0 for bool and bytes
     count: int = 0  # array length; 0 for a scalar
-    max_len: int = 0  # bytes: the longest allowed
+    max_len: int = 0  # bytes (buffer) or States (struct list): the most allowed
+    state: Any = None  # the DeviceState class of a struct or struct list
+    is_list: bool = False
+
+    def problem(self, name: str, value: Any) -> tuple[str, str] | None:
+        """(field path, problem) for `value`, descending into nested States; None when it fits."""
+        if self.state is None:
+            found = self.check(value)
+            return (name, found) if found else None
+        items = value if self.is_list else (value,)
+        if self.is_list:
+            if not isinstance(value, tuple):
+                return name, f"{type(value).__name__} is not a tuple"
+            if len(value) > self.max_len:
+                return name, f"{len(value)} entries, at most {self.max_len} allowed"
+        for i, item in enumerate(items):
+            path = f"{name}[{i}]" if self.is_list else name
+            if not isinstance(item, self.state):
+                return path, f"{type(item).__name__} is not {self.state.__name__}"
+            nested = item.first_problem()
+            if nested:
+                return f"{path}.{nested[0]}", nested[1]
+        return None
 
     def check(self, value: Any) -> str | None:
-        """The problem with `value` for this kind, or None when it fits."""
+        """The problem with `value` for this scalar, array or buffer kind, or None when it fits."""
         if self.vmdesc_type == "bool":
             return None if isinstance(value, bool) else f"{value!r} is not a bool"
         if self.vmdesc_type == "buffer":
@@ -53,6 +78,10 @@ class Kind:
         return None
 
     def encode(self, value: Any) -> bytes:
+        if self.state is not None:
+            if self.is_list:
+                return be32(len(value)) + b"".join(item.encode_fields() for item in value)
+            return value.encode_fields()
         if self.vmdesc_type == "bool":
             return b"\x01" if value else b"\x00"
         if self.vmdesc_type == "buffer":
@@ -60,7 +89,17 @@ class Kind:
         values = value if self.count else (value,)
         return b"".join(v.to_bytes(self.width, "big") for v in values)
 
-    def decode(self, cur: Cursor, name: str) -> Any:
+    def decode(self, cur: Cursor, name: str, version: int = 1) -> Any:
+        """One field from `cur`; a nested State's fields are read at the enclosing section's `version` (their
+        `since` counts in the section's versions: a field added to a nested State bumps the section)."""
+        if self.state is not None:
+            if not self.is_list:
+                return self.state.decode_fields(cur, version, name + ".")
+            count = cur.be32(name + " count")
+            if count > self.max_len:
+                cur.pos -= 4
+                raise cur.fail(name, f"{count} entries, at most {self.max_len} allowed")
+            return tuple(self.state.decode_fields(cur, version, f"{name}[{i}].") for i in range(count))
         if self.vmdesc_type == "bool":
             raw = cur.u8(name)
             if raw > 1:
@@ -78,6 +117,19 @@ class Kind:
 
     def describe(self, name: str, value: Any) -> list[dict[str, Any]]:
         """vmdesc entries for this field as saved (a buffer is described as its length, then its bytes)."""
+        if self.state is not None:  # QEMU's analyze-migration reads a struct by its own field list
+            items = value if self.is_list else (value,)
+            entries: list[dict[str, Any]] = []
+            if self.is_list:
+                entries.append({"name": name + "_count", "type": "uint32", "size": 4})
+            described = [item.describe() for item in items]
+            same = bool(items) and all(d == described[0] for d in described)
+            for item, desc in zip(items, described[:1] if same and self.is_list else described, strict=False):
+                entry = {"name": name, "type": "struct", "size": len(item.encode_fields()), "struct": desc}
+                if same and self.is_list:
+                    entry["array_len"] = len(items)  # identical layouts: one entry, as QEMU's arrays
+                entries.append(entry)
+            return entries
         if self.vmdesc_type == "buffer":
             return [{"name": name + "_len", "type": "uint32", "size": 4},
                     {"name": name, "type": "buffer", "size": len(value)}]
@@ -103,6 +155,16 @@ def buffer(max_len: int) -> Kind:
     return Kind("buffer", max_len=max_len)
 
 
+def struct(state: type[DeviceState]) -> Kind:
+    """A nested State (QEMU's VMS_STRUCT): encoded as its fields, validated with its own schema."""
+    return Kind("struct", state=state)
+
+
+def struct_list(state: type[DeviceState], max_len: int) -> Kind:
+    """A tuple of up to `max_len` nested States (e.g. one per virtqueue): be32 count, then each."""
+    return Kind("struct", state=state, max_len=max_len, is_list=True)
+
+
 def sfield(kind: Kind, default: Any, check: Callable[[Any], bool] | None = None, rule: str = "",
            since: int = 1) -> Any:
     """A State field: its kind, an extra `check` (described by `rule` in errors), the version it appeared in."""
@@ -123,44 +185,61 @@ class DeviceState:
     def _fail(self, name: str, problem: str) -> StateError:
         return StateError(f"migration stream: section '{self.VMSD_NAME}': field '{name}': {problem}")
 
-    def validate(self: S) -> S:
-        """Check every field against its schema; returns self so `dev.load(state.validate())` reads well."""
+    def first_problem(self) -> tuple[str, str] | None:
+        """The first (field path, problem) of this State, nested States included; None when all is well."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            problem = f.metadata["kind"].check(value)
-            if problem is None and f.metadata["check"] is not None and not f.metadata["check"](value):
-                problem = f"{value!r} is not {f.metadata['rule']}"
-            if problem:
-                raise self._fail(f.name, problem)
-        cross = self.cross_check()
-        if cross:
-            raise self._fail(*cross)
+            found = f.metadata["kind"].problem(f.name, value)
+            if found:
+                return found
+            if f.metadata["check"] is not None and not f.metadata["check"](value):
+                return f.name, f"{value!r} is not {f.metadata['rule']}"
+        return self.cross_check()
+
+    def validate(self: S, where: str = "") -> S:
+        """Check every field against its schema; returns self so `dev.load(state.validate())` reads well."""
+        found = self.first_problem()
+        if found:
+            raise self._fail(*found) if not where else StateError(
+                f"migration stream: {where}: field '{found[0]}': {found[1]}")
         return self
+
+    def encode_fields(self) -> bytes:
+        return b"".join(f.metadata["kind"].encode(getattr(self, f.name)) for f in dataclasses.fields(self))
 
     def encode(self) -> bytes:
         """The section payload (fields of the current VERSION, in declaration order)."""
         self.validate()
-        return b"".join(f.metadata["kind"].encode(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return self.encode_fields()
 
     @classmethod
-    def decode(cls: type[S], payload: bytes, version: int) -> S:
-        """Parse and validate a payload written at `version`; fields newer than it keep their defaults."""
-        cur = Cursor(payload)
-        cur.where = f"section '{cls.VMSD_NAME}'"
-        if not 1 <= version <= cls.VERSION:
-            raise StateError(f"migration stream: {cur.where}: field 'version id': {version} not in 1..{cls.VERSION}")
+    def decode_fields(cls: type[S], cur: Cursor, version: int, prefix: str = "") -> S:
+        """Read the fields written at `version` from `cur` (not validated yet); names in errors get `prefix`."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.metadata["since"] <= version:
-                try:
-                    values[f.name] = f.metadata["kind"].decode(cur, f.name)
-                except StateError:
-                    raise
-                except StreamError as exc:
-                    raise StateError(str(exc)) from None
+                values[f.name] = f.metadata["kind"].decode(cur, prefix + f.name, version)
+        return cls(**values)
+
+    @classmethod
+    def decode(cls: type[S], payload: bytes, version: int, where: str = "") -> S:
+        """Parse and validate a payload written at `version`; fields newer than it keep their defaults.
+
+        `where` names the section in errors (the stream's idstr, e.g. `0000:00:04.0/virtio-blk`); by
+        default the State's VMSD_NAME."""
+        cur = Cursor(payload)
+        cur.where = f"section '{where or cls.VMSD_NAME}'"
+        if not 1 <= version <= cls.VERSION:
+            raise StateError(f"migration stream: {cur.where}: field 'version id': {version} not in 1..{cls.VERSION}")
+        try:
+            state = cls.decode_fields(cur, version)
+        except StateError:
+            raise
+        except StreamError as exc:
+            raise StateError(str(exc)) from None
         if not cur.at_end():
             raise StateError(f"migration stream: {cur.where}: field 'end': {len(payload) - cur.pos} extra bytes")
-        return cls(**values).validate()
+        return state.validate(cur.where)
 
     def describe(self) -> dict[str, Any]:
         """This state's vmdesc entry fields (name and instance are added by the stream writer)."""

@@ -444,6 +444,10 @@ class QmpMachineCommands:
             return {}
         if status in ("internal-error", "shutdown", "guest-panicked"):
             raise QmpError("Resetting the Virtual Machine is required")
+        if status == "postmigrate":  # the source of a completed migration goes on: its devices froze at the cut
+            from refvm.migration.job import thaw_devices
+
+            thaw_devices(self.machine)
         self.machine.resume()
         self.server.emit_event("RESUME")
         return {}

@@ -48,6 +48,7 @@ from refvm.virtio import status as S
 from refvm.virtio.packed_queue import PackedQueue
 from refvm.virtio.queue import NO_VECTOR, Chain, Virtqueue, VirtqueueError
 from refvm.virtio.split_queue import SplitQueue
+from refvm.virtio.state import NoDeviceState, VirtioCoreState
 
 __all__ = ["VirtioDevice", "ISR_QUEUE", "ISR_CONFIG"]
 
@@ -108,6 +109,8 @@ class VirtioDevice:
         self.violations: list[str] = []
         self.failures: list[str] = []
         self.queues: list[Virtqueue] = []
+        #: Saved for a migration: the device touches neither rings nor guest memory until thaw() or load.
+        self._frozen = False
         self._reset_state()
 
     # ------------------------------------------------------------------ identity / features (2.2)
@@ -163,9 +166,9 @@ class VirtioDevice:
 
     @property
     def live(self) -> bool:
-        """DRIVER_OK set and neither FAILED nor DEVICE_NEEDS_RESET: queues may be processed."""
+        """DRIVER_OK set, neither FAILED nor DEVICE_NEEDS_RESET, not frozen: queues may be processed."""
         st = self._status
-        return st & S.DRIVER_OK != 0 and st & (S.FAILED | S.DEVICE_NEEDS_RESET) == 0
+        return st & S.DRIVER_OK != 0 and st & (S.FAILED | S.DEVICE_NEEDS_RESET) == 0 and not self._frozen
 
     def write_status(self, value: int) -> None:
         """The driver writes ``device_status``; 0 resets the device (2.4, 4.1.4.3.1)."""
@@ -226,6 +229,7 @@ class VirtioDevice:
             nq.event_idx = self.negotiated(F.VIRTIO_F_RING_EVENT_IDX)
             nq.indirect = self.negotiated(F.VIRTIO_F_RING_INDIRECT_DESC)
             new_queues.append(nq)
+        self.shape_queues(new_queues, self.negotiated_features)
         self.queues = new_queues
 
     def reset(self) -> None:
@@ -421,6 +425,114 @@ class VirtioDevice:
     def queue_reset_device(self, index: int) -> None:
         """Device-specific hook after queue ``index`` was reset (lock held): drop what the device keeps
         from that queue (held buffers, pending requests). The default keeps nothing."""
+
+    # ------------------------------------------------------------------ migration (refvm/virtio/state.py)
+    #: The State class of the device type's own state (saved by save_device, loaded by load_device).
+    DEVICE_STATE: type = NoDeviceState
+    #: QEMU's vmsd name of the device type, the second half of its section idstr (`0000:00:04.0/virtio-blk`).
+    VMSD_NAME = "virtio-device"
+
+    def quiesce(self) -> None:
+        """Before save (lock held): finish or give back every request in flight. Default: nothing is."""
+
+    def held_chains(self, index: int) -> tuple[Chain, ...]:
+        """Chains of queue ``index`` the device keeps popped but unused (the last ones popped), which a save
+        gives back to the available ring; the device pops them again in :meth:`load_device`. Default none."""
+        return ()
+
+    def freeze(self) -> None:
+        """The cut of a migration (lock held, right after the state was taken): from now on nothing the
+        device does reaches the rings or guest memory -- host input waits in the device, notifications are
+        counted and dropped -- so the RAM copied next matches the state. Undone by :meth:`thaw` (the
+        migration failed) or a load."""
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """Resume after :meth:`freeze`: every ready queue is run once, for what arrived meanwhile (a spurious
+        run finds nothing, 2.7.10.2)."""
+        with self.lock:
+            if not self._frozen:
+                return
+            self._frozen = False
+            if self.live:
+                for q in list(self.queues):
+                    if q.ready:
+                        self._run(q)
+
+    def save_core(self) -> VirtioCoreState:
+        """Status, features, ISR, generation and every queue (call with the lock held, after quiesce)."""
+        return VirtioCoreState(
+            status=self._status, driver_features=self.driver_features, negotiated_features=self.negotiated_features,
+            features_locked=self._features_locked, isr=self.isr, config_msix_vector=self.config_msix_vector,
+            generation=self._generation, config_dirty=self._config_dirty, error=(self.error or "").encode()[:1024],
+            queues=tuple(q.save(self.held_chains(q.index)) for q in self.queues))
+
+    def core_problem(self, st: VirtioCoreState, legacy: bool = False) -> tuple[str, str] | None:
+        """(field, problem) when ``st`` cannot be this device's state; checked before anything is loaded.
+        ``legacy``: a legacy driver negotiated through the transport (no VERSION_1, 32 feature bits)."""
+        if st.features_locked:
+            extra = st.negotiated_features & ~self.device_features
+            if extra and not deviations.active("accept-invalid-features"):
+                return "negotiated_features", f"{F.describe(extra, self.feature_names)} not offered by this device"
+            if legacy and st.negotiated_features >> 32:
+                return "negotiated_features", f"{st.negotiated_features:#x} beyond a legacy driver's 32 bits"
+            if not legacy and not F.has(st.negotiated_features, F.VIRTIO_F_VERSION_1):
+                return "negotiated_features", "VIRTIO_F_VERSION_1 missing"
+        elif st.negotiated_features:
+            return "negotiated_features", f"{st.negotiated_features:#x} without features_locked"
+        elif st.status & S.FEATURES_OK or st.status & S.DRIVER_OK and not st.status & S.DEVICE_NEEDS_RESET:
+            return "status", f"{S.describe(st.status)} without accepted features"  # unreachable by a driver
+        if len(st.queues) != len(self.queue_max_sizes):
+            return "queues", f"{len(st.queues)} queues, this device has {len(self.queue_max_sizes)}"
+        for q, qst in zip(self._queues_for(st.negotiated_features), st.queues, strict=True):
+            found = q.state_problem(qst)
+            if found:
+                return f"queues[{q.index}].{found[0]}", found[1]
+        return None
+
+    def _queues_for(self, negotiated: int) -> list[Virtqueue]:
+        """Fresh queues in the ring format ``negotiated`` selects, with its ring features."""
+        cls: type[Virtqueue] = PackedQueue if F.has(negotiated, F.VIRTIO_F_RING_PACKED) else SplitQueue
+        queues = [cls(self.mem, i, n) for i, n in enumerate(self.queue_max_sizes)]
+        for q in queues:
+            q.event_idx = F.has(negotiated, F.VIRTIO_F_RING_EVENT_IDX)
+            q.indirect = F.has(negotiated, F.VIRTIO_F_RING_INDIRECT_DESC)
+        self.shape_queues(queues, negotiated)
+        return queues
+
+    def shape_queues(self, queues: list[Virtqueue], negotiated: int) -> None:
+        """Replace queues whose existence depends on the negotiated features (virtio-net without MQ); called
+        at FEATURES_OK and when a migration builds the queues. No side effects on the device. Default none."""
+
+    def load_core(self, st: VirtioCoreState) -> None:
+        """Take a checked state by assignment (no status machine, no reset hooks, no ring resets)."""
+        with self.lock:
+            self._frozen = False
+            self._status, self.driver_features = st.status, st.driver_features
+            self.negotiated_features, self._features_locked = st.negotiated_features, st.features_locked
+            self.isr, self.config_msix_vector = st.isr, st.config_msix_vector
+            self._generation, self._config_dirty = st.generation, st.config_dirty
+            self.error = st.error.decode(errors="replace") or None
+            queues = self._queues_for(st.negotiated_features)
+            for q, qst in zip(queues, st.queues, strict=True):
+                q.load(qst)
+            self.queues = queues
+
+    def save_device(self) -> NoDeviceState:
+        """The device type's own state (lock held). Default: none."""
+        return NoDeviceState()
+
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
+        """(field, problem) when the device-type state does not fit this device (``core``: the checked core
+        state about to be loaded with it, e.g. its negotiated features). Default: fits."""
+        return None
+
+    def load_device(self, st: object) -> None:
+        """Take the device type's own checked state (lock held). Default: nothing to take."""
+
+    def post_load(self) -> None:
+        """After the whole function (transport, PCI, MSI-X) was loaded, lock held: resume work the state
+        implies, e.g. deliver carried input into buffers the driver posted. Default: nothing."""
 
     def handle_queue(self, queue: Virtqueue) -> None:
         """Device hook: pop chains from ``queue``, use them, push them (called with the lock held)."""

@@ -39,6 +39,7 @@ from refvm.virtio.queue import (
     VirtqueueError,
     map_into,
 )
+from refvm.virtio.state import QueueState
 
 __all__ = [
     "PackedQueue",
@@ -232,6 +233,28 @@ class PackedQueue(Virtqueue):
         event = self._linear(off_wrap & 0x7FFF, off_wrap >> 15)
         # The slots used since the last check are [old, new) on the circle; notify if the event slot is one.
         return (event - old) % ring < (new - old) % ring
+
+    # ------------------------------------------------------------------ migration
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:
+        slot, wrap = self.next_avail - sum(c.desc_count for c in held), self.avail_wrap
+        while slot < 0:  # held chains from the previous lap
+            slot, wrap = slot + self.size, wrap ^ 1
+        st.last_avail_idx, st.avail_wrap = slot, bool(wrap)
+        st.used_idx, st.used_wrap = self.next_used, bool(self.used_wrap)
+        st.signalled_used, st.used_slots, st.pushed = self._signalled, self._used_slots, self._pushed
+
+    def _ring_problem(self, st: QueueState) -> tuple[str, str] | None:
+        for name, value, limit in (("last_avail_idx", st.last_avail_idx, st.size),
+                                   ("used_idx", st.used_idx, st.size),
+                                   ("signalled_used", st.signalled_used, 2 * st.size)):
+            if value >= limit:
+                return name, f"{value} is not a slot position below {limit}"
+        return None
+
+    def _load_ring(self, st: QueueState) -> None:
+        self.next_avail, self.avail_wrap = st.last_avail_idx, int(st.avail_wrap)
+        self.next_used, self.used_wrap = st.used_idx, int(st.used_wrap)
+        self._signalled, self._used_slots, self._pushed = st.signalled_used, st.used_slots, st.pushed
 
     def suppress_notifications(self, suppress: bool) -> None:
         """Device Event Suppression (2.8.14): DISABLE while suppressed, else ENABLE."""

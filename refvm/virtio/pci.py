@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from refvm import deviations
 from refvm.devices.pci.config import CMD_MASTER, COMMAND, ranges_overlap
 from refvm.devices.pci.device import QEMU_SUBSYSTEM_ID, BarSpec, PciDevice
+from refvm.devices.pci.state import load_error
+from refvm.migration.state import DeviceState
 from refvm.virtio import features as F
 from refvm.virtio import status as S
 from refvm.virtio.device import ISR_QUEUE, VirtioDevice
@@ -45,9 +48,11 @@ from refvm.virtio.pci_common import (
     QUEUE_MAX,
     REGION_SIZE,
     ModernBar,
+    QueueRegs,
 )
 from refvm.virtio.pci_legacy import LegacyBar, legacy_bar_size
 from refvm.virtio.queue import NO_VECTOR
+from refvm.virtio.state import QueueRegsState, VirtioPciState, section_state
 
 __all__ = [
     "VirtioPciFunction", "VirtioPciType", "PCI_TYPES", "VIRTIO_PCI_VENDOR_ID", "MODERN_DEVICE_ID_BASE",
@@ -317,6 +322,102 @@ class VirtioPciFunction(PciDevice):
                 off, length = window
                 assert self.pci_cfg_cap is not None
                 self.modern_bar.write_piece(off, length, self.config.get(self.pci_cfg_cap + _CFG_DATA, length))
+
+    # ---------------------------------------------------------------- migration (refvm/virtio/state.py)
+    @property
+    def vmsd_name(self) -> str:
+        return self.vdev.VMSD_NAME
+
+    def state_class(self) -> type[DeviceState]:
+        return section_state(self.vdev.VMSD_NAME, self.vdev.DEVICE_STATE)
+
+    def save(self) -> DeviceState:
+        """The whole function as one State: PCI config and MSI-X, transport, virtio core, device type.
+
+        This is the migration's cut. The device first quiesces (virtio-blk completes requests still waiting
+        for its throttle), so no request is in flight in the State; then it freezes (see
+        :meth:`VirtioDevice.freeze`), so the RAM the caller copies afterwards is the RAM this State goes
+        with. :meth:`thaw` undoes the freeze when the migration fails."""
+        dev = self.vdev
+        with dev.lock:
+            dev.quiesce()
+            modern, legacy = self.modern_bar, self.legacy_bar
+            regs = tuple(QueueRegsState(index=i, desc=r.desc, driver=r.driver, device=r.device, enabled=r.enabled,
+                                        msix_vector=r.msix_vector)
+                         for i, r in sorted(modern.queue_regs.items())) if modern else ()
+            transport = VirtioPciState(
+                device_feature_select=modern.device_feature_select if modern else 0,
+                driver_feature_select=modern.driver_feature_select if modern else 0,
+                driver_feature_word0=modern.driver_feature_words[0] if modern else 0,
+                driver_feature_word1=modern.driver_feature_words[1] if modern else 0,
+                queue_select=modern.queue_select if modern else 0, queue_regs=regs,
+                legacy_queue_select=legacy.queue_select if legacy else 0,
+                legacy_guest_features=legacy.guest_features if legacy else 0,
+                legacy_negotiated=bool(legacy.negotiated) if legacy else False)
+            state = self.state_class()(pci=self.save_pci(), transport=transport, virtio=dev.save_core(),
+                                       device=dev.save_device())
+            dev.freeze()
+            return state
+
+    def thaw(self) -> None:
+        self.vdev.thaw()
+
+    def _transport_problem(self, st: VirtioPciState) -> tuple[str, str] | None:
+        vectors = self.msix.table_size if self.msix is not None else 0
+        for i, regs in enumerate(st.queue_regs):
+            if regs.msix_vector != NO_VECTOR and regs.msix_vector >= vectors:
+                return f"queue_regs[{i}].msix_vector", f"{regs.msix_vector} is not one of {vectors} MSI-X vectors"
+            if i and regs.index <= st.queue_regs[i - 1].index:
+                return f"queue_regs[{i}].index", f"{regs.index} is not above the previous entry's"
+        if self.modern_bar is None and (st.queue_regs or st.driver_feature_word0 or st.driver_feature_word1):
+            return "queue_regs", "modern transport state for a function without the modern interface"
+        return None
+
+    def _legacy_driver(self, st: VirtioPciState) -> bool:
+        """Whether the state's features were negotiated by a legacy driver through BAR0."""
+        return self.legacy_bar is not None and st.legacy_negotiated
+
+    def _vector_problem(self, state: DeviceState) -> tuple[str, str] | None:
+        vectors = self.msix.table_size if self.msix is not None else 0
+        virtio = state.virtio  # type: ignore[attr-defined]
+        checks = [("virtio.config_msix_vector", virtio.config_msix_vector)]
+        checks += [(f"virtio.queues[{i}].msix_vector", q.msix_vector) for i, q in enumerate(virtio.queues)]
+        for name, vector in checks:
+            if vector != NO_VECTOR and vector >= vectors:  # checked_vector() never stores such a vector
+                return name, f"{vector} is not one of {vectors} MSI-X vectors"
+        return None
+
+    def load(self, state: DeviceState) -> None:
+        """Check everything against this function first (one line naming the field), then assign it."""
+        section = self.idstr
+        dev = self.vdev
+        if not isinstance(state, self.state_class()):
+            raise load_error(section, "state", f"{type(state).__name__} is not this {self.name}'s state")
+        s: Any = state
+        self.check_pci(s.pci, section, "pci.")
+        for prefix, found in (("transport.", self._transport_problem(s.transport)),
+                              ("virtio.", dev.core_problem(s.virtio, self._legacy_driver(s.transport))),
+                              ("", self._vector_problem(s)),
+                              ("device.", dev.device_problem(s.device, s.virtio))):
+            if found:
+                raise load_error(section, prefix + found[0], found[1])
+        with dev.lock:
+            dev.load_core(s.virtio)
+            dev.load_device(s.device)
+            t = s.transport
+            if self.modern_bar is not None:
+                bar = self.modern_bar
+                bar.device_feature_select, bar.driver_feature_select = t.device_feature_select, t.driver_feature_select
+                bar.driver_feature_words = [t.driver_feature_word0, t.driver_feature_word1]
+                bar.queue_select = t.queue_select
+                bar.queue_regs = {r.index: QueueRegs(r.desc, r.driver, r.device, r.enabled, r.msix_vector)
+                                  for r in t.queue_regs}
+            if self.legacy_bar is not None:
+                leg = self.legacy_bar
+                leg.queue_select, leg.guest_features = t.legacy_queue_select, t.legacy_guest_features
+                leg.negotiated = t.legacy_negotiated
+            self.load_pci(s.pci, section, "pci.")
+            dev.post_load()
 
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from refvm.memory import GuestMemory, GuestMemoryError
+from refvm.migration.state import StateError
+from refvm.virtio.state import QueueState
 
 __all__ = [
     "VirtqueueError",
@@ -331,6 +333,50 @@ class Virtqueue:
         self.notify_off = other.notify_off
         self.msix_vector = other.msix_vector
         self.enabled = other.enabled
+
+    # ------------------------------------------------------------------ migration (refvm/virtio/state.py)
+    def save(self, held: tuple[Chain, ...] = ()) -> QueueState:
+        """This queue as data. ``held``: chains the device keeps popped but unused, which must be the last
+        ones popped; the State gives them back to the available ring (the driver still owns nothing new,
+        the descriptors are in RAM) and the destination device pops them again. Any other chain in flight
+        means the device did not drain: refused."""
+        if self.in_flight != len(held):
+            raise StateError(f"migration: queue {self.index}: {self.in_flight} requests in flight, "
+                             f"{len(held)} held (the device did not drain them)")
+        st = QueueState(size=self.size, enabled=self._enabled, desc_addr=self.desc_addr,
+                        driver_addr=self.driver_addr, device_addr=self.device_addr, msix_vector=self.msix_vector,
+                        notify_off=self.notify_off, suppressed=self.suppressed)
+        self._save_ring(st, held)
+        return st
+
+    def state_problem(self, st: QueueState) -> tuple[str, str] | None:
+        """(field, problem) if ``st`` cannot be this queue's state (guest- and stream-controlled values)."""
+        if not self.max_size:
+            return None if st.size == 0 and not st.enabled else ("size", "set on a queue the device does not have")
+        top = max(1024, self.max_size)  # what the transport lets a driver write (pci_common._set_queue_size)
+        if not 1 <= st.size <= top:
+            return "size", f"{st.size} not in 1..{top}"
+        if st.notify_off != self.index:
+            return "notify_off", f"{st.notify_off} is not the queue index {self.index}"
+        return self._ring_problem(st)
+
+    def load(self, st: QueueState) -> None:
+        """Take a checked state by assignment: the ``enabled`` setter would zero the ring cursors."""
+        self.size, self._enabled = st.size, st.enabled
+        self.desc_addr, self.driver_addr, self.device_addr = st.desc_addr, st.driver_addr, st.device_addr
+        self.msix_vector, self.notify_off, self.suppressed = st.msix_vector, st.notify_off, st.suppressed
+        self._drop_views()  # areas are mapped (and checked against RAM) again at first use
+        self._reset_ring()
+        self._load_ring(st)
+
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _ring_problem(self, st: QueueState) -> tuple[str, str] | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _load_ring(self, st: QueueState) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def _check_push(self, chain: Chain, written: int) -> None:
         if self.in_flight <= 0:

@@ -36,6 +36,7 @@ from refvm.virtio.queue import (
     VirtqueueError,
     map_into,
 )
+from refvm.virtio.state import NO_EVENT, QueueState
 
 __all__ = ["SplitQueue", "vring_need_event", "VIRTQ_AVAIL_F_NO_INTERRUPT", "VIRTQ_USED_F_NO_NOTIFY"]
 
@@ -290,6 +291,30 @@ class SplitQueue(Virtqueue):
                 _U16.pack_into(device, 4 + 8 * self.size, _U16.unpack_from(self._driver, 2)[0])
         else:
             _U16.pack_into(device, 0, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
+
+    # ------------------------------------------------------------------ migration
+    def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:
+        st.last_avail_idx = (self.last_avail_idx - len(held)) & 0xFFFF
+        st.used_idx = self.used_idx
+        st.signalled_used = self._signalled_used
+        st.pushed = self._pushed
+        st.avail_event = NO_EVENT if self._avail_event < 0 else self._avail_event
+
+    def _ring_problem(self, st: QueueState) -> tuple[str, str] | None:
+        ahead = (st.last_avail_idx - st.used_idx) & 0xFFFF
+        if ahead > st.size:  # QEMU's virtio_load check: more consumed than the ring holds
+            return "last_avail_idx", (f"{st.last_avail_idx} is {ahead} ahead of used_idx {st.used_idx}, "
+                                      f"queue size {st.size}")
+        if st.signalled_used > 0xFFFF:
+            return "signalled_used", f"{st.signalled_used} is not a 16-bit index"
+        return None
+
+    def _load_ring(self, st: QueueState) -> None:
+        self.last_avail_idx = self._avail_shadow = st.last_avail_idx
+        self.used_idx = self._published = st.used_idx
+        self._signalled_used = st.signalled_used
+        self._pushed = st.pushed
+        self._avail_event = -1 if st.avail_event == NO_EVENT else st.avail_event
 
     # ------------------------------------------------------------------ introspection
     def avail_idx(self) -> int:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from refvm.devices.irq import IrqLine
+from refvm.migration.state import U16, DeviceState, sfield
 
-__all__ = ["AcpiPm", "PWRBTN_STS", "PWRBTN_EN", "SLP_EN", "SCI_EN", "PM_TIMER_HZ", "REGION_SIZE"]
+__all__ = ["AcpiPm", "AcpiPmState", "PWRBTN_STS", "PWRBTN_EN", "SLP_EN", "SCI_EN", "PM_TIMER_HZ", "REGION_SIZE"]
 
 TMR_STS = 1 << 0
 GBL_STS = 1 << 5
@@ -33,6 +35,18 @@ SLP_TYP_S5 = 0
 SLP_TYP_S3 = 1
 PM_TIMER_HZ = 3_579_545
 REGION_SIZE = 0x40  # QEMU's PIIX4 PM I/O window
+
+
+@dataclass
+class AcpiPmState(DeviceState):
+    """PM1_STS, PM1_EN and PM1_CNT (QEMU's "piix4_pm" carries the same three). The PM timer is not state: it
+    counts from the destination's machine clock, which migration does not carry yet."""
+
+    VMSD_NAME = "acpi-pm1"
+
+    sts: int = sfield(U16, 0, lambda v: not v & ~STS_MASK, "status bits the device has")
+    en: int = sfield(U16, 0, lambda v: not v & ~EN_MASK, "enable bits the device has")
+    cnt: int = sfield(U16, SCI_EN, lambda v: v & ~CNT_WRITABLE == SCI_EN, "writable control bits with SCI_EN")
 
 
 class AcpiPm:
@@ -113,6 +127,16 @@ class AcpiPm:
             self._update_sci()
         if sleep_type is not None:
             self.on_sleep(sleep_type)
+
+    def save(self) -> AcpiPmState:
+        with self._lock:
+            return AcpiPmState(self.sts, self.en, self.cnt)
+
+    def load(self, state: AcpiPmState) -> None:
+        """Registers as carried; the SCI level follows them at once (it is level-triggered)."""
+        with self._lock:
+            self.sts, self.en, self.cnt = state.sts, state.en, state.cnt
+            self._update_sci()
 
     def reset(self) -> None:
         with self._lock:

@@ -49,6 +49,7 @@ from refvm.devices.pci.config import (
 )
 from refvm.devices.pci.msix import ENTRY_SIZE, MSIX_CAP_ID, Msix
 from refvm.devices.pci.region import BarRegion
+from refvm.devices.pci.state import PciState, load_error
 
 if TYPE_CHECKING:
     from refvm.devices.pci.bus import PciBus
@@ -101,6 +102,8 @@ class PciDevice:
 
     #: QEMU's type name, used in error messages and `query-pci`-like output.
     type_name = "pci-device"
+    #: QEMU's vmstate name: the second half of the function's migration section idstr (`0000:00:00.0/I440FX`).
+    vmsd_name = "PCIDevice"
     #: A device whose Interrupt Line firmware sets to a fixed IRQ (PIIX4 ACPI's SCI is 9), else None.
     fixed_irq: int | None = None
 
@@ -380,6 +383,63 @@ class PciDevice:
             self.msi_dropped += 1
             return
         self.bus.deliver_msi(address, data)
+
+    # ---------------------------------------------------------------- migration
+    @property
+    def idstr(self) -> str:
+        """The function's migration section name, as QEMU forms it: `0000:00:04.0/virtio-blk`."""
+        return f"0000:00:{max(self.slot, 0):02x}.{max(self.function, 0)}/{self.vmsd_name}"
+
+    def save_pci(self) -> PciState:
+        """Config space, INTx level and MSI-X as data (see :mod:`refvm.devices.pci.state`)."""
+        with self._lock:
+            msix = self.msix
+            return PciState(config=self.config.snapshot(), intx_level=self._intx_level,
+                            msix_table=bytes(msix.table) if msix else b"", msix_pba=bytes(msix.pba) if msix else b"")
+
+    def check_pci(self, state: PciState, section: str, prefix: str = "") -> None:
+        """Refuse a state that does not fit this function: read-only bits changed, MSI-X of another size."""
+        c = self.config
+        for addr, (new, old) in enumerate(zip(state.config, c.data, strict=True)):
+            fixed = ~(c.wmask[addr] | c.w1cmask[addr]) & 0xFF
+            if addr == STATUS:
+                fixed &= ~STATUS_INTERRUPT
+            if (new ^ old) & fixed:
+                raise load_error(section, prefix + "config", f"byte {addr:#04x} is {new:#04x}, but this {self.name}'s "
+                                 f"read-only bits {fixed:#04x} hold {old:#04x}")
+        msix = self.msix
+        for name, value, want in (("msix_table", state.msix_table, len(msix.table) if msix else 0),
+                                  ("msix_pba", state.msix_pba, len(msix.pba) if msix else 0)):
+            if len(value) != want:
+                raise load_error(section, prefix + name, f"{len(value)} bytes, this {self.name} has {want}")
+
+    def load_pci(self, state: PciState, section: str, prefix: str = "") -> None:
+        """Take a validated state: bytes stored directly (no guest-write side effects), then decoding, INTx
+        routing and MSI-X routes brought in line with it."""
+        self.check_pci(state, section, prefix)
+        with self._lock:
+            self.config.data[:] = state.config
+            self._intx_level = state.intx_level
+            if state.intx_level:
+                self.config.set_bits(STATUS, 2, STATUS_INTERRUPT)
+            else:
+                self.config.clear_bits(STATUS, 2, STATUS_INTERRUPT)
+            if self.msix is not None:
+                self.msix.table[:] = state.msix_table
+                self.msix.pba[:] = state.msix_pba
+                self.msix.loaded()
+        if self.bus is not None:
+            self.bus.update_mappings()
+            self.bus.reroute_intx()
+
+    def state_class(self) -> type[PciState]:
+        return PciState
+
+    def save(self) -> PciState:
+        return self.save_pci()
+
+    def load(self, state: PciState) -> None:
+        self.load_pci(state, self.idstr)
 
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:

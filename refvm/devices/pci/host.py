@@ -15,11 +15,13 @@ Mechanism #1 (PCI 3.0 §3.2.2.3.2) as QEMU 7.2's pc machine implements it, measu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from refvm.bus import PioBus
 from refvm.devices.pci.bus import PciBus
 from refvm.devices.pci.device import QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, PciDevice
+from refvm.migration.state import U32, DeviceState, sfield
 
 __all__ = ["HostBridge", "ConfigMechanism1", "CONFIG_ADDRESS_PORT", "CONFIG_DATA_PORT", "ENABLE_BIT"]
 
@@ -35,6 +37,7 @@ class HostBridge(PciDevice):
     """i440FX PCI and memory controller as on ``-M pc``: 8086:1237 rev 2, class 060000h, no BARs."""
 
     type_name = "i440FX"
+    vmsd_name = "I440FX"
 
     def __init__(self, ram_size: int = 128 << 20) -> None:
         super().__init__(
@@ -53,11 +56,26 @@ class HostBridge(PciDevice):
         self.config.set_u8(I440FX_COREBOOT_RAM_SIZE, min(self.ram_size >> 23, 0xFF))
 
 
+@dataclass
+class Conf1State(DeviceState):
+    """CONFIG_ADDRESS as the guest last wrote it (a driver may migrate between its 0CF8h and 0CFCh accesses)."""
+
+    VMSD_NAME = "pci-conf1"
+
+    address: int = sfield(U32, 0)
+
+
 class _AddressPort:
     """0CF8h-0CFBh: CONFIG_ADDRESS, with the Reset Control Register's byte at 0CF9h."""
 
     def __init__(self, owner: ConfigMechanism1) -> None:
         self._owner = owner
+
+    def save(self) -> Conf1State:
+        return Conf1State(self._owner.address)
+
+    def load(self, state: Conf1State) -> None:
+        self._owner.address = state.address
 
     def read(self, offset: int, size: int) -> int:
         rcr = self._owner.reset_control

@@ -99,6 +99,11 @@ class Msix:
             if callback in self._listeners:
                 self._listeners.remove(callback)
 
+    def loaded(self) -> None:
+        """The table and PBA were restored from a migration stream: listeners (KVM MSI routes) re-read them."""
+        with self._lock:
+            self._changed()
+
     def _changed(self) -> None:
         for listener in list(self._listeners):
             listener(self)

@@ -43,6 +43,7 @@ class Piix3IsaBridge(_ChipsetFunction):
     """PIIX3 PCI-to-ISA bridge, 8086:7000, class 060100h; PIRQ route registers 60h-63h start disabled."""
 
     type_name = "PIIX3"
+    vmsd_name = "PIIX3"
     power_on = {0x4C: 0x4D, 0x4E: 0x03, 0x60: 0x80, 0x61: 0x80, 0x62: 0x80, 0x63: 0x80, 0x69: 0x02,
                 0x70: 0x80, 0x76: 0x0C, 0x77: 0x0C, 0x78: 0x02, 0xA0: 0x08, 0xA8: 0x0F}  # fmt: skip
     power_on_status = _DEVSEL_MEDIUM
@@ -90,6 +91,7 @@ class Piix3Ide(_ChipsetFunction):
     """PIIX3 IDE, 8086:7010, class 010180h (legacy-mode ISA compatibility, bus master); BAR4 16 I/O bytes."""
 
     type_name = "piix3-ide"
+    vmsd_name = "ide"
     power_on_status = _DEVSEL_MEDIUM | _FAST_BACK
 
     def __init__(self) -> None:
@@ -108,6 +110,7 @@ class Piix4Acpi(_ChipsetFunction):
     """PIIX4 power management, 8086:7113 rev 3, class 068000h, INTA; firmware gives it IRQ 9 (the SCI)."""
 
     type_name = "PIIX4_PM"
+    vmsd_name = "piix4_pm"
     fixed_irq = 9
     power_on = {0x40: 0x01, 0x5F: 0x10, 0x63: 0x60, 0x90: 0x01, 0x91: 0xB1, 0xD2: 0x09}
     power_on_status = _DEVSEL_MEDIUM | _FAST_BACK

@@ -33,11 +33,14 @@ import mmap
 import struct
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from refvm.memory import GuestMemory
+from refvm.memory import GuestMemory, GuestMemoryError
+from refvm.migration.state import BOOL, U32, DeviceState, sfield
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.devices.props import Props
-from refvm.virtio.queue import Chain, Virtqueue
+from refvm.virtio.queue import Chain, Virtqueue, VirtqueueError
+from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioBalloon"]
 
@@ -72,10 +75,24 @@ STAT_NAMES = {
 _STAT = struct.Struct("<HQ")
 
 
+@dataclass
+class BalloonState(DeviceState):
+    """The target (num_pages), the driver's actual, the poison value, and whether a stats buffer is held."""
+
+    VMSD_NAME = "virtio-balloon-device"
+
+    num_pages: int = sfield(U32, 0)
+    actual: int = sfield(U32, 0)
+    poison_val: int = sfield(U32, 0)
+    stats_held: bool = sfield(BOOL, False)
+
+
 class VirtioBalloon(VirtioDevice):
     """A memory balloon over GuestMemory."""
 
     device_id = 5
+    VMSD_NAME = "virtio-balloon"
+    DEVICE_STATE = BalloonState
     queue_max_sizes = (QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE)
     feature_names = {0: "MUST_TELL_HOST", 1: "STATS_VQ", 2: "DEFLATE_ON_OOM", 3: "FREE_PAGE_HINT",
                      4: "PAGE_POISON", 5: "REPORTING"}
@@ -200,14 +217,52 @@ class VirtioBalloon(VirtioDevice):
             if self._stats_chain is not None:  # the driver may only have one outstanding: give it back
                 self._violation("5.5.6.3: a second stats buffer while one is held; the older is returned")
                 queue.push(self._stats_chain, 0)
-            raw = chain.read(0, min(chain.readable_len, _STAT.size * MAX_STATS))
-            stats = {}
-            for off in range(0, len(raw) - _STAT.size + 1, _STAT.size):
-                tag, val = _STAT.unpack_from(raw, off)
-                stats[STAT_NAMES.get(tag, f"stat-{tag}")] = val
-            self.stats = stats
-            self.stats_last_update = time.time()
-            self._stats_chain = chain
+            self._take_stats(chain)
+
+    def _take_stats(self, chain: Chain) -> None:
+        raw = chain.read(0, min(chain.readable_len, _STAT.size * MAX_STATS))
+        stats = {}
+        for off in range(0, len(raw) - _STAT.size + 1, _STAT.size):
+            tag, val = _STAT.unpack_from(raw, off)
+            stats[STAT_NAMES.get(tag, f"stat-{tag}")] = val
+        self.stats = stats
+        self.stats_last_update = time.time()
+        self._stats_chain = chain
+
+    # ------------------------------------------------------------------ migration (QEMU: num_pages, actual, poison)
+    def held_chains(self, index: int) -> tuple[Chain, ...]:
+        """The stats buffer held until the next request is given back at save and popped again at load."""
+        return (self._stats_chain,) if index == 2 and self._stats_chain is not None else ()
+
+    def save_device(self) -> BalloonState:
+        return BalloonState(num_pages=self.target_pages, actual=self.actual,
+                            poison_val=self.poison_val, stats_held=self._stats_chain is not None)
+
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
+        assert isinstance(st, BalloonState)
+        if st.poison_val and len(self.config) < 16:
+            return "poison_val", "set on a balloon without page-poison"
+        if st.stats_held and len(self.queues) < 3:
+            return "stats_held", "a stats buffer held on a balloon without a stats queue"
+        return None
+
+    def load_device(self, st: object) -> None:
+        assert isinstance(st, BalloonState)
+        self.target_pages = st.num_pages
+        self.config[0:4] = st.num_pages.to_bytes(4, "little")
+        self.config[4:8] = st.actual.to_bytes(4, "little")
+        self.poison_val = st.poison_val
+        if len(self.config) >= 16:
+            self.config[12:16] = st.poison_val.to_bytes(4, "little")
+        self._stats_chain = None
+        if st.stats_held:  # RAM is loaded: the buffer the source held is the next available one
+            try:
+                chain = self.queues[2].pop()
+            except (VirtqueueError, GuestMemoryError) as exc:
+                self.fail(f"virtio-balloon: held stats buffer: {exc}")
+                return
+            if chain is not None:
+                self._take_stats(chain)
 
     def request_stats(self) -> bool:
         """Return the held stats buffer so the driver posts fresh statistics (5.5.6.3); False if none."""

@@ -51,21 +51,31 @@ waits. The throttle queue is FIFO per direction, so completions keep their order
 FLUSH, GET_ID, DISCARD and WRITE_ZEROES are not throttled (QEMU throttles only reads and writes).
 A device reset first performs the requests still waiting for the limits (QEMU drains with the
 limits lifted), without completing them into the rings that the reset discards.
+
+Migration (:class:`BlkState`): requests in flight are **drained, not carried**. Requests are performed
+synchronously inside the notification, so the only ones in flight at a save are those waiting for the
+throttle; ``quiesce`` (:mod:`refvm.virtio.devices.blk_throttle`) performs them and completes them into
+their rings before the State is taken (and before RAM is copied, so their data and used elements travel
+with RAM), as QEMU drains block I/O when the VM stops. A request the driver made available but has not
+notified (or that the device has not popped) is not in flight: it stays in the available ring,
+``last_avail_idx`` says so, and the destination pops it at the next notification. Either way a request
+completes exactly once, on one side.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from refvm import deviations
 from refvm.block import BlockBackend
 from refvm.block.vectored import read_into, write_from
 from refvm.memory import GuestMemory
+from refvm.migration.state import BOOL, DeviceState, sfield
 from refvm.virtio.device import VirtioDevice
+from refvm.virtio.devices.blk_throttle import DEFERRED, ThrottledRequests
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Chain, Virtqueue
 
@@ -121,9 +131,6 @@ MAX_REQUEST_SECTORS = 0x7FFFFFFF >> 9
 #: The most data one IN/OUT request may move here (QEMU bounds it by seg_max * page: 254 * 4 KiB is
 #: plenty for Linux; a larger request is refused with IOERR instead of allocating guest-chosen sizes).
 MAX_RW_BYTES = 64 << 20
-#: _request's answer for a request the throttle holds back (completed later, not pushed now); compared
-#: with ``==``: an int is not a singleton.
-_DEFERRED = -1
 CONFIG_SIZE = 60  # through unused1[3], which 5.2.5 says the device MUST initialize to 0 (QEMU 7.2 stops at 57)
 
 _HDR = struct.Struct("<IIQ")  # type, reserved, sector
@@ -131,27 +138,15 @@ _SEG = struct.Struct("<QII")  # sector, num_sectors, flags
 _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB")
 
 
-class _Throttled:
-    """A request held by the throttle: runs exactly once, either when its ``start`` fires or at reset."""
+@dataclass
+class BlkState(DeviceState):
+    """virtio-blk's own state: the cache mode the driver chose (the config's writeback byte follows it) and
+    whether a driver without CONFIG_WCE keeps a write-through drive syncing; no requests (drained)."""
 
-    __slots__ = ("queue", "chain", "io", "lock", "claimed", "submitter", "in_submit", "written")
+    VMSD_NAME = "virtio-blk-device"
 
-    def __init__(self, queue: Virtqueue, chain: Chain, io: Callable[[], int]) -> None:
-        self.queue = queue
-        self.chain = chain
-        self.io = io  # does the I/O, writes the status byte, returns the used length
-        self.lock = threading.Lock()
-        self.claimed = False
-        self.submitter = threading.get_ident()
-        self.in_submit = True
-        self.written: int | None = None
-
-    def claim(self) -> bool:
-        with self.lock:
-            if self.claimed:
-                return False
-            self.claimed = True
-            return True
+    writeback: bool = sfield(BOOL, True)
+    host_writethrough: bool = sfield(BOOL, False)
 
 
 def _set_status(chain: Chain, status: int) -> None:
@@ -166,10 +161,12 @@ def guess_geometry(sectors: int) -> tuple[int, int, int]:
     return cyls, 16, 63
 
 
-class VirtioBlk(VirtioDevice):
+class VirtioBlk(ThrottledRequests, VirtioDevice):
     """A virtio block device on a :class:`~refvm.block.BlockBackend`."""
 
     device_id = 2
+    VMSD_NAME = "virtio-blk"
+    DEVICE_STATE = BlkState
     feature_names = FEATURE_NAMES
 
     def __init__(
@@ -201,10 +198,7 @@ class VirtioBlk(VirtioDevice):
         self.original_writeback = writeback
         #: The drive's write-through stays in force although the byte says writeback (see driver_ok).
         self._host_writethrough = False
-        #: The drive's throttle group member (None: never throttled).
-        self.throttle: Any = getattr(backend, "throttle", None)
-        self._throttled: list[_Throttled] = []
-        self._throttled_lock = threading.Lock()
+        self._init_throttle(backend)
         #: The backend's vectored I/O into/out of guest RAM views (None: pread/pwrite plus one copy).
         self._preadv: Callable[[int, list[memoryview]], None] | None = getattr(backend, "preadv_into", None)
         self._pwritev: Callable[[int, list[memoryview]], None] | None = getattr(backend, "pwritev_from", None)
@@ -395,7 +389,7 @@ class VirtioBlk(VirtioDevice):
             written = self._request(chain, queue)
             if written is None:
                 return  # driver error: the device failed (NEEDS_RESET)
-            if written == _DEFERRED:
+            if written == DEFERRED:
                 continue  # waits for the throttle; completed later through complete()
             # published once per batch, before the interrupt decision (VirtioDevice.notify_used)
             queue.add_used(chain, self._used_len(written))
@@ -404,58 +398,16 @@ class VirtioBlk(VirtioDevice):
     def _used_len(written: int) -> int:
         return 0 if deviations.active("used-len-zero") else written  # off by default: refvm/deviations.py
 
-    # ------------------------------------------------------------------ throttling
-    def _throttle_rw(self, queue: Virtqueue, chain: Chain, is_write: bool, nbytes: int,
-                     io: Callable[[], int]) -> int | None:
-        """Run ``io`` through the throttle: its used length now, or _DEFERRED if it completes later."""
-        req = _Throttled(queue, chain, io)
-        with self._throttled_lock:
-            self._throttled.append(req)
-        try:
-            self.throttle.submit(is_write, nbytes, lambda: self._throttle_start(req))
-        finally:
-            req.in_submit = False
-        if req.written is not None:  # started inside submit: complete synchronously
-            return req.written
-        return _DEFERRED
+    def save_device(self) -> BlkState:
+        return BlkState(writeback=self.writeback, host_writethrough=self._host_writethrough)
 
-    def _throttle_start(self, req: _Throttled) -> None:
-        """The throttle let ``req`` go: on the submitting thread inside submit, or on the timer thread."""
-        if not req.claim():
-            return  # already performed by a reset's drain
-        with self._throttled_lock:
-            if req in self._throttled:
-                self._throttled.remove(req)
-        try:
-            written = req.io()
-        except Exception:  # guest memory vanished etc.: the device fails, the timer thread lives on
-            log.exception("virtio-blk: throttled request failed")
-            self.fail("virtio-blk: throttled request could not be completed")
-            return
-        if req.in_submit and req.submitter == threading.get_ident():
-            req.written = written
-            return
-        self.complete(req.queue, req.chain, self._used_len(written))
-
-    def _drain_throttled(self) -> None:
-        """Perform every request still waiting for the limits (called at reset, lock held)."""
-        with self._throttled_lock:
-            pending, self._throttled = self._throttled, []
-        for req in pending:
-            if req.claim():
-                try:
-                    req.io()
-                except Exception:  # noqa: BLE001 - the rings are being reset anyway
-                    log.warning("virtio-blk: throttled request failed during reset drain")
-
-    @property
-    def throttled_pending(self) -> int:
-        """Requests waiting for the throttle (for tests and debugging)."""
-        with self._throttled_lock:
-            return len(self._throttled)
+    def load_device(self, st: object) -> None:
+        assert isinstance(st, BlkState)
+        self._host_writethrough = st.host_writethrough
+        self._set_writeback(st.writeback)
 
     def _request(self, chain: Chain, queue: Virtqueue | None = None) -> int | None:
-        """Process one request; returns the used length, None after fail(), or _DEFERRED (throttled)."""
+        """Process one request; returns the used length, None after fail(), or DEFERRED (throttled)."""
         if chain.readable_len < _HDR.size:
             self.fail("5.2.6: virtio-blk request header (16 bytes) too short or missing")
             return None

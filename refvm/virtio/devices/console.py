@@ -43,9 +43,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from refvm.memory import GuestMemory
+from refvm.migration.state import BOOL, U32, DeviceState, buffer, sfield, struct_list
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Virtqueue
+from refvm.virtio.state import VirtioCoreState
 
 __all__ = ["VirtioSerial", "ConsolePort", "VirtConsole"]
 
@@ -88,10 +90,43 @@ class ConsolePort:
     dropped: int = 0
 
 
+@dataclass
+class ConsolePortState(DeviceState):
+    """One port: what the driver said about it (PORT_READY, PORT_OPEN) and host input it has not taken."""
+
+    VMSD_NAME = "virtio-console-port"
+
+    nr: int = sfield(U32, 0)
+    guest_connected: bool = sfield(BOOL, False)
+    guest_ready: bool = sfield(BOOL, False)
+    pending: bytes = sfield(buffer(INPUT_LIMIT), b"")
+
+
+@dataclass
+class ControlMessageState(DeviceState):
+    """One control message (5.3.6.2) waiting for a control receive buffer."""
+
+    VMSD_NAME = "virtio-console-control"
+
+    message: bytes = sfield(buffer(1 << 16), b"\0" * 8, lambda v: len(v) >= 8, "at least 8 bytes")
+
+
+@dataclass
+class ConsoleState(DeviceState):
+    """Every port's state (in port order) and the control messages not yet delivered."""
+
+    VMSD_NAME = "virtio-console-device"
+
+    ports: tuple[ConsolePortState, ...] = sfield(struct_list(ConsolePortState, 1024), ())
+    control: tuple[ControlMessageState, ...] = sfield(struct_list(ControlMessageState, CTRL_PENDING_LIMIT), ())
+
+
 class VirtioSerial(VirtioDevice):
     """virtio-serial with console ports on chardevs (Chardev.write / Chardev.set_receiver)."""
 
     device_id = 3
+    VMSD_NAME = "virtio-console"
+    DEVICE_STATE = ConsoleState
     feature_names = {0: "SIZE", 1: "MULTIPORT", 2: "EMERG_WRITE"}
 
     def __init__(self, mem: GuestMemory, *, max_ports: int = 31, emergency_write: bool = True, **virtio: bool) -> None:
@@ -165,6 +200,32 @@ class VirtioSerial(VirtioDevice):
         for port in self.ports.values():
             port.guest_connected = False
             port.guest_ready = False
+
+    # ------------------------------------------------------------------ migration
+    def save_device(self) -> ConsoleState:
+        ports = tuple(ConsolePortState(nr=p.nr, guest_connected=p.guest_connected, guest_ready=p.guest_ready,
+                                       pending=b"".join(p.pending)) for p in sorted(self.ports.values(),
+                                                                                    key=lambda p: p.nr))
+        return ConsoleState(ports=ports, control=tuple(ControlMessageState(m) for m in self._ctrl_out))
+
+    def device_problem(self, st: object, core: VirtioCoreState) -> tuple[str, str] | None:
+        assert isinstance(st, ConsoleState)
+        have = sorted(self.ports)
+        if [p.nr for p in st.ports] != have:
+            return "ports", f"ports {[p.nr for p in st.ports]}, this device has {have}"
+        return None
+
+    def load_device(self, st: object) -> None:
+        assert isinstance(st, ConsoleState)
+        for ps in st.ports:
+            port = self.ports[ps.nr]
+            port.guest_connected, port.guest_ready = ps.guest_connected, ps.guest_ready
+            port.pending = deque([ps.pending] if ps.pending else [])
+            port.pending_len = len(ps.pending)
+        self._ctrl_out = deque(m.message for m in st.control)
+
+    def post_load(self) -> None:
+        self._flush_all()  # carried input goes into receive buffers the driver posted before the migration
 
     # ------------------------------------------------------------------ configuration (5.3.4)
     def write_config(self, offset: int, data: bytes) -> None:

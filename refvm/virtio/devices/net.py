@@ -73,6 +73,7 @@ from collections.abc import Mapping, Sequence
 
 from refvm.memory import GuestMemory
 from refvm.virtio.device import VirtioDevice
+from refvm.virtio.devices.net_state import NetMigration, NetState
 from refvm.virtio.devices.props import Props
 from refvm.virtio.devices.tap import VNET_HDR_LEN, Tap
 from refvm.virtio.queue import Chain, Virtqueue
@@ -165,10 +166,12 @@ def config_size(features: int) -> int:
     return max([6] + [end for bit, end in _CONFIG_ENDS if features >> bit & 1])
 
 
-class VirtioNet(VirtioDevice):
+class VirtioNet(NetMigration, VirtioDevice):
     """A virtio NIC on a tap device."""
 
     device_id = 1
+    VMSD_NAME = "virtio-net"
+    DEVICE_STATE = NetState
     feature_names = {2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC", 15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ",
                      18: "CTRL_RX", 19: "CTRL_VLAN", 20: "CTRL_RX_EXTRA", 21: "GUEST_ANNOUNCE", 22: "MQ",
                      23: "CTRL_MAC_ADDR", 63: "SPEED_DUPLEX"}
@@ -371,18 +374,26 @@ class VirtioNet(VirtioDevice):
             else:
                 self._flush_rx(i // 2)
 
-    def _setup_queues(self) -> None:
+    def _single_pair(self, negotiated: int) -> bool:
+        return self.max_pairs > 1 and not negotiated >> F_MQ & 1 and len(self.queue_max_sizes) > 2 * self.max_pairs
+
+    def shape_queues(self, queues: list[Virtqueue], negotiated: int) -> None:
         """Without MQ negotiated only one pair exists and the control queue is queue 2 (5.1.2; QEMU's
         virtio_net_change_num_queue_pairs): the other pairs' queues become unavailable (size 0)."""
-        super()._setup_queues()
-        self.ctrl_index = 2 * self.max_pairs
-        if self.max_pairs > 1 and not self.negotiated(F_MQ) and len(self.queues) > 2 * self.max_pairs:
-            first = self.queues[0]
-            for i in range(2, len(self.queues)):
+        if self._single_pair(negotiated):
+            first = queues[0]
+            for i in range(2, len(queues)):
                 nq = type(first)(self.mem, i, 64 if i == 2 else 0)
                 nq.event_idx, nq.indirect = first.event_idx, first.indirect
-                self.queues[i] = nq
-            self.ctrl_index = 2
+                queues[i] = nq
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        self.ctrl_index = 2 if self._single_pair(self.negotiated_features) else 2 * self.max_pairs
+
+    def pairs_allowed(self, negotiated: int) -> int:
+        """Queue pairs a driver with ``negotiated`` features may use (5.1.6.5.5)."""
+        return self.max_pairs if negotiated >> F_MQ & 1 else 1
 
     def queue_reset_device(self, index: int) -> None:
         if index < self.ctrl_index and index % 2 == 0:

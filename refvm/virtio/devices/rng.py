@@ -46,6 +46,7 @@ class VirtioRng(VirtioDevice):
     """Entropy from a host file (a character device such as /dev/urandom or /dev/random)."""
 
     device_id = 4
+    VMSD_NAME = "virtio-rng"
     features = 0
     queue_max_sizes = (QUEUE_SIZE,)
 
@@ -130,6 +131,12 @@ class VirtioRng(VirtioDevice):
             self._timer = None
 
     # ------------------------------------------------------------------ requests (5.4.6)
+    def post_load(self) -> None:
+        """Requests the source left in the ring while its rate limit was spent: served now, with the
+        destination's own (fresh) quota; the driver notified once already and will not again."""
+        if self.live and self.queues and self.queues[0].ready:
+            self._run(self.queues[0])
+
     def handle_queue(self, queue: Virtqueue) -> None:
         for _ in range(queue.size):
             self._refill()
