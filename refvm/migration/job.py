@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from refvm.migration import kvm_sections
 from refvm.migration.channel import Channel, Listener, connect
 from refvm.migration.state import DeviceState
 from refvm.migration.stream import StreamWriter, read_stream
@@ -116,6 +117,8 @@ class MigrationJob:
             for name, dev in _devices(machine).items():
                 state: DeviceState = dev.save()
                 writer.device(name, 0, state.VERSION, state.encode(), state.describe())
+            for name, instance, state in kvm_sections.save_sections(machine):  # vCPUs, irqchip, PIT, clock
+                writer.device(name, instance, state.VERSION, state.encode(), state.describe())
             writer.finish()
             self.transferred = writer.bytes_written
             if channel.close() != 0:
@@ -196,7 +199,8 @@ class MigrationJob:
                               f"{parsed.ram.blocks} do not match this machine's {RAM_BLOCK} of {total:#x}")
         devices = _devices(self.machine)
         states = []
-        for sec in parsed.devices():
+        kvm_states, sections = kvm_sections.take_sections(self.machine, parsed.devices())
+        for sec in sections:
             dev = devices.get(sec.idstr)
             if dev is None:
                 raise StreamError(f"migration stream: section '{sec.idstr}': field 'idstr': no such device here")
@@ -213,3 +217,4 @@ class MigrationJob:
             base += size
         for dev, state in states:
             dev.load(state)
+        kvm_sections.load_sections(self.machine, kvm_states)
