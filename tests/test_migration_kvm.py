@@ -72,11 +72,13 @@ def _shell(child, line: str) -> str:  # noqa: ANN001
     return child.before.decode(errors="replace")
 
 
-def test_running_guest_moves_with_its_memory_and_shell(tmp_path: Path) -> None:
+@pytest.mark.parametrize("incoming", ["uri", "defer"])
+def test_running_guest_moves_with_its_memory_and_shell(tmp_path: Path, incoming: str) -> None:
+    """-incoming unix:PATH, or -incoming defer then QMP migrate-incoming (the VM is built before it listens)."""
     require(kvm_available(), "/dev/kvm is missing or not accessible to this user")
     require(PROBE.exists(), "probe guest not built (make -C guests/probe)")
     mig = tmp_path / "mig.sock"
-    dst = _refvm(tmp_path, "dst", "-incoming", f"unix:{mig}")
+    dst = _refvm(tmp_path, "dst", "-incoming", f"unix:{mig}" if incoming == "uri" else "defer")
     dst.logfile_read = io.BytesIO()
     src = _refvm(tmp_path, "src")
     qmp_src = qmp_dst = None
@@ -85,6 +87,8 @@ def test_running_guest_moves_with_its_memory_and_shell(tmp_path: Path) -> None:
         assert "bytes written" in _shell(src, "pattern fill " + " ".join(PATTERN))
         qmp_src, qmp_dst = Qmp(tmp_path / "src.qmp"), Qmp(tmp_path / "dst.qmp")
         assert qmp_dst.cmd("query-status")["return"]["status"] == "inmigrate"
+        if incoming == "defer":
+            assert qmp_dst.cmd("migrate-incoming", uri=f"unix:{mig}") == {"return": {}}
         assert qmp_src.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
         assert qmp_src.wait_migration()["status"] == "completed"
         assert qmp_dst.wait_migration()["status"] == "completed", qmp_dst.cmd("query-migrate")
