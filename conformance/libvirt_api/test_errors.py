@@ -83,6 +83,8 @@ def test_suspending_an_inactive_domain(conn, make_xml, name, driver_error_domain
         ("no-name", libvirt.VIR_ERR_NO_NAME, libvirt.VIR_FROM_DOMAIN),
         ("bad-memory", libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_FROM_XML),
         ("bad-type", libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_FROM_DOMAIN),
+        ("no-type", libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_DOMAIN),
+        ("no-name-and-bad-type", libvirt.VIR_ERR_NO_NAME, libvirt.VIR_FROM_DOMAIN),
         ("slash-in-name", libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_FROM_DOMAIN),
     ],
     ids=lambda c: c[0],
@@ -96,6 +98,9 @@ def test_define_of_bad_xml(conn, make_xml, driver_error_domain, case) -> None:  
         "bad-memory": good.replace("<memory unit='MiB'>64</memory>", "<memory unit='MiB'>lots</memory>"),
         "bad-type": re.sub(r"<domain type='[^']*'", "<domain type='nosuchhv'", good, count=1),
         "slash-in-name": good.replace("tck-bad-xml", "tck-bad/xml"),
+        "no-type": re.sub(r"<domain type='[^']*'", "<domain", good, count=1),
+        "no-name-and-bad-type": re.sub(r"<domain type='[^']*'", "<domain type='nosuchhv'", good,
+                                       count=1).replace("<name>tck-bad-xml</name>", ""),
     }[what]
     _check(call_error(lambda: conn.defineXML(bad)), Misuse("", code, domain), driver_error_domain)
 

@@ -22,6 +22,7 @@ from refvm.mgmt.errors import (
     VIR_FROM_DOMAIN,
     VirError,
     config_unsupported,
+    internal_error,
     xml_error,
 )
 from refvm.mgmt.xml_util import bad_value, enum_attr, parse_document, scaled_kib, text_of, uint_attr
@@ -50,9 +51,13 @@ def parse_domain(text: str, validate: bool = False) -> Domain:
     if validate:
         _schema_check(root)
     dom = Domain()
-    if root.get("type") is not None and root.get("type") not in VIRT_TYPES:
-        # libvirt 9.0 reports an unknown hypervisor type as unsupported configuration (measured on its
-        # test and QEMU drivers), not as a bad attribute value
+    # libvirt 9.0's order, measured on its test and QEMU drivers: a missing name comes first (even before an
+    # unknown or missing type); a missing type is an internal error; an unknown hypervisor type is unsupported
+    # configuration, not a bad attribute value.
+    _read_name(dom, root.find("name"), root)
+    if root.get("type") is None:
+        raise internal_error("missing domain type attribute", domain=VIR_FROM_DOMAIN)
+    if root.get("type") not in VIRT_TYPES:
         raise config_unsupported(f"invalid domain type {root.get('type')}")
     dom.type = enum_attr(root, "type", VIRT_TYPES, required=True)
     if dom.type not in ("kvm", "qemu"):
@@ -62,7 +67,7 @@ def parse_domain(text: str, validate: bool = False) -> Domain:
             raise config_unsupported(f"element <{child.tag}> is not supported by refvm")
     for tag, reader in _READERS.items():
         node = root.find(tag)
-        if node is not None or tag in ("name", "uuid", "memory"):
+        if tag != "name" and (node is not None or tag in ("uuid", "memory")):
             reader(dom, node, root)
     _fill_defaults(dom)
     return dom
