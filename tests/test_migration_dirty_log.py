@@ -45,3 +45,24 @@ def test_host_writes_are_not_in_kvms_log(logged: tuple[Guest, KvmDirtyLog]) -> N
     log.sync()
     g.mem[0x5000] = 0xAA  # as a device model writes guest RAM
     assert log.sync() == []
+
+
+def test_guest_memory_logs_device_writes_and_counts_views() -> None:
+    from refvm.memory import GuestMemory
+
+    mem = GuestMemory()
+    mem.add_ram(0, 0x10000)
+    mem.write(0x1000, b"before")  # not logging yet
+    mem.start_dirty_log()
+    mem.write(0x2FFE, b"span")  # crosses into the next page
+    mem.fill(0x5000, 0x10, 0xAA)
+    mem.write_u32(0x7004, 1)
+    assert mem.take_dirty() == {0x2000, 0x3000, 0x5000, 0x7000}
+    assert mem.take_dirty() == set()
+    seen = mem.views_handed_out
+    mem.view(0x8000, 16)[0] = 1  # such a write bypasses the log: pre-copy then falls back to stop-and-copy
+    assert mem.views_handed_out == seen + 1 and mem.take_dirty() == set()
+    mem.stop_dirty_log()
+    mem.write(0x9000, b"after")
+    assert mem.take_dirty() == set()
+    mem.close()

@@ -6,12 +6,12 @@ KVM_CLEAR_DIRTY_LOG before their contents are sent, so a vCPU write that follows
 (without the capability KVM_GET_DIRTY_LOG clears and protects in one step).
 
 What this log never sees: writes by refvm's own device models into guest RAM (they go through the host mapping,
-not the guest's page tables).  A pre-copy needs them in a GuestMemory bitmap too (DESIGN.md); they are made in
-refvm/memory.py (write, fill, the write_u* helpers, used by devices, the MSI-to-RAM path and the qtest server)
-and through memoryviews handed out by GuestMemory.view()/views() and RamRegion.view, kept by
-refvm/virtio/queue.py for a ring's used area (the ring views) and for device-writable buffers (blk reads, net
-receive, console, rng, balloon stats).  Until those mark a bitmap, refvm's migration copies RAM once, with the
-guest stopped (job.py).
+not the guest's page tables).  Those made through refvm/memory.py (write, fill, write_u*: devices, the MSI-to-RAM
+path, the qtest server) land in GuestMemory's own log (start_dirty_log/take_dirty).  Those made through
+memoryviews (GuestMemory.view()/views(), RamRegion.view), which refvm/virtio/queue.py keeps for a ring's used
+area and for device-writable buffers (blk reads, net receive, console, rng, balloon stats), are logged nowhere
+yet: virtio should mark them at completion (Virtqueue.add_used, `chain.writable_ranges`, and the used ring after
+publish).  Until then a machine that handed out views migrates stop-and-copy (precopy.usable).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from refvm.migration import kvm_sections
+from refvm.migration import kvm_sections, precopy
 from refvm.migration.channel import Channel, Listener, connect
 from refvm.migration.state import DeviceState
 from refvm.migration.stream import StreamWriter, read_stream
@@ -47,6 +47,7 @@ class MigrationJob:
         self.started = 0.0
         self.total_ms = 0
         self.transferred = self.duplicate = self.normal = 0
+        self.dirty_syncs = 0  # pre-copy's passes over the dirty logs (query-migrate's dirty-sync-count)
         self._channel: Channel | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -109,11 +110,14 @@ class MigrationJob:
         was_running = machine.status() == "running"
         try:
             self._set("active")
-            machine.pause()
             writer = StreamWriter(channel.stream)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
-            self._send_ram(writer)
+            if precopy.usable(machine):
+                precopy.run(self, writer, RAM_BLOCK)  # RAM while the guest runs; returns with it stopped
+            else:
+                machine.pause()
+                self._send_ram(writer)
             for name, dev in _devices(machine).items():
                 state: DeviceState = dev.save()
                 writer.device(name, 0, state.VERSION, state.encode(), state.describe())
