@@ -3,8 +3,9 @@ rest is sent with the guest stopped.
 
 Written pages come from two logs: KVM's (vCPU writes; dirty_log.py) and GuestMemory's (device-model writes through
 write/fill/write_u*).  Device models that hold zero-copy views of guest RAM (virtio rings and buffers) write past
-GuestMemory's log, so a machine that ever handed out such a view migrates stop-and-copy instead (`usable`), until
-virtio marks its writes at completion (Virtqueue.add_used, see dirty_log.py).
+GuestMemory's log, so a machine that ever handed out such a view migrates stop-and-copy instead (`usable`), and
+one that hands out its first during pre-copy gets all its RAM sent again once stopped, until virtio marks its
+writes at completion (Virtqueue.add_used, see dirty_log.py).
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def run(job: Any, writer: StreamWriter, block: str) -> None:
     memory = machine.memory
     log = KvmDirtyLog(machine.vm, [Slot(i, r.gpa, r.size, r.host_address) for i, r in enumerate(memory.regions)])
     pages = _Pages(job, writer, block)
+    views = memory.views_handed_out
     memory.start_dirty_log()
     log.start()
     try:
@@ -84,7 +86,10 @@ def run(job: Any, writer: StreamWriter, block: str) -> None:
                 break
             pages.send(sorted(dirty))
         machine.pause()
-        pages.send(sorted(set(log.sync()) | memory.take_dirty()), last=True)
+        rest = set(log.sync()) | memory.take_dirty()
+        if memory.views_handed_out != views:  # a device got a zero-copy view meanwhile: its writes went unlogged
+            rest = set(pages.all())
+        pages.send(sorted(rest), last=True)
         job.dirty_syncs += 1
     finally:
         log.stop()
