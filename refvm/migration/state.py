@@ -129,8 +129,7 @@ class DeviceState:
             value = getattr(self, f.name)
             problem = f.metadata["kind"].check(value)
             if problem is None and f.metadata["check"] is not None and not f.metadata["check"](value):
-                shown = f"{len(value)} bytes" if isinstance(value, bytes) else repr(value)  # one short line
-                problem = f"{shown} is not {f.metadata['rule']}"
+                problem = f"{value!r} is not {f.metadata['rule']}"
             if problem:
                 raise self._fail(f.name, problem)
         cross = self.cross_check()
