@@ -118,9 +118,9 @@ def test_running_guest_moves_with_its_memory_and_shell(tmp_path: Path, incoming:
 
 
 def test_guest_writing_during_migration_keeps_every_page(tmp_path: Path) -> None:
-    """Pre-copy: the guest fills 1 MiB (~3 s on kvm-pvm) while its RAM is sent; the pages it writes meanwhile
+    """Pre-copy: the guest fills 512 KiB (~3 s on kvm-pvm) while its RAM is sent; the pages it writes meanwhile
     are sent again from KVM's dirty log, so the fill that began on the source ends on the destination intact."""
-    fill = ("0x200000", "0x100000", "99")
+    fill = ("0x200000", "0x80000", "99")
     with _pair(tmp_path, "uri") as (src, dst, qmp_src, qmp_dst, mig):
         src.sendline("pattern fill " + " ".join(fill))
         src.expect_exact("pattern fill")  # the guest has the line and is writing
