@@ -437,8 +437,6 @@ def parse_args(argv: list[str]) -> Parsed:
         cfg.accel = "qtest"  # as QEMU: -qtest selects the qtest accelerator unless another is forced
     if cfg.accel == "qtest" and not cfg.qtest:
         raise UsageError("-accel qtest: needs -qtest ADDRESS (e.g. -qtest unix:/tmp/q.sock)")
-    if cfg.incoming and cfg.accel != "qtest":  # vCPU and irqchip state do not migrate yet (issue 9)
-        raise UsageError(f"-incoming {cfg.incoming}: refvm receives migrations only with -accel qtest so far")
     if cfg.kernel is None and cfg.accel == "kvm":
         raise UsageError("-kernel: no kernel given (refvm has no firmware and boots only -kernel images)")
     return parsed

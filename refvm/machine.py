@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -82,6 +83,9 @@ class Machine:
         self.qtest = None
         self.fastpath = None
         self._migration = None
+        #: Set while a KVM VM is built; a destination's first VM gets no kernel (the stream brings RAM + vCPUs).
+        self._vm_built = threading.Event()
+        self._incoming_boot = bool(config.incoming) and config.accel == "kvm"
         #: Listeners told about run-state changes: callback(event_name, data) (the QMP monitor is one).
         self.event_listeners: list = []
         self.memory = self._build_memory()
@@ -213,12 +217,16 @@ class Machine:
 
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
         vcpu_setup.setup_cpuid(self, kvm.supported_cpuid())
-        self._load_kernel()
+        if self._incoming_boot:
+            self._incoming_boot = False  # a later reset boots the kernel as usual (QEMU: same command line)
+        else:
+            self._load_kernel()
         # Queue notifies through ioeventfds handled on an I/O thread, MSI-X through irqfds (off with
         # REFVM_NO_FASTPATH=1); the exit-based path stays underneath for everything else.
         from refvm.fastpath import attach
 
         self.fastpath = attach(self)
+        self._vm_built.set()
 
     def _load_kernel(self) -> None:
         from refvm import vcpu_setup
@@ -231,7 +239,18 @@ class Machine:
         )
         vcpu_setup.apply_boot_state(self._runners[0].vcpu, state)
 
+    def with_vm(self, fn: Callable[[object], None], timeout: float) -> None:
+        """Run fn(vm) once the main thread has built the KVM VM and its vCPUs, with no vCPU started meanwhile
+        (an incoming migration loads vCPU and irqchip state this way)."""
+        if not self._vm_built.wait(timeout):
+            raise MachineError(f"no KVM VM was built within {timeout:g} s")
+        with self._state_lock:
+            if self.vm is None:
+                raise MachineError("the KVM VM went away before the migration could load into it")
+            fn(self.vm)
+
     def _teardown_vm(self) -> None:
+        self._vm_built.clear()
         if self.fastpath is not None:
             fastpath, self.fastpath = self.fastpath, None
             fastpath.detach()

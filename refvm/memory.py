@@ -17,6 +17,7 @@ import bisect
 import ctypes
 import mmap
 import struct
+import threading
 from dataclasses import dataclass, field
 
 __all__ = ["GuestMemoryError", "RamRegion", "GuestMemory", "PAGE_SIZE"]
@@ -88,6 +89,11 @@ class GuestMemory:
     def __init__(self) -> None:
         self.regions: list[RamRegion] = []
         self._starts: list[int] = []
+        #: Pages (gpa >> 12) written through write/fill/write_u* while a migration logs (None: not logging).
+        self._dirty: set[int] | None = None
+        self._dirty_lock = threading.Lock()
+        #: Zero-copy views handed out (view/views): writes through them bypass the dirty log.
+        self.views_handed_out = 0
 
     # ---------------------------------------------------------------- layout
     def add_ram(self, gpa: int, size: int) -> RamRegion:
@@ -198,6 +204,8 @@ class GuestMemory:
         for mm, off, n in pieces:
             mm[off : off + n] = src[pos : pos + n]
             pos += n
+        if self._dirty is not None:  # after the bytes land: a page copied before this mark is sent again
+            self._mark(gpa, src.nbytes)
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes to ``byte`` (memset)."""
@@ -212,6 +220,8 @@ class GuestMemory:
                 k = min(n - done, len(chunk))
                 mm[off + done : off + done + k] = chunk[:k]
                 done += k
+        if self._dirty is not None:
+            self._mark(gpa, length)
 
     def views(self, gpa: int, length: int) -> list[memoryview]:
         """Zero-copy writable views of ``[gpa, gpa+length)``, one per region it crosses; raises outside RAM.
@@ -220,6 +230,7 @@ class GuestMemory:
         through them are reported at completion (see :meth:`refvm.virtio.queue.Virtqueue.add_used`),
         which is where a dirty bitmap for migration hooks in.
         """
+        self.views_handed_out += 1
         return [memoryview(mm)[off : off + n] for mm, off, n in self._pieces(gpa, length)]
 
     def view(self, gpa: int, length: int) -> memoryview:
@@ -228,7 +239,27 @@ class GuestMemory:
         The view pins the mapping: hold it only for the duration of an operation.
         """
         mm, off = self._locate(gpa, length)
+        self.views_handed_out += 1
         return memoryview(mm)[off : off + length]
+
+    # ---------------------------------------------------------------- dirty log (migration)
+    def start_dirty_log(self) -> None:
+        """Record the pages written through write/fill/write_u* from now on (not those through views)."""
+        self._dirty = set()
+
+    def stop_dirty_log(self) -> None:
+        self._dirty = None
+
+    def take_dirty(self) -> set[int]:
+        """Guest-physical addresses of the pages written since the last call (or start), and forget them."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set() if self._dirty is not None else None
+        return {page << 12 for page in dirty or ()}
+
+    def _mark(self, gpa: int, length: int) -> None:
+        with self._dirty_lock:
+            if length > 0 and self._dirty is not None:
+                self._dirty.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
 
     # ---------------------------------------------------------------- scalars (little endian)
     def read_u8(self, gpa: int) -> int:

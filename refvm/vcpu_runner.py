@@ -83,6 +83,7 @@ class VcpuRunner(threading.Thread):
         IoExit, MmioExit, Interrupted = exits.IoExit, exits.MmioExit, exits.InterruptedExit  # noqa: N806
         while not self._stopping:
             if self._pause_requested:
+                self._complete_pending()
                 self._parked.set()
                 self._resumed.wait()
                 continue
@@ -107,6 +108,12 @@ class VcpuRunner(threading.Thread):
             else:
                 self._other_exit(ex)
                 return
+
+    def _complete_pending(self) -> None:
+        """KVM_RUN once with immediate_exit set: KVM finishes an instruction whose port or MMIO read we just
+        answered, and runs no guest code. Without it a vCPU saved now (migration) would lose that read."""
+        self.vcpu.immediate_exit = 1
+        self.vcpu.run()
 
     def _other_exit(self, ex: object) -> None:
         """Exits that end this vCPU's run: each becomes a machine outcome."""

@@ -20,7 +20,8 @@ from tests.conftest import require
 STRUCTS = [
     "kvm_regs", "kvm_segment", "kvm_dtable", "kvm_sregs", "kvm_fpu", "kvm_msr_entry", "kvm_msrs",
     "kvm_cpuid_entry2", "kvm_cpuid2", "kvm_userspace_memory_region", "kvm_pit_config", "kvm_irq_level",
-    "kvm_msi", "kvm_ioeventfd", "kvm_irqfd", "kvm_dirty_log", "kvm_enable_cap", "kvm_irq_routing_irqchip",
+    "kvm_msi", "kvm_ioeventfd", "kvm_irqfd", "kvm_dirty_log", "kvm_clear_dirty_log", "kvm_enable_cap",
+    "kvm_irq_routing_irqchip",
     "kvm_irq_routing_msi", "kvm_irq_routing_entry", "kvm_irq_routing", "kvm_debug_exit_arch", "kvm_run",
     "kvm_msr_list", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_lapic_state", "kvm_vcpu_events", "kvm_mp_state",
     "kvm_pic_state", "kvm_ioapic_state", "kvm_irqchip", "kvm_pit_channel_state", "kvm_pit_state2", "kvm_clock_data",

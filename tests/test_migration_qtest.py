@@ -236,8 +236,8 @@ def test_tcp(tmp_path: Path) -> None:
      "refvm: -incoming foo:bar: unknown migration protocol: foo:bar"),
     (["-incoming", "fd:abc", "-accel", "qtest", "-qtest", "unix:/x"],
      "refvm: -incoming fd:abc: Invalid file descriptor number 'abc'"),
-    (["-incoming", "defer", "-kernel", "k"],
-     "refvm: -incoming defer: refvm receives migrations only with -accel qtest so far"),
+    (["-incoming", "unix:/nonexistent/m.sock", "-kernel", __file__, "-display", "none"],
+     "refvm: -incoming unix:/nonexistent/m.sock: Failed to bind socket: No such file or directory"),
 ])
 def test_bad_incoming_is_one_line(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "refvm", *args], capture_output=True, text=True, timeout=60,

@@ -157,6 +157,16 @@ struct kvm_dirty_log {
     };
 };
 
+struct kvm_clear_dirty_log {
+    uint32_t slot;
+    uint32_t num_pages;
+    uint64_t first_page;
+    union {
+        void *dirty_bitmap;
+        uint64_t padding2;
+    };
+};
+
 struct kvm_enable_cap {
     uint32_t cap;
     uint32_t flags;

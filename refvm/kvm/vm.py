@@ -186,6 +186,15 @@ class Vm(VmStateMixin):
         ioctl_ptr(self._fd, I.KVM_GET_DIRTY_LOG, d, f"slot {slot}")
         return bytes(ffi.buffer(bitmap, (npages + 7) // 8))
 
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes) -> None:
+        """KVM_CLEAR_DIRTY_LOG (manual protect mode): write-protect again the pages set in `bitmap`, whose bit 0
+        is `first_page` (a multiple of 64; `num_pages` too, unless the range ends at the slot's end)."""
+        buf = ffi.new("uint8_t[]", max((num_pages + 63) // 64 * 8, len(bitmap)))
+        ffi.memmove(buf, bitmap, len(bitmap))
+        c = ffi.new("struct kvm_clear_dirty_log *",
+                    {"slot": slot, "num_pages": num_pages, "first_page": first_page, "dirty_bitmap": buf})
+        ioctl_ptr(self._fd, I.KVM_CLEAR_DIRTY_LOG, c, f"slot {slot} pages {first_page:#x}+{num_pages:#x}")
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU and map its kvm_run page."""
         from .vcpu import Vcpu

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from refvm import deviations
+from refvm.migration import kvm_sections, precopy
 from refvm.migration.channel import Channel, FdLookup, Listener, connect
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
 from refvm.migration.globalstate import GlobalState
@@ -81,6 +82,7 @@ class MigrationJob:
         self.sync_count = 0
         self.dirty_rate = 0
         self._listening: list[dict[str, str]] = []
+        self._precopy: precopy.PreCopy | None = None
         self._channel: Channel | None = None
         self._cancel = threading.Event()
         self._continue = threading.Event()
@@ -139,6 +141,8 @@ class MigrationJob:
         ram_total = sum(size for _, size in _regions(self.machine))
         if self.status == "completed":
             return 0
+        if self._precopy is not None and self._precopy.first_pass_done:
+            return self._precopy.remaining * TARGET_PAGE_SIZE  # pages the last dirty-log sync found
         return max(ram_total - (self.duplicate + self.normal) * TARGET_PAGE_SIZE, 0)
 
     def _expected_downtime(self) -> int:
@@ -213,11 +217,21 @@ class MigrationJob:
             writer = StreamWriter(channel.stream)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
-            self._sync()
+            # Under KVM, with every device write logged, RAM goes while the guest runs, pass after pass
+            # (pre-copy); otherwise one pass while it runs, then pages whose digests changed.
+            self._precopy = precopy.PreCopy(self, writer, RAM_BLOCK) if precopy.usable(machine) else None
+            if self._precopy is not None:
+                self._precopy.start()
+            else:
+                self._sync()
             self.setup_ms = _ms(self.started)
             self._set("active")
             self.pass_started = time.monotonic()
-            digests = self._send_ram(writer, [])
+            digests: list[int] = []
+            if self._precopy is not None:
+                self._precopy.iterate()
+            else:
+                digests = self._send_ram(writer, [])
             was = self._stop_guest()
             if self.options.cap("pause-before-switchover"):
                 self._set("pre-switchover")
@@ -227,11 +241,16 @@ class MigrationJob:
             self._set("device")
             # Device states are taken before the last RAM pass: a save that completes work in flight writes
             # guest memory, and those pages must go too.
-            states: list[tuple[str, DeviceState]] = [(name, dev.save()) for name, dev in _devices(machine).items()]
-            self._sync()
-            self._send_ram(writer, digests)
-            for name, state in states:
-                writer.device(name, 0, state.VERSION, state.encode(), state.describe())
+            states: list[tuple[str, int, DeviceState]] = [
+                (name, 0, dev.save()) for name, dev in _devices(machine).items()]
+            states += kvm_sections.save_sections(machine)  # vCPUs, irqchip, PIT, clock
+            if self._precopy is not None:
+                self._precopy.finish()
+            else:
+                self._sync()
+                self._send_ram(writer, digests)
+            for name, instance, state in states:
+                writer.device(name, instance, state.VERSION, state.encode(), state.describe())
             glob = GlobalState(was.encode())
             writer.device(GLOBALSTATE, 0, glob.VERSION, glob.encode(), glob.describe())
             writer.finish()
@@ -249,6 +268,8 @@ class MigrationJob:
     def _fail(self, err: Exception, was: str) -> None:
         """Failed or cancelled: QEMU's order is the status, then the guest restarts (RESUME) if it ran."""
         assert self._channel is not None
+        if self._precopy is not None:
+            self._precopy.close()
         self._channel.abort()
         self._channel.close()
         cancelled = self._cancel.is_set()
@@ -368,7 +389,8 @@ class MigrationJob:
         devices = _devices(self.machine)
         states = []
         runstate = "running"
-        for sec in parsed.devices():
+        kvm_states, sections = kvm_sections.take_sections(self.machine, parsed.devices())
+        for sec in sections:
             if sec.idstr == GLOBALSTATE:
                 runstate = GlobalState.decode(sec.payload, sec.version_id).runstate.decode()
                 continue
@@ -388,4 +410,5 @@ class MigrationJob:
             base += size
         for dev, state in states:
             dev.load(state)
+        kvm_sections.load_sections(self.machine, kvm_states)
         return runstate

@@ -1,0 +1,85 @@
+"""KVM's dirty page log over a VM's RAM slots: the pages vCPUs wrote since the last look, for pre-copy.
+
+`start()` turns on KVM_MEM_LOG_DIRTY_PAGES on every slot; with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (present on
+kvm-pvm) the log is read with KVM_GET_DIRTY_LOG and the pages found are write-protected again with
+KVM_CLEAR_DIRTY_LOG before their contents are sent, so a vCPU write that follows is caught by the next `sync()`
+(without the capability KVM_GET_DIRTY_LOG clears and protects in one step).
+
+What this log never sees: writes by refvm's own device models into guest RAM (they go through the host mapping,
+not the guest's page tables).  Those made through refvm/memory.py (write, fill, write_u*: devices, the MSI-to-RAM
+path, the qtest server) land in GuestMemory's own log (start_dirty_log/take_dirty).  Those made through
+memoryviews (GuestMemory.view()/views(), RamRegion.view), which refvm/virtio/queue.py keeps for a ring's used
+area and for device-writable buffers (blk reads, net receive, console, rng, balloon stats), are logged nowhere
+yet: virtio should mark them at completion (Virtqueue.add_used, `chain.writable_ranges`, and the used ring after
+publish).  Until then a machine that handed out views migrates stop-and-copy (precopy.usable).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from refvm.migration.wire import TARGET_PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One KVM memory slot as registered: its number, guest-physical base, size and host address."""
+
+    slot: int
+    gpa: int
+    size: int
+    host_address: int
+
+    @property
+    def pages(self) -> int:
+        return self.size // TARGET_PAGE_SIZE
+
+
+class KvmDirtyLog:
+    """The dirty log of `slots` on `vm` (a refvm.kvm.Vm)."""
+
+    def __init__(self, vm: Any, slots: list[Slot]) -> None:
+        from refvm.kvm import caps
+
+        self.vm, self.slots = vm, slots
+        self.manual = bool(vm.check_extension(caps.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2))
+        self.active = False
+
+    def _set_logging(self, on: bool) -> None:
+        from refvm.kvm import ioctls as I
+
+        flags = I.KVM_MEM_LOG_DIRTY_PAGES if on else 0
+        for s in self.slots:
+            self.vm.set_user_memory_region(s.slot, s.gpa, s.size, s.host_address, flags)
+
+    def start(self) -> None:
+        """Log from now on; every page counts as dirty until the first sync (the caller sends them all)."""
+        from refvm.kvm import caps
+        from refvm.kvm import ioctls as I
+
+        if self.manual:
+            self.vm.enable_cap(caps.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, I.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+        self._set_logging(True)
+        self.active = True
+
+    def sync(self) -> list[int]:
+        """Guest-physical addresses of the pages written since start() or the last sync(), in order."""
+        dirty: list[int] = []
+        for s in self.slots:
+            bitmap = self.vm.get_dirty_log(s.slot, s.pages)
+            if not any(bitmap):
+                continue
+            if self.manual:
+                self.vm.clear_dirty_log(s.slot, 0, s.pages, bitmap)
+            for byte_index, byte in enumerate(bitmap):
+                while byte:
+                    bit = (byte & -byte).bit_length() - 1
+                    dirty.append(s.gpa + (byte_index * 8 + bit) * TARGET_PAGE_SIZE)
+                    byte &= byte - 1
+        return dirty
+
+    def stop(self) -> None:
+        """Stop logging (a cancelled or finished migration; the slots stay mapped)."""
+        if self.active:
+            self._set_logging(False)
+            self.active = False
