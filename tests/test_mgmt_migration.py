@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,6 +20,7 @@ from refvm.mgmt import vir
 from tests.conftest import IN_CI, require
 from tests.mgmt_daemon import Refvmd
 from tests.test_mgmt_driver import console_command
+from tests.test_mgmt_libvirt_clients import event_loop  # noqa: F401 - the fixture
 
 libvirt = __import__("libvirt") if IN_CI else pytest.importorskip("libvirt")
 
@@ -69,27 +69,18 @@ class Host:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory):
-    """Two hosts and the shared storage directory (the event loop runs in a thread, as virsh runs its own)."""
+def hosts(tmp_path_factory, request):
+    """Two hosts and the shared storage directory (libvirt-python's event loop runs in a thread)."""
+    request.getfixturevalue("event_loop")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 not installed")
     require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
     require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
-    libvirt.virEventRegisterDefaultImpl()
-    libvirt.registerErrorHandler(lambda ctx, err: None, None)
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            libvirt.virEventRunDefaultImpl()
-
-    threading.Thread(target=run, daemon=True).start()
     tmp = tmp_path_factory.mktemp("migration")
     (tmp / "shared").mkdir()
     a, b = Host(tmp / "a"), Host(tmp / "b")
     yield a, b, tmp / "shared"
     for host in (a, b):
         host.close()
-    stop.set()
 
 
 def guest_xml(shared: Path, name: str) -> str:
