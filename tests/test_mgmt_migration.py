@@ -6,6 +6,7 @@ lifecycle events are libvirt's. Faults: refused flags, the same host, an unreach
 migration while one runs, domjobabort (the guest runs on at the source, nothing is left at the destination)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -200,23 +201,31 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     a.conn.lookupByName("refuse").destroy()
 
 
+def start_slow_migration(src: Host, dst: Host, shared: Path, name: str) -> subprocess.Popen:
+    """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it."""
+    start_guest(src, shared, name)
+    assert "bytes ok" in console(src, name, "memtest 0x600000 0x1000000")
+    assert src.virsh("migrate-setspeed", name, "1").returncode == 0
+    assert src.virsh("migrate-getspeed", name).stdout.strip() == "1"
+    proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", name, dst.uri],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "Unbounded" not in src.virsh("domjobinfo", name).stdout:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"the migration did not start: {proc.communicate()}")
+        time.sleep(0.1)
+    return proc
+
+
 def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(hosts) -> None:
     """A slow migration (16 MiB of written RAM at 1 MiB/s): domjobinfo shows it, a second migration gets
     VIR_ERR_OPERATION_INVALID, domjobabort ends it with libvirt's text, the guest runs on at the source and
     the destination is left with nothing (STARTED then STOPPED FAILED there)."""
     a, b, shared = hosts
-    start_guest(a, shared, "slow")
-    assert "bytes ok" in console(a, "slow", "memtest 0x600000 0x1000000")
-    assert a.virsh("migrate-setspeed", "slow", "1").returncode == 0
-    assert a.virsh("migrate-getspeed", "slow").stdout.strip() == "1"
     b.events.clear()
-    first = subprocess.Popen(["virsh", "-c", a.uri, "migrate", "--live", "slow", b.uri],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_slow_migration(a, b, shared, "slow")
     try:
-        deadline = time.monotonic() + 30
-        while "Unbounded" not in a.virsh("domjobinfo", "slow").stdout:
-            assert time.monotonic() < deadline and first.poll() is None, "the migration did not start"
-            time.sleep(0.1)
         with pytest.raises(libvirt.libvirtError) as err:
             a.conn.lookupByName("slow").migrate(b.conn, libvirt.VIR_MIGRATE_LIVE, None, None, 0)
         assert err.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
@@ -235,3 +244,33 @@ def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(
     assert "Job type:         None" in a.virsh("domjobinfo", "slow").stdout
     assert "probe>" in console(a, "slow", "echo still here")
     a.conn.lookupByName("slow").destroy()
+
+
+def test_destination_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
+    """The destination refvmd is killed while the stream flows: the migration fails, the guest runs on at the
+    source with its memory, and the restarted destination daemon kills the half-migrated guest it finds."""
+    a, _, shared = hosts
+    c = Host(tmp_path / "c")
+    try:
+        first = start_slow_migration(a, c, shared, "orphan")
+        status = c.daemon.state_dir / "qemu-session" / "run" / "orphan.status"
+        pid = json.loads(status.read_text())["pid"]
+        c.daemon.proc.kill()
+        c.daemon.proc.wait()
+        assert a.virsh("migrate-setspeed", "orphan", "100000").returncode == 0  # let the stream end now
+        _, stderr = first.communicate(timeout=60)
+        assert first.returncode == 1, stderr
+        dom = a.conn.lookupByName("orphan")
+        assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED]
+        assert PATTERN in console(a, "orphan", f"peek {PATTERN_ADDR}")
+        c.daemon.socket.unlink()
+        c.daemon.start()
+        c.conn = libvirt.open(c.uri)
+        assert c.names() == [] and not status.exists()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), "the destination VMM was left running"
+        dom.destroy()
+    finally:
+        c.close()

@@ -51,7 +51,9 @@ def _finish_name(params: Params) -> str:
 def begin3_params(session, args: Unpacker, ret: Packer) -> None:
     dom = unpack_domain(args)
     params = _params(args)
-    cookie, xml = driver_of(session).migrate_begin(dom, _str(params, vir.VIR_MIGRATE_PARAM_DEST_XML), args.uint())
+    drv = driver_of(session)
+    cookie, xml = drv.migrate_begin(dom, _str(params, vir.VIR_MIGRATE_PARAM_DEST_XML), args.uint())
+    session.on_close.append(drv.migration_close_callback(dom.name))
     ret.opaque(cookie)
     ret.string(xml)
 
@@ -64,9 +66,16 @@ def prepare3_params(session, args: Unpacker, ret: Packer) -> None:
     xml = _str(params, vir.VIR_MIGRATE_PARAM_DEST_XML)
     if xml is None:
         raise invalid_arg("missing destination_xml in migration parameters")
-    cookie_out, uri = driver_of(session).migrate_prepare(
-        cookie, _str(params, vir.VIR_MIGRATE_PARAM_URI), flags, _str(params, vir.VIR_MIGRATE_PARAM_DEST_NAME), xml,
-        _str(params, vir.VIR_MIGRATE_PARAM_LISTEN_ADDRESS))
+    _prepare(session, ret, cookie, _str(params, vir.VIR_MIGRATE_PARAM_URI), flags,
+             _str(params, vir.VIR_MIGRATE_PARAM_DEST_NAME), xml, _str(params, vir.VIR_MIGRATE_PARAM_LISTEN_ADDRESS))
+
+
+def _prepare(session, ret: Packer, cookie: bytes, uri_in: str | None, flags: int, dname: str | None, xml: str,
+             listen: str | None = None) -> None:
+    """Prepare3: the incoming domain is killed if this client leaves before Finish (libvirt's auto-destroy)."""
+    drv = driver_of(session)
+    cookie_out, uri = drv.migrate_prepare(cookie, uri_in, flags, dname, xml, listen)
+    session.on_close.append(drv.migration_close_callback(dname or parse_domain(xml).name))
     ret.opaque(cookie_out)
     ret.opt_string(uri)
 
@@ -120,7 +129,9 @@ def begin3(session, args: Unpacker, ret: Packer) -> None:
     flags = args.uhyper()
     args.opt_string()  # dname: Prepare gets it too
     args.uhyper()      # resource (bandwidth): Perform gets it too
-    cookie, xml = driver_of(session).migrate_begin(dom, xmlin, flags)
+    drv = driver_of(session)
+    cookie, xml = drv.migrate_begin(dom, xmlin, flags)
+    session.on_close.append(drv.migration_close_callback(dom.name))
     ret.opaque(cookie)
     ret.string(xml)
 
@@ -132,10 +143,7 @@ def prepare3(session, args: Unpacker, ret: Packer) -> None:
     flags = args.uhyper()
     dname = args.opt_string()
     args.uhyper()
-    xml = args.string()
-    cookie_out, uri = driver_of(session).migrate_prepare(cookie, uri_in, flags, dname, xml)
-    ret.opaque(cookie_out)
-    ret.opt_string(uri)
+    _prepare(session, ret, cookie, uri_in, flags, dname, args.string())
 
 
 @procedure(Proc.DOMAIN_MIGRATE_PERFORM3)

@@ -107,12 +107,29 @@ class MigrationOps:
         obj.migration = None
         obj.job_name = None
         obj.job.release()
+        self._save_status(obj)  # a restarted refvmd must not recover a migration that is over
 
     def _migrating(self, ref: DomainRef, direction: str) -> DomainObj:
         obj = self._find(ref)
         if obj.migration is None or obj.migration.direction != direction:
             raise operation_invalid(f"domain '{obj.name}' is not being migrated")
         return obj
+
+    def migration_close_callback(self, name: str):  # noqa: ANN201 - a callable for Session.on_close
+        """What to do if the client that started this domain's migration step goes away before the next step
+        (libvirt's close callbacks): the destination kills its half, the source ends the job; a source that
+        already sent everything stays paused, as libvirt leaves it, since the guest may run on the other side."""
+        obj = next((o for o in self._all() if o.name == name and o.migration is not None), None)
+        job = obj.migration if obj is not None else None
+
+        def client_gone() -> None:
+            if obj is None or obj.migration is not job:
+                return
+            if job.direction == "in":
+                self._abandon_incoming(obj)
+            elif job.phase != "perform":
+                self._end_migration(obj)
+        return client_gone
 
     def _host_uuid(self) -> str:
         if getattr(self, "_host", None) is None:
@@ -244,6 +261,10 @@ class MigrationOps:
         try:
             obj.live = None
             self._start(obj, 0, transient=dom, incoming="defer")
+            # as libvirt: the destination takes the disks only at Finish's cont, so a half-migrated guest
+            # never locks the shared images away from a source that has to run on
+            self._qmp(obj, "migrate-set-capabilities",
+                      {"capabilities": [{"capability": "late-block-activate", "state": True}]})
             self._qmp(obj, "migrate-incoming", {"uri": f"tcp:{host}:{port}"})
             if port == 0:
                 port = _listening_port(self._qmp(obj, "query-migrate"))

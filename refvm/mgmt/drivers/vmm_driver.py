@@ -100,6 +100,9 @@ class VmmDriverCore:
         try:
             obj.vmm = Vmm.attach(int(status["pid"]), self.store.qmp_path(name), self._on_qmp(obj))
             obj.vmm.ptys = dict(status.get("ptys", {}))
+            if status.get("migration") is not None:
+                self._recover_migration(obj, str(status["migration"]))
+                return
             result = obj.vmm.qmp.execute("query-status")
             if result.get("running"):
                 obj.state, obj.reason = vir.VIR_DOMAIN_RUNNING, obj.reason if obj.state == 1 else 0
@@ -107,6 +110,22 @@ class VmmDriverCore:
                 obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_UNKNOWN
         except (OSError, QmpClosed, QmpError, ProcessLookupError, KeyError, ValueError):
             self._mark_stopped(obj, vir.VIR_DOMAIN_SHUTOFF_CRASHED, vir.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+
+    def _recover_migration(self, obj: DomainObj, direction: str) -> None:
+        """refvmd stopped in the middle of a migration (libvirt's recovery at daemon start): an incoming guest
+        never got its Finish, so it is killed (nothing left behind); an outgoing one is cancelled and runs on."""
+        if direction == "in":
+            obj.stopping = True
+            obj.vmm.terminate(graceful=False)
+            self._mark_stopped(obj, vir.VIR_DOMAIN_SHUTOFF_FAILED, vir.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+            obj.stopping = False
+            return
+        qmp = obj.vmm.qmp
+        qmp.execute("migrate_cancel")
+        if not qmp.execute("query-status").get("running"):
+            qmp.execute("cont")
+        obj.state, obj.reason = vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
+        self._save_status(obj)
 
     def _autostart(self) -> None:
         for obj in list(self.domains.values()):
@@ -254,7 +273,8 @@ class VmmDriverCore:
             return
         self.store.save_status(obj.live.name, {
             "pid": obj.vmm.pid, "id": obj.live.id, "state": obj.state, "reason": obj.reason,
-            "xml": format_domain(obj.live, live=True), "ptys": obj.vmm.ptys})
+            "xml": format_domain(obj.live, live=True), "ptys": obj.vmm.ptys,
+            "migration": obj.migration.direction if obj.migration is not None else None})
 
     def _mark_stopped(self, obj: DomainObj, reason: int, detail: int) -> None:
         """The hypervisor is gone: the domain is shut off (transient ones disappear), STOPPED is emitted."""
