@@ -159,6 +159,27 @@ def test_persistent_source_stays_defined_and_shut_off_migrated(hosts) -> None:
     src.undefine()
 
 
+def test_persistent_undefinesource_suspend(hosts) -> None:
+    """--persistent --undefinesource --suspend: defined on the destination (DEFINED ADDED) and left paused
+    (SUSPENDED PAUSED, reason user), gone altogether from the source; it runs on when resumed."""
+    a, b, shared = hosts
+    start_guest(a, shared, "moved", persistent=True)
+    b.events.clear()
+    out = a.virsh("migrate", "--live", "--persistent", "--undefinesource", "--suspend", "moved", b.uri)
+    assert out.returncode == 0, out.stderr
+    dom = b.conn.lookupByName("moved")
+    assert dom.isPersistent() and dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+    assert "moved" not in a.names()
+    assert b.lifecycle("moved", 3) == [(E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_MIGRATED),
+                                       (E.VIR_DOMAIN_EVENT_DEFINED, E.VIR_DOMAIN_EVENT_DEFINED_ADDED),
+                                       (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)]
+    dom.resume()
+    assert PATTERN in console(b, "moved", f"peek {PATTERN_ADDR}")
+    dom.destroy()
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF  # the definition stays
+    dom.undefine()
+
+
 def test_libvirt_python_migrate_migrate3_and_migrate_to_uri3_ring(hosts) -> None:
     """dom.migrate (protocol v3 without parameters), dom.migrate3 (with) and migrateToURI3 --p2p, a -> b -> a -> b;
     a non-live migration pauses first, as libvirt's does."""
@@ -180,11 +201,10 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     """One line each; the guest runs on at the source and the destination has nothing."""
     a, b, shared = hosts
     start_guest(a, shared, "refuse")
-    for flag, word in (("--copy-storage-all", "copy storage"), ("--copy-storage-inc", "copy storage"),
-                       ("--persistent", "--persistent"), ("--undefinesource", "--undefinesource"),
-                       ("--suspend", "--suspend")):
-        out = a.virsh("migrate", "--live", flag, "refuse", b.uri)
-        assert out.returncode == 1 and word in out.stderr, (flag, out.stderr)
+    for flags, word in ((["--copy-storage-all"], "copy storage"), (["--copy-storage-inc"], "copy storage"),
+                        (["--p2p", "--tunnelled"], "--tunnelled")):
+        out = a.virsh("migrate", "--live", *flags, "refuse", b.uri)
+        assert out.returncode == 1 and word in out.stderr, (flags, out.stderr)
         assert re.fullmatch(r"error: argument unsupported: [^\n]*\n*", out.stderr), out.stderr
     out = a.virsh("migrate", "--live", "refuse", a.uri)
     assert out.returncode == 1 and "Attempt to migrate guest to the same host" in out.stderr, out.stderr
@@ -202,7 +222,8 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
 
 
 def start_slow_migration(src: Host, dst: Host, shared: Path, name: str) -> subprocess.Popen:
-    """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it."""
+    """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it
+    and RAM is flowing (the job exists from Begin on, before the destination is prepared)."""
     start_guest(src, shared, name)
     assert "bytes ok" in console(src, name, "memtest 0x600000 0x1000000")
     assert src.virsh("migrate-setspeed", name, "1").returncode == 0
@@ -210,7 +231,8 @@ def start_slow_migration(src: Host, dst: Host, shared: Path, name: str) -> subpr
     proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", name, dst.uri],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while "Unbounded" not in src.virsh("domjobinfo", name).stdout:
+    dom = src.conn.lookupByName(name)
+    while "Unbounded" not in src.virsh("domjobinfo", name).stdout or dom.jobInfo()[4] == 0:
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise AssertionError(f"the migration did not start: {proc.communicate()}")

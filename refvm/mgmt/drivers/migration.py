@@ -18,6 +18,7 @@ from typing import Any
 
 from refvm.mgmt import vir
 from refvm.mgmt.domain_format import format_domain
+from refvm.mgmt.domain_xml import parse_domain
 from refvm.mgmt.drivers.base import DomainRef
 from refvm.mgmt.drivers.domobj import DomainObj
 from refvm.mgmt.drivers.migration_job import (
@@ -54,9 +55,6 @@ MIGRATE_FLAGS = (vir.VIR_MIGRATE_LIVE | vir.VIR_MIGRATE_PEER2PEER | vir.VIR_MIGR
 _REFUSED = ((vir.VIR_MIGRATE_NON_SHARED_DISK | vir.VIR_MIGRATE_NON_SHARED_INC,
              "refvmd does not copy storage (--copy-storage-all/--copy-storage-inc): migrate with shared storage"),
             (vir.VIR_MIGRATE_TUNNELLED, "refvmd has no tunnelled migration yet (--tunnelled)"),
-            (vir.VIR_MIGRATE_PERSIST_DEST, "refvmd does not define the domain on the destination yet (--persistent)"),
-            (vir.VIR_MIGRATE_UNDEFINE_SOURCE, "refvmd does not undefine the source domain yet (--undefinesource)"),
-            (vir.VIR_MIGRATE_PAUSED, "refvmd does not leave the migrated domain paused yet (--suspend)"),
             (vir.VIR_MIGRATE_OFFLINE, "refvmd has no offline migration (--offline)"))
 #: virDrvFeature: P2P (4), V3 (6), CHANGE_PROTECTION (7), XML_MIGRATABLE (11), PARAMS (13)
 MIGRATION_FEATURES = frozenset({4, 6, 7, 11, 13})
@@ -217,6 +215,9 @@ class MigrationOps:
         if cancelled or obj.migration.phase != "performed":
             self._restore_source(obj)
             return
+        if flags & vir.VIR_MIGRATE_UNDEFINE_SOURCE and obj.definition is not None:
+            self.store.delete_config(obj.definition.name)  # libvirt sends no UNDEFINED event here
+            obj.definition, obj.autostart = None, False
         self._kill_migrated(obj, vir.VIR_DOMAIN_SHUTOFF_MIGRATED, vir.VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
 
     def _kill_migrated(self, obj: DomainObj, reason: int, detail: int) -> None:
@@ -297,14 +298,31 @@ class MigrationOps:
             raise operation_failed(f"migration of domain '{dname}' was cancelled")
         try:
             self._wait_migration(obj, obj.migration, "migration in", FINISH_TIMEOUT_S)
-            self._qmp(obj, "cont")
+            if flags & vir.VIR_MIGRATE_PERSIST_DEST:
+                self._persist(obj)
+            if not flags & vir.VIR_MIGRATE_PAUSED:
+                self._qmp(obj, "cont")
         except VirError:
             self._abandon_incoming(obj)
             raise
-        self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATED)
-        self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+        if flags & vir.VIR_MIGRATE_PAUSED:  # --suspend: left paused as if the user paused it
+            obj.paused_by_user = True
+            self._set_state(obj, vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_USER)
+            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SUSPENDED, vir.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)
+        else:
+            self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATED)
+            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
         self._end_migration(obj)
         return obj.ref()
+
+    def _persist(self, obj: DomainObj) -> None:
+        """--persistent: the migrated domain becomes defined here (DEFINED ADDED, or UPDATED over a definition)."""
+        definition = parse_domain(format_domain(obj.live))
+        updated = obj.definition is not None
+        self.store.save_config(definition.name, format_domain(definition))
+        obj.definition = definition
+        self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_DEFINED, vir.VIR_DOMAIN_EVENT_DEFINED_UPDATED if updated
+                        else vir.VIR_DOMAIN_EVENT_DEFINED_ADDED)
 
     # ---- while it runs: job info, abort, speed and downtime ---------------------------------------------
 
