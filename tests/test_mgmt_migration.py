@@ -296,3 +296,21 @@ def test_destination_daemon_killed_during_perform(hosts, tmp_path: Path) -> None
         dom.destroy()
     finally:
         c.close()
+
+
+def test_ring_of_three_hosts(hosts, tmp_path: Path) -> None:
+    """One guest around a -> b -> c -> a (direct, --p2p, migrateToURI3), its RAM and console intact at the end."""
+    a, b, shared = hosts
+    c = Host(tmp_path / "c")
+    try:
+        start_guest(a, shared, "ring3")
+        assert a.virsh("migrate", "--live", "ring3", b.uri).returncode == 0
+        assert_arrived(a, b, "ring3")
+        assert b.virsh("migrate", "--live", "--p2p", "ring3", c.uri).returncode == 0
+        assert_arrived(b, c, "ring3")
+        c.conn.lookupByName("ring3").migrateToURI3(a.uri, {}, libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE)
+        assert_arrived(c, a, "ring3")
+        assert "ring3" not in b.names() + c.names()
+        a.conn.lookupByName("ring3").destroy()
+    finally:
+        c.close()
