@@ -314,3 +314,29 @@ def test_ring_of_three_hosts(hosts, tmp_path: Path) -> None:
         a.conn.lookupByName("ring3").destroy()
     finally:
         c.close()
+
+
+def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
+    """The source refvmd is killed while the stream flows: the restarted daemon cancels the migration and the
+    guest runs on there with its memory; the destination dropped its half when the client went away."""
+    _, b, shared = hosts
+    c = Host(tmp_path / "c")
+    try:
+        first = start_slow_migration(c, b, shared, "srcgone")
+        c.daemon.proc.kill()
+        c.daemon.proc.wait()
+        first.communicate(timeout=60)
+        assert first.returncode == 1
+        c.daemon.socket.unlink()
+        c.daemon.start()
+        c.conn = libvirt.open(c.uri)
+        dom = c.conn.lookupByName("srcgone")
+        assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED]
+        assert PATTERN in console(c, "srcgone", f"peek {PATTERN_ADDR}")
+        deadline = time.monotonic() + 10
+        while "srcgone" in b.names() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "srcgone" not in b.names()
+        dom.destroy()
+    finally:
+        c.close()

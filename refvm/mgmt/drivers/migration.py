@@ -97,6 +97,7 @@ class MigrationOps:
             raise operation_invalid(f"another migration job is already running for domain '{obj.name}'")
         obj.job_name = f"migration {direction}"
         obj.migration = MigrationJob(direction, flags)
+        self._save_status(obj)  # a refvmd restarted from here on recovers the migration
         return obj.migration
 
     def _end_migration(self, obj: DomainObj) -> None:

@@ -122,9 +122,12 @@ class VmmDriverCore:
             return
         qmp = obj.vmm.qmp
         qmp.execute("migrate_cancel")
-        if not qmp.execute("query-status").get("running"):
-            qmp.execute("cont")
         obj.state, obj.reason = vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
+        if not qmp.execute("query-status").get("running"):
+            try:
+                qmp.execute("cont")
+            except QmpError:  # the destination took the disks: it may run the guest, so ours stays paused
+                obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_MIGRATION
         self._save_status(obj)
 
     def _autostart(self) -> None:
