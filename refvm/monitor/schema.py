@@ -34,6 +34,7 @@ EVENTS: dict[str, dict[str, str]] = {
     "SUSPEND": {},
     "WAKEUP": {},
     "BALLOON_CHANGE": {"actual": "int"},
+    "MIGRATION": {"status": "str"},
 }
 
 
