@@ -34,9 +34,9 @@ PATTERN_ADDR, PATTERN = "0x500000", "0xcafef00d"
 class Host:
     """One 'host': a refvmd process serving qemu:///session, a libvirt-python connection and its events."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         tmp.mkdir()
-        self.daemon = Refvmd(tmp)
+        self.daemon = Refvmd(tmp, prefix, env)
         self.daemon.start()
         self.uri = self.daemon.uri.replace("refvm+unix", "qemu+unix")
         self.conn = libvirt.open(self.uri)
