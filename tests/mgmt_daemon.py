@@ -20,11 +20,13 @@ KEEPALIVE = 0x6B656570
 class Refvmd:
     """A refvmd subprocess with its own socket and state directory."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.socket = tmp / "refvmd-sock"
         self.state_dir = tmp / "state"
         self.log = tmp / "refvmd.log"
         self.proc: subprocess.Popen | None = None
+        self.prefix = prefix or []        # e.g. ["ip", "netns", "exec", NS]: the daemon runs on another "host"
+        self.extra_env = env or {}
 
     @property
     def uri(self) -> str:
@@ -33,9 +35,10 @@ class Refvmd:
     def start(self) -> None:
         env = dict(os.environ)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "refvm.mgmt.refvmd", "--socket", str(self.socket), "--state-dir",
+                self.prefix + [sys.executable, "-m", "refvm.mgmt.refvmd", "--socket", str(self.socket), "--state-dir",
                  str(self.state_dir), "--verbose"], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while not self.socket.exists():

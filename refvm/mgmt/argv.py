@@ -57,8 +57,9 @@ def emulator_command(kind: str, dom: Domain) -> list[str]:
 
 
 def build_argv(kind: str, dom: Domain, qmp_path: str, tap_fds: list[int] | None = None,
-               accel: str | None = None) -> CommandLine:
-    """The command line for ``kind`` ('refvm' or 'qemu'); tap_fds[i] is the open tap of interface i."""
+               accel: str | None = None, incoming: str | None = None) -> CommandLine:
+    """The command line for ``kind`` ('refvm' or 'qemu'); tap_fds[i] is the open tap of interface i;
+    ``incoming`` ('defer' for a migration destination, as libvirt starts it) adds ``-incoming``."""
     tap_fds = tap_fds or []
     if len(tap_fds) != len(dom.interfaces):
         raise config_unsupported("every <interface> needs an open tap device")
@@ -88,6 +89,8 @@ def build_argv(kind: str, dom: Domain, qmp_path: str, tap_fds: list[int] | None 
         if dom.os.cmdline:
             args += ["-append", dom.os.cmdline]
     args += _serial_args(dom)
+    if incoming is not None:
+        args += ["-incoming", incoming]
     for i, disk in enumerate(dom.disks):
         drive = f"drive-{disk_alias(i)}"
         opts = [f"file={_escape(disk.source_path() or '')}", "if=none", f"id={drive}",

@@ -58,6 +58,7 @@ VIR_ERR_INVALID_MAC = 44
 VIR_ERR_OPERATION_INVALID = 55
 VIR_ERR_CONFIG_UNSUPPORTED = 67
 VIR_ERR_OPERATION_TIMEOUT = 68
+VIR_ERR_OVERFLOW = 82
 VIR_ERR_ARGUMENT_UNSUPPORTED = 74
 VIR_ERR_OPERATION_ABORTED = 78
 VIR_ERR_OPERATION_UNSUPPORTED = 84
@@ -95,6 +96,7 @@ _MESSAGES: dict[int, tuple[str, str]] = {
     VIR_ERR_OPERATION_INVALID: ("Requested operation is not valid", "Requested operation is not valid: %s"),
     VIR_ERR_CONFIG_UNSUPPORTED: ("unsupported configuration", "unsupported configuration: %s"),
     VIR_ERR_OPERATION_TIMEOUT: ("Timed out during operation", "Timed out during operation: %s"),
+    VIR_ERR_OVERFLOW: ("value too large", "value too large: %s"),
     VIR_ERR_ARGUMENT_UNSUPPORTED: ("argument unsupported", "argument unsupported: %s"),
     VIR_ERR_OPERATION_ABORTED: ("operation aborted", "operation aborted: %s"),
     VIR_ERR_OPERATION_UNSUPPORTED: ("Operation not supported", "Operation not supported: %s"),

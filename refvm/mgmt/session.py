@@ -55,6 +55,8 @@ class Session:
         self.callbacks: dict[int, tuple[int, bytes | None]] = {}
         self.sink_handle: int | None = None
         self.streams: dict[int, StreamHandler] = {}
+        #: run when the client goes away (libvirt's close callbacks: a migration it started is cleaned up)
+        self.on_close: list[Callable[[], None]] = []
         #: set once the writer stopped (client gone): later packets are dropped instead of queued
         self.closed = False
         # Calls run on a few worker threads (libvirt's max_client_requests, default 5), so a slow call does
@@ -204,9 +206,15 @@ class Session:
             handle, self.sink_handle = self.sink_handle, None
             self.callbacks.clear()
             streams, self.streams = self.streams, {}
+            closers, self.on_close = self.on_close, []
         if handle is not None and self.driver is not None:
             try:
                 self.driver.remove_event_sink(handle)
+            except errors.VirError:
+                pass
+        for fn in closers:
+            try:
+                fn()
             except errors.VirError:
                 pass
         for closer in streams.values():

@@ -35,7 +35,7 @@ def procedure(number: int) -> Callable[[Handler], Handler]:
 
 def table() -> dict[int, Handler]:
     """Every handler, importing the area modules (they register themselves)."""
-    from refvm.mgmt.dispatch import connection, console, domain, domain_stats, events, storage  # noqa: F401
+    from refvm.mgmt.dispatch import connection, console, domain, domain_stats, events, migration, storage  # noqa: F401,E501
 
     return dict(_HANDLERS)
 

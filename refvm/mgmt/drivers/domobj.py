@@ -9,6 +9,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from refvm.mgmt import vir
 from refvm.mgmt.domain_model import Domain
@@ -33,6 +34,8 @@ class DomainObj:
     starting: bool = False
     paused_by_user: bool = False
     fake_reboot: bool = False            # virDomainReboot asked: the next guest shutdown becomes reset + cont
+    migration: Any = None                # the MigrationJob while a migration holds the job (drivers/migration_job.py)
+    migrate_speed: int | None = None     # virDomainMigrateSetMaxSpeed, MiB/s (None: unlimited)
 
     @property
     def current(self) -> Domain:

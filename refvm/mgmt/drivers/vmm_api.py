@@ -17,6 +17,7 @@ from refvm.mgmt.drivers.base import (
     NodeInfo,
 )
 from refvm.mgmt.drivers.domobj import DomainObj
+from refvm.mgmt.drivers.migration import MigrationOps
 from refvm.mgmt.drivers.vmm_api_devices import DeviceOps
 from refvm.mgmt.drivers.vmm_driver import Q, VmmDriverCore, check_flags
 from refvm.mgmt.errors import (
@@ -39,7 +40,7 @@ UNDEFINE_FLAGS = (vir.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | vir.VIR_DOMAIN_UNDEFINE
                   | vir.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
 
 
-class VmmDriver(DeviceOps, VmmDriverCore, Driver):
+class VmmDriver(DeviceOps, MigrationOps, VmmDriverCore, Driver):
     """refvm:/// and qemu:/// (subclasses set ``kind``, ``type_name`` and the version)."""
 
     # ---- connection -------------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ class VmmDriverCore:
         try:
             obj.vmm = Vmm.attach(int(status["pid"]), self.store.qmp_path(name), self._on_qmp(obj))
             obj.vmm.ptys = dict(status.get("ptys", {}))
+            if status.get("migration") is not None:
+                self._recover_migration(obj, str(status["migration"]))
+                return
             result = obj.vmm.qmp.execute("query-status")
             if result.get("running"):
                 obj.state, obj.reason = vir.VIR_DOMAIN_RUNNING, obj.reason if obj.state == 1 else 0
@@ -107,6 +110,25 @@ class VmmDriverCore:
                 obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_UNKNOWN
         except (OSError, QmpClosed, QmpError, ProcessLookupError, KeyError, ValueError):
             self._mark_stopped(obj, vir.VIR_DOMAIN_SHUTOFF_CRASHED, vir.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+
+    def _recover_migration(self, obj: DomainObj, direction: str) -> None:
+        """refvmd stopped in the middle of a migration (libvirt's recovery at daemon start): an incoming guest
+        never got its Finish, so it is killed (nothing left behind); an outgoing one is cancelled and runs on."""
+        if direction == "in":
+            obj.stopping = True
+            obj.vmm.terminate(graceful=False)
+            self._mark_stopped(obj, vir.VIR_DOMAIN_SHUTOFF_FAILED, vir.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+            obj.stopping = False
+            return
+        qmp = obj.vmm.qmp
+        qmp.execute("migrate_cancel")
+        obj.state, obj.reason = vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
+        if not qmp.execute("query-status").get("running"):
+            try:
+                qmp.execute("cont")
+            except QmpError:  # the destination took the disks: it may run the guest, so ours stays paused
+                obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_MIGRATION
+        self._save_status(obj)
 
     def _autostart(self) -> None:
         for obj in list(self.domains.values()):
@@ -157,6 +179,8 @@ class VmmDriverCore:
             elif obj.starting or obj.stopping:
                 if event == "SHUTDOWN":
                     obj.got_shutdown = True
+            elif obj.migration is not None and event in ("STOP", "RESUME"):
+                self._migration_event(obj, event)
             elif event == "STOP" and obj.state == vir.VIR_DOMAIN_RUNNING:  # not after SHUTDOWN (-no-shutdown)
                 reason = vir.VIR_DOMAIN_PAUSED_USER if obj.paused_by_user else vir.VIR_DOMAIN_PAUSED_UNKNOWN
                 self._set_state(obj, vir.VIR_DOMAIN_PAUSED, reason)
@@ -179,6 +203,19 @@ class VmmDriverCore:
             elif event == "BALLOON_CHANGE" and obj.live is not None and "actual" in data:
                 obj.live.current_memory = int(data["actual"]) // 1024
         return handle
+
+    def _migration_event(self, obj: DomainObj, event: str) -> None:
+        """STOP/RESUME while migrating: an outgoing guest pauses at the switch-over (SUSPENDED MIGRATED) and
+        resumes when the migration fails or is cancelled (RESUMED MIGRATED), as libvirt reports them; an
+        incoming one is reported by Finish."""
+        if obj.migration.direction != "out":
+            return
+        if event == "STOP" and obj.state == vir.VIR_DOMAIN_RUNNING:
+            self._set_state(obj, vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_MIGRATION)
+            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SUSPENDED, vir.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        elif event == "RESUME" and obj.state == vir.VIR_DOMAIN_PAUSED:
+            self._set_state(obj, vir.VIR_DOMAIN_RUNNING, vir.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED)
+            self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_RESUMED, vir.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
 
     def _after_guest_shutdown(self, obj: DomainObj) -> None:
         if obj.fake_reboot:
@@ -239,7 +276,8 @@ class VmmDriverCore:
             return
         self.store.save_status(obj.live.name, {
             "pid": obj.vmm.pid, "id": obj.live.id, "state": obj.state, "reason": obj.reason,
-            "xml": format_domain(obj.live, live=True), "ptys": obj.vmm.ptys})
+            "xml": format_domain(obj.live, live=True), "ptys": obj.vmm.ptys,
+            "migration": obj.migration.direction if obj.migration is not None else None})
 
     def _mark_stopped(self, obj: DomainObj, reason: int, detail: int) -> None:
         """The hypervisor is gone: the domain is shut off (transient ones disappear), STOPPED is emitted."""
@@ -275,8 +313,9 @@ class VmmDriverCore:
                 return obj.live.name
         return None
 
-    def _start(self, obj: DomainObj, flags: int, transient: Domain | None = None) -> None:
-        """Start the hypervisor for ``obj`` (job held): -S, QMP, then cont unless START_PAUSED."""
+    def _start(self, obj: DomainObj, flags: int, transient: Domain | None = None, incoming: str | None = None) -> None:
+        """Start the hypervisor for ``obj`` (job held): -S, QMP, then cont unless START_PAUSED; with ``incoming``
+        it waits for a migration stream instead (paused, reason migration, STARTED MIGRATED)."""
         live = copy.deepcopy(transient or obj.definition)
         assert live is not None
         live.id = self._new_id()
@@ -286,7 +325,7 @@ class VmmDriverCore:
             for i, nic in enumerate(live.interfaces):
                 fds.append(open_tap(nic, i))
             self._resolve_volumes(live)
-            cmd = build_argv(self.kind, live, str(self.store.qmp_path(live.name)), fds)
+            cmd = build_argv(self.kind, live, str(self.store.qmp_path(live.name)), fds, incoming=incoming)
             obj.starting, obj.stopping, obj.got_shutdown = True, False, False
             obj.paused_by_user = bool(flags & vir.VIR_DOMAIN_START_PAUSED)
             try:
@@ -307,7 +346,9 @@ class VmmDriverCore:
         if live.consoles and live.serials and live.consoles[0].type == "pty":
             live.consoles[0].path = live.serials[0].path
         try:
-            if flags & vir.VIR_DOMAIN_START_PAUSED:
+            if incoming is not None:
+                obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_MIGRATION
+            elif flags & vir.VIR_DOMAIN_START_PAUSED:
                 obj.state, obj.reason = vir.VIR_DOMAIN_PAUSED, vir.VIR_DOMAIN_PAUSED_USER
             else:
                 vmm.qmp.execute("cont")
@@ -319,8 +360,9 @@ class VmmDriverCore:
             raise internal_error(f"unable to start the guest CPUs: {err}") from None
         obj.starting = False
         self._save_status(obj)
-        self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_STARTED, vir.VIR_DOMAIN_EVENT_STARTED_BOOTED)
-        if flags & vir.VIR_DOMAIN_START_PAUSED:
+        self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_STARTED, vir.VIR_DOMAIN_EVENT_STARTED_MIGRATED if incoming
+                        else vir.VIR_DOMAIN_EVENT_STARTED_BOOTED)
+        if flags & vir.VIR_DOMAIN_START_PAUSED and incoming is None:
             self._lifecycle(obj, vir.VIR_DOMAIN_EVENT_SUSPENDED, vir.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)
 
     def _qmp(self, obj: DomainObj, command: str, args: dict[str, Any] | None = None) -> Any:

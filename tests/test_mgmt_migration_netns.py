@@ -1,0 +1,100 @@
+"""Migration between refvmd daemons on separate 'hosts' (issue 12 item 2): each daemon, and the QEMU it starts,
+runs in its own network namespace; the namespaces reach each other only through veth pairs on a bridge, in a
+private subnet that exists nowhere else. The storage directory is shared. A guest goes around a ring of three
+hosts; a cable pulled mid-migration stalls it, domjobabort ends it, and the guest runs on at the source."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import require
+from tests.netns import Subnet, ip
+from tests.test_mgmt_libvirt_clients import event_loop  # noqa: F401 - the fixture
+from tests.test_mgmt_migration import (
+    PATTERN,
+    PATTERN_ADDR,
+    PROBE,
+    Host,
+    assert_arrived,
+    console,
+    libvirt,
+    start_guest,
+    start_slow_migration,
+)
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory, request):
+    require(os.geteuid() == 0 and shutil.which("ip") is not None, "network namespaces need root and iproute2")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 not installed")
+    require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    request.getfixturevalue("event_loop")
+    tmp = tmp_path_factory.mktemp("netns")
+    (tmp / "shared").mkdir()
+    subnet = Subnet(3)
+    hosts: list[Host] = []
+    try:
+        for i in range(3):
+            hosts.append(Host(tmp / f"h{i}", subnet.prefix(i), {"REFVMD_MIGRATION_HOST": subnet.address(i)}))
+        yield subnet, hosts, tmp / "shared"
+    finally:
+        for host in hosts:
+            host.close()
+        subnet.close()
+
+
+def test_ring_of_three_namespaced_hosts(ring) -> None:
+    """a -> b (direct), b -> c (--p2p), c -> a (migrateToURI3): the streams cross the bridge, the guest's RAM and
+    console arrive each time."""
+    _, (a, b, c), shared = ring
+    start_guest(a, shared, "nsring")
+    assert a.virsh("migrate", "--live", "nsring", b.uri).returncode == 0
+    assert_arrived(a, b, "nsring")
+    out = b.virsh("migrate", "--live", "--p2p", "nsring", c.uri)
+    assert out.returncode == 0, out.stderr
+    assert_arrived(b, c, "nsring")
+    c.conn.lookupByName("nsring").migrateToURI3(a.uri, {}, libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE)
+    assert_arrived(c, a, "nsring")
+    a.conn.lookupByName("nsring").destroy()
+
+
+def test_link_cut_mid_migration(ring) -> None:
+    """b's cable is pulled while RAM flows: no byte moves any more; domjobabort fails the job with libvirt's
+    text, the guest runs on at a with its memory, and b is left with nothing."""
+    subnet, (a, b, _), shared = ring
+    first = start_slow_migration(a, b, shared, "nscut")
+    try:
+        subnet.cut(1)
+        dom = a.conn.lookupByName("nscut")
+        time.sleep(1.0)  # the socket buffers fill
+        before = dom.jobInfo()[4]
+        time.sleep(1.5)
+        assert dom.jobInfo()[4] == before, "data still flows over a pulled cable"
+        assert a.virsh("domjobabort", "nscut").returncode == 0
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        ip("link", "set", "p1", "up", ns=subnet.bridge_ns)
+    assert first.returncode == 1 and "operation aborted: job 'migration out' canceled by client" in stderr, stderr
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert PATTERN in console(a, "nscut", f"peek {PATTERN_ADDR}")
+    deadline = time.monotonic() + 10
+    while "nscut" in b.names() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "nscut" not in b.names()
+    dom.destroy()
+
+
+def test_private_subnet_is_invisible_outside(ring) -> None:
+    """The hosts' addresses exist only inside their namespaces."""
+    subnet, _, _ = ring
+    out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    assert subnet.address(0) not in out
+    inside = subprocess.run(subnet.prefix(0) + ["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    assert subnet.address(0) in inside
