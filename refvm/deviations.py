@@ -16,8 +16,10 @@ KNOWN: dict[str, str] = {
     "blk-no-ro-feature": "a virtio-blk on a read-only drive does not offer VIRTIO_BLK_F_RO (5.2.3 / 5.2.5)",
     "used-len-zero": "virtio-blk reports a used length of 0 instead of the bytes written (2.7.8.1)",
     "pci-device-id-writable": "the PCI Device ID register is writable (PCI 3.0 6.2.1)",
-    "migration-drop-dirty": "RAM changed after a migration's first pass is not sent at switchover, so the "
-    "destination's RAM differs (refvm-migration ram/dirty-after-first-pass)",
+    "migration-drop-dirty": "device writes to guest RAM are not logged for migration: under KVM the pages virtio "
+    "devices write (buffers, rings) during pre-copy are not sent again; under qtest, where every RAM write is the "
+    "VMM's and page digests stand in for the log, no page changed after the first pass is (refvm-migration "
+    "ram/dirty-after-first-pass; tests/test_migration_kvm_virtio.py)",
 }
 
 ACTIVE: frozenset[str] = frozenset()

@@ -89,11 +89,12 @@ class GuestMemory:
     def __init__(self) -> None:
         self.regions: list[RamRegion] = []
         self._starts: list[int] = []
-        #: Pages (gpa >> 12) written through write/fill/write_u* while a migration logs (None: not logging).
+        #: Pages (gpa >> 12) written by device models while a migration logs (None: not logging): through
+        #: write/fill/write_u*, and through views as their holders report with mark_dirty().
         self._dirty: set[int] | None = None
         self._dirty_lock = threading.Lock()
-        #: Zero-copy views handed out (view/views): writes through them bypass the dirty log.
-        self.views_handed_out = 0
+        #: True while a migration logs: the one attribute a view holder tests before calling mark_dirty().
+        self.dirty_logging = False
 
     # ---------------------------------------------------------------- layout
     def add_ram(self, gpa: int, size: int) -> RamRegion:
@@ -205,7 +206,7 @@ class GuestMemory:
             mm[off : off + n] = src[pos : pos + n]
             pos += n
         if self._dirty is not None:  # after the bytes land: a page copied before this mark is sent again
-            self._mark(gpa, src.nbytes)
+            self.mark_dirty(gpa, src.nbytes)
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes to ``byte`` (memset)."""
@@ -221,16 +222,15 @@ class GuestMemory:
                 mm[off + done : off + done + k] = chunk[:k]
                 done += k
         if self._dirty is not None:
-            self._mark(gpa, length)
+            self.mark_dirty(gpa, length)
 
     def views(self, gpa: int, length: int) -> list[memoryview]:
         """Zero-copy writable views of ``[gpa, gpa+length)``, one per region it crosses; raises outside RAM.
 
-        This and :meth:`view` are how devices get at guest buffers without copies. Device writes
-        through them are reported at completion (see :meth:`refvm.virtio.queue.Virtqueue.add_used`),
-        which is where a dirty bitmap for migration hooks in.
+        This and :meth:`view` are how devices get at guest buffers without copies. Writes through them
+        pass no log here: their holder reports them with :meth:`mark_dirty` while :attr:`dirty_logging`
+        (virtio at completion, :meth:`refvm.virtio.queue.Virtqueue.add_used`, and at its ring writes).
         """
-        self.views_handed_out += 1
         return [memoryview(mm)[off : off + n] for mm, off, n in self._pieces(gpa, length)]
 
     def view(self, gpa: int, length: int) -> memoryview:
@@ -239,16 +239,19 @@ class GuestMemory:
         The view pins the mapping: hold it only for the duration of an operation.
         """
         mm, off = self._locate(gpa, length)
-        self.views_handed_out += 1
         return memoryview(mm)[off : off + length]
 
     # ---------------------------------------------------------------- dirty log (migration)
     def start_dirty_log(self) -> None:
-        """Record the pages written through write/fill/write_u* from now on (not those through views)."""
-        self._dirty = set()
+        """Record the pages written through write/fill/write_u* from now on, and those view holders mark."""
+        with self._dirty_lock:
+            self._dirty = set()
+        self.dirty_logging = True
 
     def stop_dirty_log(self) -> None:
-        self._dirty = None
+        self.dirty_logging = False
+        with self._dirty_lock:
+            self._dirty = None
 
     def take_dirty(self) -> set[int]:
         """Guest-physical addresses of the pages written since the last call (or start), and forget them."""
@@ -256,7 +259,10 @@ class GuestMemory:
             dirty, self._dirty = self._dirty, set() if self._dirty is not None else None
         return {page << 12 for page in dirty or ()}
 
-    def _mark(self, gpa: int, length: int) -> None:
+    def mark_dirty(self, gpa: int, length: int) -> None:
+        """Log ``[gpa, gpa+length)`` as written (a write through a view, reported after its bytes landed, so a
+        page copied before the mark is sent again).  A no-op while not logging; ranges are not checked: the
+        holder's view was, and a page outside RAM is never sent."""
         with self._dirty_lock:
             if length > 0 and self._dirty is not None:
                 self._dirty.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))

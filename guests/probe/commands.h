@@ -37,5 +37,6 @@ void cmd_acpi(int argc, char **argv);
 void cmd_poweroff(int argc, char **argv);
 void cmd_pwrbtn(int argc, char **argv);
 void cmd_pattern(int argc, char **argv);
+void cmd_dirty(int argc, char **argv);
 
 #endif

@@ -87,3 +87,27 @@ void cmd_pattern(int argc, char **argv)
     print_dec(len);
     println(" bytes ok");
 }
+
+/* `dirty START LEN ROUNDS`: store the round number into the first word of
+ * every 4 KiB page of the range, ROUNDS times over: the fewest guest
+ * instructions that dirty every page (a migration's dirtying workload, the
+ * same command on every VMM). */
+void cmd_dirty(int argc, char **argv)
+{
+    uint32_t start, len, rounds, a, r;
+    (void)argc;
+    if (!arg_u32("START", argv[1], &start) || !arg_u32("LEN", argv[2], &len) || !arg_u32("ROUNDS", argv[3], &rounds))
+        return;
+    if ((start | len) & 0xfff || len == 0) {
+        error("START and LEN must be multiples of 4096 and LEN at least 4096");
+        return;
+    }
+    if (!pattern_range_ok("dirty", start, len, mem_check_writable(start, len)))
+        return;
+    for (r = 1; r <= rounds; r++)
+        for (a = start; a - start < len; a += 4096)
+            *(volatile uint32_t *)a = r;
+    print("dirty: ");
+    print_dec(rounds);
+    println(" rounds");
+}

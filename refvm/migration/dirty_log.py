@@ -6,12 +6,11 @@ KVM_CLEAR_DIRTY_LOG before their contents are sent, so a vCPU write that follows
 (without the capability KVM_GET_DIRTY_LOG clears and protects in one step).
 
 What this log never sees: writes by refvm's own device models into guest RAM (they go through the host mapping,
-not the guest's page tables).  Those made through refvm/memory.py (write, fill, write_u*: devices, the MSI-to-RAM
-path, the qtest server) land in GuestMemory's own log (start_dirty_log/take_dirty).  Those made through
-memoryviews (GuestMemory.view()/views(), RamRegion.view), which refvm/virtio/queue.py keeps for a ring's used
-area and for device-writable buffers (blk reads, net receive, console, rng, balloon stats), are logged nowhere
-yet: virtio should mark them at completion (Virtqueue.add_used, `chain.writable_ranges`, and the used ring after
-publish).  Until then a machine that handed out views migrates stop-and-copy (precopy.usable).
+not the guest's page tables).  Those land in GuestMemory's own log (start_dirty_log/take_dirty): the writes made
+through refvm/memory.py (write, fill, write_u*: devices, the MSI-to-RAM path, the qtest server) by itself, and
+those made through the memoryviews refvm/virtio keeps (a ring's used area, device-writable buffers: blk reads,
+net receive, console, rng) as the ring engines mark them with GuestMemory.mark_dirty (Virtqueue._log_used at
+completion, _log_ring at every ring store).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """One machine's migration jobs: the outgoing RAM+device copy and the incoming load, with QEMU's statuses.
 
 The source sends every RAM page once while the guest keeps running (zero pages as ZERO records, at most
-`max-bandwidth` bytes a second), stops the guest (STOP, run state finish-migrate), waits in `pre-switchover`
-when that capability is on, then in `device` sends again every page whose content changed since it was sent
-(found by comparing a digest per page until dirty logging replaces it), the devices that describe their state
+`max-bandwidth` bytes a second) and, under KVM, again the pages written meanwhile (precopy.py), stops the guest
+(STOP, run state finish-migrate), waits in `pre-switchover` when that capability is on, then in `device` sends
+again every page written since it was sent (dirty logs under KVM; under qtest, whose machine has no vCPU, a
+digest per page compared), the devices that describe their state
 as data and the run state, and ends in `postmigrate`.  MIGRATION and MIGRATION_PASS events go out only with
 the `events` capability, as in QEMU.  A failed or cancelled migration restarts a guest that was running.
 The destination reads the whole stream, validates it (stream.py, state.py) before touching guest memory,
@@ -217,8 +218,8 @@ class MigrationJob:
             writer = StreamWriter(channel.stream)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
-            # Under KVM, with every device write logged, RAM goes while the guest runs, pass after pass
-            # (pre-copy); otherwise one pass while it runs, then pages whose digests changed.
+            # Under KVM RAM goes while the guest runs, pass after pass (pre-copy: KVM's log for vCPU writes,
+            # GuestMemory's for device writes); under qtest one pass while it runs, then pages whose digests changed.
             self._precopy = precopy.PreCopy(self, writer, RAM_BLOCK) if precopy.usable(machine) else None
             if self._precopy is not None:
                 self._precopy.start()

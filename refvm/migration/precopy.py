@@ -1,11 +1,9 @@
 """Pre-copy: RAM is sent while the guest runs, then again where it was written, until what is left could be sent
 within `downtime-limit` at the bandwidth measured so far; only that rest is sent with the guest stopped.
 
-Written pages come from two logs: KVM's (vCPU writes; dirty_log.py) and GuestMemory's (device-model writes through
-write/fill/write_u*).  Device models that hold zero-copy views of guest RAM (virtio rings and buffers) write past
-GuestMemory's log, so a machine that ever handed out such a view migrates without pre-copy instead (`usable`), and
-one that hands out its first during pre-copy gets all its RAM sent again once stopped, until virtio marks its
-writes at completion (Virtqueue.add_used, see dirty_log.py).
+Written pages come from two logs: KVM's (vCPU writes; dirty_log.py, or the dirty ring, dirty_ring.py) and
+GuestMemory's (device-model writes: through write/fill/write_u*, and through the zero-copy views virtio keeps of
+rings and buffers, which the ring engines mark at completion and at every ring store, refvm/virtio/queue.py).
 
 The job drives the two phases, so that the guest stops, devices are saved and QEMU's events come in QEMU's order
 between them: :meth:`PreCopy.iterate` (guest running) and :meth:`PreCopy.finish` (guest stopped).
@@ -16,7 +14,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from refvm import deviations
 from refvm.migration.dirty_log import KvmDirtyLog, Slot
 from refvm.migration.stream import StreamWriter
 from refvm.migration.wire import TARGET_PAGE_SIZE
@@ -27,8 +24,8 @@ PAGES_PER_PART = 256
 
 
 def usable(machine: Any) -> bool:
-    """Pre-copy needs a KVM VM and every device-model write to RAM in GuestMemory's log (no views handed out)."""
-    return machine.vm is not None and machine.memory.views_handed_out == 0
+    """Pre-copy needs KVM's log of vCPU writes: a machine without a VM (qtest) compares page digests instead."""
+    return machine.vm is not None
 
 
 class PreCopy:
@@ -44,7 +41,6 @@ class PreCopy:
             offset += r.size
         self.log = KvmDirtyLog(job.machine.vm,
                                [Slot(i, r.gpa, r.size, r.host_address) for i, r in enumerate(self.memory.regions)])
-        self.views = self.memory.views_handed_out
         self.remaining = 0  # dirty pages known at the last sync (query-migrate's remaining)
         self._logging = False
         self.first_pass_done = False
@@ -93,10 +89,6 @@ class PreCopy:
     def finish(self) -> None:
         """The guest is stopped and devices are saved: send every page still dirty as the RAM section's end."""
         rest = self._carry | self._sync()
-        if self.memory.views_handed_out != self.views:  # a zero-copy view appeared meanwhile: writes went unlogged
-            rest = set(self.all())
-        if deviations.active("migration-drop-dirty"):
-            rest = set()
         self.send(sorted(rest), last=True)
         self.remaining = 0
         self.close()

@@ -196,6 +196,8 @@ class PackedQueue(Virtqueue):
         if chain.writable:
             flags |= DESC_F_WRITE  # 2.8.3: the device wrote (or could write) into the buffer
         _U16.pack_into(desc, base + 14, flags)
+        if self.mem.dirty_logging:
+            self._log_used(chain, self.desc_addr + base + 8, 8)
         off += chain.desc_count
         size = self.size
         if off >= size:
@@ -266,3 +268,5 @@ class PackedQueue(Virtqueue):
         assert self._device is not None
         _U16.pack_into(self._device, 0, 0)
         _U16.pack_into(self._device, 2, RING_EVENT_FLAGS_DISABLE if suppress else RING_EVENT_FLAGS_ENABLE)
+        if self.mem.dirty_logging:
+            self._log_ring(self.device_addr, 4)

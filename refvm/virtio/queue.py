@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from refvm import deviations
 from refvm.memory import GuestMemory, GuestMemoryError
 from refvm.migration.state import StateError
 from refvm.virtio.state import QueueState
@@ -128,7 +129,7 @@ class Chain:
     read and write (or ``preadv``/``pwritev``) through them with no further checks and no copies.
     ``writable_ranges`` keeps the guest-physical ``(addr, len)`` of each writable descriptor: the
     completion (:meth:`Virtqueue.add_used`) is the one place device writes into these buffers are
-    reported, which is where a migration dirty bitmap marks them.
+    reported, and where a migration's dirty log marks them (GuestMemory.mark_dirty).
     """
 
     head: int
@@ -309,9 +310,31 @@ class Virtqueue:
         Devices on the hot path add several and publish once per notification
         (:meth:`refvm.virtio.device.VirtioDevice.notify_used` publishes before deciding the interrupt).
         This is also the one place where the device's writes into the chain's buffers are complete:
-        a dirty bitmap for live migration marks ``chain.writable_ranges`` (up to ``written`` bytes) here.
+        while a migration logs, the ring engine marks ``chain.writable_ranges`` there (:meth:`_log_used`).
         """
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ migration dirty log
+    # Devices write guest RAM through views (the ring areas cached at activation, the chain's buffers), which
+    # neither KVM's dirty log nor GuestMemory's write() sees.  The ring engines call these after such writes,
+    # only when ``mem.dirty_logging`` (one attribute test on the hot path when no migration runs).
+
+    def _log_used(self, chain: Chain, ring_gpa: int, ring_len: int) -> None:
+        """A completion: every device-writable buffer of ``chain`` and the used-ring bytes just written.
+
+        Whole writable descriptors, not the first ``written`` bytes: the used length counts bytes, it does not
+        say where they are (virtio-blk's status byte is the last writable byte whatever the data length)."""
+        if deviations.active("migration-drop-dirty"):
+            return  # off by default: refvm/deviations.py
+        mark = self.mem.mark_dirty
+        for addr, length in chain.writable_ranges:
+            mark(addr, length)
+        mark(ring_gpa, ring_len)
+
+    def _log_ring(self, gpa: int, length: int) -> None:
+        """A store into a ring area the driver reads (used idx, flags, event suppression)."""
+        if not deviations.active("migration-drop-dirty"):
+            self.mem.mark_dirty(gpa, length)
 
     def publish(self) -> None:
         """Make every element added with :meth:`add_used` visible to the driver (used idx store)."""

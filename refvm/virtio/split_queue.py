@@ -102,6 +102,8 @@ class SplitQueue(Virtqueue):
                 # buffer made available in between is not missed.
                 _U16.pack_into(self._device, 4 + 8 * self.size, last)  # type: ignore[arg-type]
                 self._avail_event = last
+                if self.mem.dirty_logging:
+                    self._log_ring(self.device_addr + 4 + 8 * self.size, 2)
                 avail_idx = _U16.unpack_from(avail, 2)[0]
                 if avail_idx == last:
                     return None
@@ -244,8 +246,11 @@ class SplitQueue(Virtqueue):
         device = self._device
         assert device is not None
         used = self.used_idx
-        _USED_ELEM.pack_into(device, 4 + 8 * (used & (self.size - 1)), chain.head, written)
+        slot = 4 + 8 * (used & (self.size - 1))
+        _USED_ELEM.pack_into(device, slot, chain.head, written)
         self.used_idx = (used + 1) & 0xFFFF
+        if self.mem.dirty_logging:
+            self._log_used(chain, self.device_addr + slot, 8)
         self.in_flight -= 1
         self._pushed += 1
 
@@ -255,6 +260,8 @@ class SplitQueue(Virtqueue):
         if used != self._published and self._device is not None:
             _U16.pack_into(self._device, 2, used)
             self._published = used
+            if self.mem.dirty_logging:
+                self._log_ring(self.device_addr + 2, 2)
 
     def needs_interrupt(self) -> bool:
         """Decide the used buffer notification for the elements pushed since the last call (2.7.7.2)."""
@@ -291,6 +298,8 @@ class SplitQueue(Virtqueue):
                 _U16.pack_into(device, 4 + 8 * self.size, _U16.unpack_from(self._driver, 2)[0])
         else:
             _U16.pack_into(device, 0, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
+        if self.mem.dirty_logging:
+            self._log_ring(self.device_addr, 6 + 8 * self.size)
 
     # ------------------------------------------------------------------ migration
     def _save_ring(self, st: QueueState, held: tuple[Chain, ...]) -> None:
