@@ -69,6 +69,7 @@ Standard options:
                           the machine type: pc and its versioned names ('-machine help' lists them)
   -accel kvm|qtest        accelerator: 'kvm' runs the guest; 'qtest' runs no vCPU and lets a
                           qtest client drive the machine (-enable-kvm is accepted too)
+  -accel kvm,dirty-ring-size=N  migrate with KVM's dirty ring, N entries per vCPU (a power of two)
   -m [size=]SIZE[K|M|G|T] guest RAM (default 128 MiB; no suffix means MiB)
   -smp [cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]
                           vCPUs and their topology (QEMU 7.2's defaults; default 1)
@@ -220,10 +221,11 @@ def parse_args(argv: list[str]) -> Parsed:
     nodefaults = False
 
     def set_accel(text: str) -> None:
-        name = text.split(",", 1)[0]
+        name, _, opts = text.partition(",")
         if name not in ("kvm", "qtest"):
             raise UsageError(f"-accel {text}: unsupported accelerator '{name}' (refvm has 'kvm' and 'qtest')")
-        cfg.accel = name
+        cfg.accel, cfg.accel_text = name, text
+        cfg.dirty_ring_size = _accel_options(text, name, opts)
 
     def set_qtest(text: str) -> None:
         from refvm.monitor.qtest import parse_qtest_address
@@ -488,6 +490,24 @@ def run_machine(config: MachineConfig) -> int:
     if outcome.message and outcome.kind in ("error", "watchdog", "signal"):
         report_error(outcome.message)
     return outcome.status
+
+
+def _accel_options(text: str, name: str, opts: str) -> int:
+    """-accel's properties (QEMU's texts): kvm has `dirty-ring-size` (entries per vCPU, a power of two; 0 = off)."""
+    ring = 0
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        if name != "kvm" or key != "dirty-ring-size":
+            raise UsageError(f"-accel {text}: Property '{name}-accel.{key}' not found")
+        try:
+            ring = int(value, 0)
+        except ValueError:
+            ring = -1
+        if ring < 0:
+            raise UsageError(f"-accel {text}: Parameter 'dirty-ring-size' expects uint64")
+        if ring & (ring - 1):
+            raise UsageError(f"-accel {text}: dirty-ring-size must be a power of two.")
+    return ring
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,10 @@ class MachineConfig:
     watchdog_seconds: float | None = None
     #: "kvm" runs vCPUs; "qtest" runs none and lets a qtest client drive ports, memory and the clock.
     accel: str = "kvm"
+    #: -accel kvm,dirty-ring-size=N: KVM dirty ring entries per vCPU for migration (0: the dirty bitmap), and the
+    #: -accel text as given, for the one-line error when this KVM cannot have it.
+    dirty_ring_size: int = 0
+    accel_text: str = "kvm"
     #: QEMU's -qtest address (e.g. "unix:PATH" to connect, "unix:PATH,server=on" to listen) and -qtest-log.
     qtest: str | None = None
     qtest_log: str | None = None

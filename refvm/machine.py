@@ -80,6 +80,8 @@ class Machine:
         self.kvm = None
         self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
+        #: KVM's dirty ring (refvm.migration.dirty_ring.KvmDirtyRing) with -accel kvm,dirty-ring-size=N, else None.
+        self.dirty_ring = None
         self.qtest = None
         self.fastpath = None
         self._migration = None
@@ -213,9 +215,16 @@ class Machine:
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         self.vm = vm
         from refvm import vcpu_setup
+        from refvm.migration import dirty_ring
         from refvm.vcpu_runner import VcpuRunner
 
+        try:
+            dirty_ring.enable_for(vm, cfg)  # -accel kvm,dirty-ring-size=N: before any vCPU exists
+        except ValueError as err:
+            vm.close()
+            raise MachineError(str(err)) from None
         self._runners = [VcpuRunner(self, vm.create_vcpu(i), i) for i in range(cfg.smp)]
+        self.dirty_ring = dirty_ring.rings_for(vm, cfg, self.memory, [r.vcpu for r in self._runners])
         vcpu_setup.setup_cpuid(self, kvm.supported_cpuid())
         if self._incoming_boot:
             self._incoming_boot = False  # a later reset boots the kernel as usual (QEMU: same command line)
@@ -254,6 +263,9 @@ class Machine:
         if self.fastpath is not None:
             fastpath, self.fastpath = self.fastpath, None
             fastpath.detach()
+        if self.dirty_ring is not None:
+            ring, self.dirty_ring = self.dirty_ring, None
+            ring.close()
         for runner in self._runners:
             runner.vcpu.close()
         self._runners = []

@@ -105,6 +105,8 @@ class VcpuRunner(threading.Thread):
                     ex.data[: ex.length] = value.to_bytes(ex.length, "little")
             elif kind is Interrupted:
                 continue
+            elif kind is exits.DirtyRingFullExit and machine.dirty_ring is not None:
+                machine.dirty_ring.harvest()  # a migration logs: take the ring's pages, KVM frees the entries
             else:
                 self._other_exit(ex)
                 return

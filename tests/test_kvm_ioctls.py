@@ -20,7 +20,7 @@ from tests.conftest import require
 STRUCTS = [
     "kvm_regs", "kvm_segment", "kvm_dtable", "kvm_sregs", "kvm_fpu", "kvm_msr_entry", "kvm_msrs",
     "kvm_cpuid_entry2", "kvm_cpuid2", "kvm_userspace_memory_region", "kvm_pit_config", "kvm_irq_level",
-    "kvm_msi", "kvm_ioeventfd", "kvm_irqfd", "kvm_dirty_log", "kvm_clear_dirty_log", "kvm_enable_cap",
+    "kvm_msi", "kvm_ioeventfd", "kvm_irqfd", "kvm_dirty_log", "kvm_clear_dirty_log", "kvm_dirty_gfn", "kvm_enable_cap",
     "kvm_irq_routing_irqchip",
     "kvm_irq_routing_msi", "kvm_irq_routing_entry", "kvm_irq_routing", "kvm_debug_exit_arch", "kvm_run",
     "kvm_msr_list", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_lapic_state", "kvm_vcpu_events", "kvm_mp_state",
@@ -60,7 +60,7 @@ def _expected() -> dict[str, int]:
             exp[f"const {name}"] = val
     for name in dir(ioctls):
         if name.startswith(("KVM_MEM_", "KVM_IOEVENTFD_FLAG_", "KVM_IRQFD_FLAG_", "KVM_IRQ_ROUTING_", "KVM_IRQCHIP_",
-                            "KVM_MP_STATE_", "KVM_VCPUEVENT_VALID_")):
+                            "KVM_MP_STATE_", "KVM_VCPUEVENT_VALID_", "KVM_DIRTY_")):
             exp[f"const {name}"] = getattr(ioctls, name)
     for s in STRUCTS:
         t = ffi.typeof(f"struct {s}")

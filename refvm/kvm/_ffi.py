@@ -157,6 +157,12 @@ struct kvm_dirty_log {
     };
 };
 
+struct kvm_dirty_gfn {
+    uint32_t flags;
+    uint32_t slot;
+    uint64_t offset;
+};
+
 struct kvm_clear_dirty_log {
     uint32_t slot;
     uint32_t num_pages;

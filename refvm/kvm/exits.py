@@ -24,6 +24,7 @@ KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_DIRTY_RING_FULL = 31
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
@@ -186,6 +187,13 @@ class DebugExit(Exit):
         self.dr7 = dr7
 
 
+class DirtyRingFullExit(Exit):
+    """KVM_EXIT_DIRTY_RING_FULL: this vCPU's dirty ring reached its soft limit; KVM_RUN returns it again until
+    the rings are harvested and KVM_RESET_DIRTY_RINGS re-arms them."""
+
+    __slots__ = ()
+
+
 class UnknownExit(Exit):
     """Any exit reason refvm does not model; ``exit_reason`` is the raw KVM_EXIT_* number."""
 
@@ -198,5 +206,6 @@ class UnknownExit(Exit):
 
 #: Shared instances of the exits that carry no data (no per-exit allocation for them).
 HLT = HltExit()
+DIRTY_RING_FULL = DirtyRingFullExit()
 SHUTDOWN = ShutdownExit()
 INTERRUPTED = InterruptedExit()

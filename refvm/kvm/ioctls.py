@@ -61,6 +61,7 @@ KVM_GET_MSR_INDEX_LIST = _iowr(0x02, "struct kvm_msr_list")
 KVM_CREATE_VCPU = _io(0x41)
 KVM_GET_DIRTY_LOG = _iow(0x42, "struct kvm_dirty_log")
 KVM_CLEAR_DIRTY_LOG = _iowr(0xC0, "struct kvm_clear_dirty_log")
+KVM_RESET_DIRTY_RINGS = _io(0xC7)  # with KVM_CAP_DIRTY_LOG_RING: re-protect the pages harvested from every ring
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, "struct kvm_userspace_memory_region")
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, "uint64_t")
@@ -111,6 +112,12 @@ NAMES: dict[int, str] = {v: k for k, v in IOCTLS.items()}
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's enable argument
+# Dirty ring (KVM_CAP_DIRTY_LOG_RING): each vCPU's ring of struct kvm_dirty_gfn is mmap'd from the vCPU fd at
+# page KVM_DIRTY_LOG_PAGE_OFFSET (x86's value, <asm/kvm.h>); an entry is DIRTY when KVM filled it, RESET once
+# the VMM harvested it.
+KVM_DIRTY_LOG_PAGE_OFFSET = 64
+KVM_DIRTY_GFN_F_DIRTY = 1 << 0
+KVM_DIRTY_GFN_F_RESET = 1 << 1
 KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
 KVM_IOEVENTFD_FLAG_PIO = 1 << 1
 KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2

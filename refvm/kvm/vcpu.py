@@ -116,7 +116,18 @@ class Vcpu(VcpuStateMixin):
             return X.SystemEventExit(typ, words)
         if reason == X.KVM_EXIT_DEBUG:
             return X.DebugExit(*_DEBUG.unpack_from(mm, _RUN_UNION))
+        if reason == X.KVM_EXIT_DIRTY_RING_FULL:
+            return X.DIRTY_RING_FULL
         return X.UnknownExit(reason, struct.unpack_from("<Q", mm, _RUN_UNION)[0])
+
+    def map_dirty_ring(self, nbytes: int) -> mmap.mmap:
+        """This vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING enabled on the VM with ring size ``nbytes``): an array
+        of struct kvm_dirty_gfn shared with KVM, at page KVM_DIRTY_LOG_PAGE_OFFSET of the vCPU fd."""
+        try:
+            return mmap.mmap(self._fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                             offset=I.KVM_DIRTY_LOG_PAGE_OFFSET * mmap.PAGESIZE)
+        except OSError as e:
+            raise KvmError("mmap dirty ring", e.errno or 0) from None
 
     @property
     def immediate_exit(self) -> int:

@@ -174,6 +174,11 @@ class Vm(VmStateMixin):
         c = ffi.new("struct kvm_enable_cap *", {"cap": cap, "flags": flags, "args": list(args)})
         ioctl_ptr(self._fd, I.KVM_ENABLE_CAP, c, f"cap {cap}")
 
+    def reset_dirty_rings(self) -> int:
+        """KVM_RESET_DIRTY_RINGS: write-protect again every page whose ring entry the VMM marked RESET, and
+        reuse those entries; returns how many were reset."""
+        return ioctl_int(self._fd, I.KVM_RESET_DIRTY_RINGS, 0)
+
     def get_dirty_log(self, slot: int, npages: int) -> bytes:
         """KVM_GET_DIRTY_LOG: one bit per page of the slot (needs KVM_MEM_LOG_DIRTY_PAGES on it).
 

@@ -34,6 +34,11 @@ class Slot:
         return self.size // TARGET_PAGE_SIZE
 
 
+def slots_of(memory: Any) -> list[Slot]:
+    """The KVM slots of a GuestMemory as refvm registers them: slot i is region i."""
+    return [Slot(i, r.gpa, r.size, r.host_address) for i, r in enumerate(memory.regions)]
+
+
 class KvmDirtyLog:
     """The dirty log of `slots` on `vm` (a refvm.kvm.Vm)."""
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from refvm.migration.dirty_log import KvmDirtyLog, Slot
+from refvm.migration.dirty_log import KvmDirtyLog, slots_of
 from refvm.migration.stream import StreamWriter
 from refvm.migration.wire import TARGET_PAGE_SIZE
 
@@ -39,8 +39,8 @@ class PreCopy:
         for r in self.memory.regions:
             self.bases.append((r.gpa, r.size, offset))
             offset += r.size
-        self.log = KvmDirtyLog(job.machine.vm,
-                               [Slot(i, r.gpa, r.size, r.host_address) for i, r in enumerate(self.memory.regions)])
+        # KVM's dirty ring with -accel kvm,dirty-ring-size=N (KVM then refuses the bitmap), else the bitmap.
+        self.log = job.machine.dirty_ring or KvmDirtyLog(job.machine.vm, slots_of(self.memory))
         self.remaining = 0  # dirty pages known at the last sync (query-migrate's remaining)
         self._logging = False
         self.first_pass_done = False
