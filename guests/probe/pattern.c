@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "mem.h"
 #include "print.h"
+#include "serial.h"
 #include "util.h"
 
 /* xorshift of address ^ seed * golden ratio: neighbouring words and words
@@ -91,7 +92,8 @@ void cmd_pattern(int argc, char **argv)
 /* `dirty START LEN ROUNDS`: store the round number into the first word of
  * every 4 KiB page of the range, ROUNDS times over: the fewest guest
  * instructions that dirty every page (a migration's dirtying workload, the
- * same command on every VMM). */
+ * same command on every VMM). ROUNDS 0: until a byte arrives on the serial
+ * port (checked once a round; the byte stays for the shell). */
 void cmd_dirty(int argc, char **argv)
 {
     uint32_t start, len, rounds, a, r;
@@ -104,10 +106,10 @@ void cmd_dirty(int argc, char **argv)
     }
     if (!pattern_range_ok("dirty", start, len, mem_check_writable(start, len)))
         return;
-    for (r = 1; r <= rounds; r++)
+    for (r = 1; rounds ? r <= rounds : !serial_rx_ready(); r++)
         for (a = start; a - start < len; a += 4096)
             *(volatile uint32_t *)a = r;
     print("dirty: ");
-    print_dec(rounds);
+    print_dec(r - 1);
     println(" rounds");
 }

@@ -61,3 +61,8 @@ char serial_getc(void)
         ;
     return (char)inb(COM1 + REG_DATA);
 }
+
+int serial_rx_ready(void)
+{
+    return inb(COM1 + REG_LSR) & LSR_DR;
+}

@@ -7,5 +7,7 @@ void serial_init(void);
 void serial_putc(char c);
 /* Blocks (polling LSR) until a byte arrives. */
 char serial_getc(void);
+/* Nonzero when a received byte is waiting (it stays for serial_getc). */
+int serial_rx_ready(void);
 
 #endif
