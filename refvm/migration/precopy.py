@@ -20,6 +20,7 @@ from refvm.migration.wire import TARGET_PAGE_SIZE
 
 MAX_PASSES = 10  # iterations after the first full copy, at most (QEMU has no cap; a guest dirtying faster than
 #                  the link would otherwise never converge, and refvm has no auto-converge throttling)
+STALLED_PASSES = 2  # passes in a row that did not shrink the dirty set by 10% before the guest is stopped anyway
 PAGES_PER_PART = 256
 ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
 
@@ -46,6 +47,7 @@ class PreCopy:
         self._logging = False
         self.first_pass_done = False
         self._carry: set[int] = set()
+        self._rate = 0.0  # bytes/s of the last pass
 
     def all(self) -> list[int]:
         return [gpa + page for gpa, size, _ in self.bases for page in range(0, size, TARGET_PAGE_SIZE)]
@@ -65,23 +67,31 @@ class PreCopy:
 
     def iterate(self) -> None:
         """All RAM (at most max-bandwidth), then the pages written meanwhile, pass after pass, while the guest
-        runs; returns when the rest fits `downtime-limit` (or after MAX_PASSES), the guest still running."""
+        runs; returns when the rest fits `downtime-limit` at the rate of the last pass, when the guest dirties
+        as fast as the passes send (STALLED_PASSES passes in a row that left at least 90% as many pages dirty
+        as the one before: more passes would only add time), or after MAX_PASSES; the guest still running."""
+        started = time.monotonic()
         self.send(self.all(), throttle=True)
         self.first_pass_done = True
+        self._rate = self.writer.bytes_written / max(time.monotonic() - self.job.pass_started, 1e-3)
+        previous, stalled = 0, 0
         for _ in range(MAX_PASSES):
-            started = time.monotonic()
             dirty = self._sync()
-            if len(dirty) <= self._pages_within_downtime():
+            stalled = stalled + 1 if previous and len(dirty) * 10 >= previous * 9 else 0
+            if len(dirty) <= self._pages_within_downtime() or stalled >= STALLED_PASSES:
                 self._carry = dirty
                 return
+            previous, started, before = len(dirty), time.monotonic(), self.writer.bytes_written
             self.send(sorted(dirty), throttle=True)
-            self.job.dirty_rate = int(len(dirty) / max(time.monotonic() - started, 1e-3))
+            elapsed = max(time.monotonic() - started, 1e-3)
+            self._rate = (self.writer.bytes_written - before) / elapsed
+            self.job.dirty_rate = int(len(dirty) / elapsed)
         self._carry = set()
 
     def _pages_within_downtime(self) -> int:
-        """How many pages the link moves in downtime-limit ms, at the rate measured so far (QEMU's threshold)."""
-        elapsed = time.monotonic() - self.job.pass_started
-        rate = self.writer.bytes_written / elapsed if elapsed > 0 else 0.0
+        """How many pages the link moves in downtime-limit ms at the rate of the last pass (QEMU's threshold;
+        the first pass, mostly zero pages that cost CPU but few bytes, would understate it)."""
+        rate = self._rate
         limit = self.job.options.param("max-bandwidth")
         if limit:
             rate = min(rate, limit)
