@@ -171,3 +171,12 @@ def test_reader_handles_qemu_stream_quickly(qemu_stream: bytes) -> None:
     start = time.monotonic()
     read_stream(qemu_stream)
     assert time.monotonic() - start < 5, "parsing a 32 MiB guest's stream should take well under a second"
+
+
+@pytest.mark.parametrize(("offset", "count"), [(0, 1), (7 * 4096, 5), (1 << 20, 256)])
+def test_zero_run_is_the_records_of_its_zero_pages(offset: int, count: int) -> None:
+    """Pre-copy's fast path for idle RAM writes exactly what the page-by-page encoder writes for zero pages."""
+    from refvm.migration.ram import encode_ram_pages, encode_zero_run
+
+    pages = [("pc.ram", offset + i * 4096, bytes(4096)) for i in range(count)]
+    assert encode_zero_run("pc.ram", offset, count) == encode_ram_pages(pages)

@@ -23,6 +23,7 @@ MAX_PASSES = 10  # iterations after the first full copy, at most (QEMU has no ca
 STALLED_PASSES = 2  # passes in a row that did not shrink the dirty set by 10% before the guest is stopped anyway
 PAGES_PER_PART = 256
 ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
+ZERO_RUN = bytes(PAGES_PER_PART * TARGET_PAGE_SIZE)
 
 
 def usable(machine: Any) -> bool:
@@ -111,54 +112,58 @@ class PreCopy:
             self.log.stop()
             self.memory.stop_dirty_log()
 
-    def _pages(self, gpas: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-        """(offset in the block, page) for ascending ``gpas``: runs of adjacent pages in one region are read with
-        one bounds check and one copy (up to PAGES_PER_PART pages), not page by page; stops at a cancel."""
-        run_gpa = run_off = run_len = 0
+    def _runs(self, gpas: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+        """(offset in the block, bytes) for ascending ``gpas``: runs of adjacent pages in one region, read with one
+        bounds check and one copy each (up to PAGES_PER_PART pages), not page by page; stops at a cancel."""
+        run_gpa = run_off = run_len = region_end = 0
+        most = PAGES_PER_PART * TARGET_PAGE_SIZE
         for gpa in gpas:
-            if run_len and gpa == run_gpa + run_len and run_len < PAGES_PER_PART * TARGET_PAGE_SIZE \
-                    and self._base(gpa) == run_gpa - run_off:
+            if gpa == run_gpa + run_len and run_len and run_len < most and gpa < region_end:
                 run_len += TARGET_PAGE_SIZE
                 continue
             if run_len:
-                yield from self._read_run(run_gpa, run_off, run_len)
-            base = self._base(gpa)
-            run_len = 0 if base is None else TARGET_PAGE_SIZE
-            run_gpa, run_off = gpa, (gpa - base if base is not None else 0)
+                yield run_off, self._read(run_gpa, run_len)
+            region = next((b for b in self.bases if b[0] <= gpa < b[0] + b[1]), None)
+            if region is None:
+                run_len = 0
+                continue
+            region_end = region[0] + region[1]
+            run_gpa, run_off, run_len = gpa, gpa - region[0] + region[2], TARGET_PAGE_SIZE
         if run_len:
-            yield from self._read_run(run_gpa, run_off, run_len)
+            yield run_off, self._read(run_gpa, run_len)
 
-    def _base(self, gpa: int) -> int | None:
-        """gpa minus its offset in the block (None outside RAM)."""
-        for region_gpa, size, offset in self.bases:
-            if region_gpa <= gpa < region_gpa + size:
-                return region_gpa - offset
-        return None
-
-    def _read_run(self, gpa: int, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
+    def _read(self, gpa: int, length: int) -> bytes:
         if self.job._cancel.is_set():
             raise OSError("cancelled")
-        data = self.memory.read(gpa, length)
-        for at in range(0, length, TARGET_PAGE_SIZE):
-            yield offset + at, data[at : at + TARGET_PAGE_SIZE]
+        return self.memory.read(gpa, length)
 
     def send(self, gpas: Iterable[int], last: bool = False, throttle: bool = False) -> None:
-        """Pages by guest-physical address, ascending, PAGES_PER_PART to a section part (`last`: the end)."""
+        """Pages by guest-physical address, ascending, PAGES_PER_PART to a section part (`last`: the end); a run of
+        adjacent zero pages goes as a part of its own without looking at each page (one memcmp for the run)."""
         job, writer = self.job, self.writer
         batch: list[tuple[str, int, bytes]] = []
         pass_start, pass_bytes = time.monotonic(), writer.bytes_written
-        for offset, data in self._pages(gpas):
-            batch.append((self.block, offset, data))
-            if data == ZERO_PAGE:  # a memcmp (any() would walk 4096 bytes in Python)
-                job.duplicate += 1
+        for offset, data in self._runs(gpas):
+            if data == ZERO_RUN[: len(data)]:  # one memcmp for up to PAGES_PER_PART pages
+                if batch:
+                    writer.ram_part(batch)
+                    batch = []
+                writer.ram_zero_run(self.block, offset, len(data) // TARGET_PAGE_SIZE)
+                job.duplicate += len(data) // TARGET_PAGE_SIZE
             else:
-                job.normal += 1
-            if len(batch) == PAGES_PER_PART:
-                writer.ram_part(batch)
-                job.transferred = writer.bytes_written
-                batch = []
-                if throttle:
-                    job._throttle(writer.bytes_written - pass_bytes, pass_start)
+                for at in range(0, len(data), TARGET_PAGE_SIZE):
+                    page = data[at : at + TARGET_PAGE_SIZE]
+                    batch.append((self.block, offset + at, page))
+                    if page == ZERO_PAGE:  # a memcmp (any() would walk 4096 bytes in Python)
+                        job.duplicate += 1
+                    else:
+                        job.normal += 1
+                    if len(batch) == PAGES_PER_PART:
+                        writer.ram_part(batch)
+                        batch = []
+            job.transferred = writer.bytes_written
+            if throttle:
+                job._throttle(writer.bytes_written - pass_bytes, pass_start)
         if batch or last:
             writer.ram_part(batch, last=last)
             job.transferred = writer.bytes_written

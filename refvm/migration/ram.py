@@ -6,6 +6,7 @@ record".  A ZERO page carries one fill byte instead of the page.  Every part end
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,16 @@ def encode_ram_pages(pages: Iterable[tuple[str, int, bytes]]) -> bytes:
         last = block
     out.append(be64(RAM_SAVE_FLAG_EOS))
     return b"".join(out)
+
+
+def encode_zero_run(block: str, offset: int, count: int) -> bytes:
+    """A part/end payload of ``count`` ZERO records for the adjacent pages from ``offset`` in ``block``, then EOS:
+    what encode_ram_pages makes of them, packed in one call instead of page by page (a pass over idle RAM)."""
+    first = be64(offset | RAM_SAVE_FLAG_ZERO) + pack_idstr(block) + b"\x00"
+    flags = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE  # offsets are page aligned: | is +
+    words = [0] * (2 * (count - 1))  # (be64 offset|flags, fill byte 0) per page after the first
+    words[0::2] = range(offset + TARGET_PAGE_SIZE + flags, offset + count * TARGET_PAGE_SIZE + flags, TARGET_PAGE_SIZE)
+    return first + struct.pack(">" + "QB" * (count - 1), *words) + be64(RAM_SAVE_FLAG_EOS)
 
 
 class RamDecoder:

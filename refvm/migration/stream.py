@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from refvm.migration.ram import RamDecoder, RamImage, encode_ram_pages, encode_ram_start
+from refvm.migration.ram import RamDecoder, RamImage, encode_ram_pages, encode_ram_start, encode_zero_run
 from refvm.migration.wire import (
     MAGIC,
     SECTION_COMMAND,
@@ -107,6 +107,10 @@ class StreamWriter:
     def ram_part(self, pages: list[tuple[str, int, bytes]], last: bool = False) -> None:
         """One batch of pages; `last` makes it the section end sent at switchover."""
         self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_ram_pages(pages))
+
+    def ram_zero_run(self, block: str, offset: int, count: int) -> None:
+        """One part of ``count`` adjacent zero pages (the same records ram_part writes for them)."""
+        self._record(SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_zero_run(block, offset, count))
 
     def device(self, idstr: str, instance_id: int, version_id: int, payload: bytes,
                description: dict[str, Any] | None = None) -> None:
