@@ -221,6 +221,7 @@ class MigrationJob:
             # Under KVM RAM goes while the guest runs, pass after pass (pre-copy: KVM's log for vCPU writes,
             # GuestMemory's for device writes); under qtest one pass while it runs, then pages whose digests changed.
             self._precopy = precopy.PreCopy(self, writer, RAM_BLOCK) if precopy.usable(machine) else None
+            kvm_sections.warm_up(machine)  # first-use costs now, not while the guest is stopped
             if self._precopy is not None:
                 self._precopy.start()
             else:

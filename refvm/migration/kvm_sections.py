@@ -51,6 +51,19 @@ def _devices(machine: Any, vm: Any) -> dict[tuple[str, int], Any]:
     return out
 
 
+def warm_up(machine: Any) -> None:
+    """Import and build once what save_sections needs, while the guest still runs: the first use costs tens of
+    ms (modules, state dataclasses, cffi types), which would otherwise be downtime."""
+    vm = machine.vm
+    if vm is None:
+        return
+    from refvm.kvm.state import view
+
+    _classes()
+    _devices(machine, vm)
+    view("struct kvm_vcpu_events")
+
+
 def save_sections(machine: Any) -> list[tuple[str, int, DeviceState]]:
     """(idstr, instance, state) of every KVM section, in stream order; [] without a KVM VM. vCPUs stopped."""
     vm = machine.vm

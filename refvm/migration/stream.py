@@ -98,7 +98,9 @@ class StreamWriter:
         head = bytes([kind]) + be32(sid)
         if kind in (SECTION_START, SECTION_FULL):
             head += pack_idstr(idstr) + be32(instance_id) + be32(version_id)
-        self._put(head + payload + bytes([SECTION_FOOTER]) + be32(sid))
+        self._put(head)
+        self._put(payload)  # not concatenated: a RAM part's payload is a MiB, and every copy of it is downtime
+        self._put(bytes([SECTION_FOOTER]) + be32(sid))
 
     def ram_start(self, blocks: dict[str, int]) -> None:
         """The "ram" section start: total size and the block list."""
