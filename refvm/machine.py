@@ -76,7 +76,8 @@ class Machine:
         self._reset_requested = threading.Event()
         self._state_lock = threading.RLock()
         self._runners: list[VcpuRunner] = []
-        self._state = "prelaunch" if config.start_paused else "running"
+        # With -incoming the machine is in inmigrate before any monitor answers (as QEMU).
+        self._state = "inmigrate" if config.incoming else "prelaunch" if config.start_paused else "running"
         self.kvm = None
         self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
