@@ -27,16 +27,16 @@ BEFORE = 3  # requests completed on the source before the one that migrates
 THROTTLED = "throttling.bps-total=512"
 
 
-def _sector(disk: str, n: int) -> bytes:  # noqa: F811 - a path, not the fixture
-    with open(disk, "rb") as f:
+def _sector(image: str, n: int) -> bytes:
+    with open(image, "rb") as f:
         f.seek(n * SECTOR)
         return f.read(SECTOR)
 
 
-def _source(vm, disk: str, drive_opts: str = "") -> tuple:  # noqa: ANN001, F811
+def _source(vm, image: str, drive_opts: str = "") -> tuple:  # noqa: ANN001
     """(source, destination, device, queue): the source's blk ready with one queue of 8 that has completed
     BEFORE GET_ID requests; the destination, same machine, waits in -incoming defer."""
-    args = blk_args(disk, drive_opts=drive_opts)
+    args = blk_args(image, drive_opts=drive_opts)
     src, dst = vm(*args), vm(*args, "-incoming", "defer")
     machine = Machine(src, enumerate_bus(ConfigMechanism1(src), 0), alloc=GuestAllocator(MiB, RAM_MB * MiB))
     dev, (vq,) = machine.ready("blk", size=8)
@@ -69,14 +69,14 @@ def _used_ring(vq: SplitQueue) -> tuple[int, list[tuple[int, int]]]:
     return idx, elems
 
 
-def _next_request_completes_once(vq: SplitQueue, disk: str, expected_idx: int) -> None:  # noqa: F811
+def _next_request_completes_once(vq: SplitQueue, image: str, expected_idx: int) -> None:
     """A write after the migrated request is served once, at the next used index, and reaches the image."""
     payload = b"after migration!" * (SECTOR // 16)
     c = vq.transact([blk_header(T_OUT, 60), payload], [1])
     assert c.data == [bytes([S_OK])]
     vq.assert_idle(0.1)
     assert vq.used_idx() == expected_idx, "the request after the migrated one is used exactly once"
-    assert _sector(disk, 60) == payload
+    assert _sector(image, 60) == payload
 
 
 @pytest.mark.clause("refvm-migration", "virtio-blk/available-request")
