@@ -14,9 +14,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from refvm import deviations
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
@@ -25,6 +24,7 @@ from refvm.devices.irq import IrqLine
 from refvm.devices.pci.pc import build_pc_pci
 from refvm.devices.reset import KbdReset, ResetControl
 from refvm.devices.serial import Serial16550
+from refvm.devices.tree import DeviceTree, pc_unattached_paths
 from refvm.memory import GuestMemory
 
 if TYPE_CHECKING:  # the KVM side is imported only when a KVM machine is built (qtest starts faster)
@@ -58,16 +58,18 @@ class Outcome:
     message: str = ""
 
 
-class Resettable(Protocol):
-    def reset(self) -> None: ...
-
-
 class Machine:
     """A PC-like machine (pc: COM ports, debug-exit, reset ports) run by KVM vCPU threads."""
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
-        deviations.enable(config.deviations)
+        from refvm.block.drive import NodeNames
+        from refvm.deviations import Deviations
+
+        #: This machine's deliberate deviations and `#blockNNN` node names: its own, not the process's, so a
+        #: migration's source and destination can live in one process.
+        self.deviations = Deviations(config.deviations)
+        self.node_names = NodeNames()
         self._kernel_image = self._read_file(config.kernel, "kernel") if config.kernel else None
         self._initrd_image = self._read_file(config.initrd, "initrd") if config.initrd else None
         self._outcome: Outcome | None = None
@@ -91,7 +93,8 @@ class Machine:
         self.memory = self._build_memory()
         self.pio = PioBus()
         self.mmio = MmioBus()
-        self._resettables: list[Resettable] = []
+        #: Every device by QOM path (refvm/devices/tree.py): reset, QMP and migration walk it.
+        self.devices = DeviceTree()
         self.chardevs: list[Chardev | None] = []
         self.backends = None
         # Timers (block throttling) need a clock before devices exist: virtual under qtest (the client
@@ -147,15 +150,30 @@ class Machine:
         return IrqLine(self.irq_sink, irq)
 
     def _register(self, base: int, length: int, device: object, name: str) -> None:
+        """Claim ports for a built-in device and file it under its tree node (``_port_owners``): its reset
+        joins the node's resets, its state (if it has save/load) the node's sections, by port name."""
         self.pio.register(base, length, device, name)
+        path, type_name = self._port_owners[name]
+        node = self.devices.get(path) or self.devices.add(path, type_name)
+        node.front = node.front or device
         if hasattr(device, "reset"):
-            self._resettables.append(device)  # type: ignore[arg-type]
+            node.resets.append(device)
+        if hasattr(device, "save") and hasattr(device, "load"):
+            node.sections[name] = device
 
     def _add_platform_devices(self) -> None:
-        for index, chardev in enumerate(self.chardevs[: len(COM_PORTS)]):
+        serials = [(i, c) for i, c in enumerate(self.chardevs[: len(COM_PORTS)]) if c is not None]
+        builtin = pc_unattached_paths(self.config.smp, len(serials))
+        self._port_owners: dict[str, tuple[str, str]] = {
+            "i8042-reset": (builtin["i8042"], "i8042"), "reset-control": (builtin["PIIX3"], "PIIX3"),
+            "fw_cfg": ("/machine/fw_cfg", "fw_cfg_io"), "fw_cfg-dma": ("/machine/fw_cfg", "fw_cfg_io"),
+            "mc146818-rtc": (builtin["mc146818rtc"], "mc146818rtc"), "piix4-pm": (builtin["PIIX4_PM"], "PIIX4_PM"),
+        }  # fmt: skip
+        for k, (index, chardev) in enumerate(serials):
             base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
-            if chardev is not None:
-                self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
+            self._port_owners[f"serial@{base:#x}"] = (builtin[f"isa-serial.{k}"], "isa-serial")
+            self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
+            self.devices.get(builtin[f"isa-serial.{k}"]).backend = chardev  # type: ignore[union-attr]
         self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
         self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
         from refvm.devices.firmware import add_firmware
@@ -163,7 +181,7 @@ class Machine:
         self.firmware = add_firmware(self, self._on_sleep)
         # The PCI config ports chain the reset-control register at 0xCF9, so they come after it. Without
         # firmware under qtest, Interrupt Line stays 0 as on QEMU; under KVM refvm plays the firmware.
-        self.pci, _ = build_pc_pci(
+        self.pci, conf1 = build_pc_pci(
             self.pio,
             self.mmio,
             self.msi_sink,
@@ -171,12 +189,25 @@ class Machine:
             ram_size=self.config.memory_bytes,
             assign_irq_lines=self.config.accel == "kvm",
         )
-        self._resettables.append(self.pci)
-        for dev in self.config.devices:
-            if dev.driver == "isa-debug-exit":
-                base = int(dev.props.get("iobase", "0x501"), 0)
-                size = int(dev.props.get("iosize", "0x02"), 0)
-                self._register(base, size, DebugExit(self.request_debug_exit), "isa-debug-exit")
+        # The bus resets its functions (then their Interrupt Line and BAR mappings), so function nodes have
+        # no resets of their own; CONFIG_ADDRESS is state but no reset clears it (as before the tree).
+        self.devices.add("/machine/i440fx", "i440FX-pcihost", front=conf1, transport=self.pci,
+                         sections={"pci-conf-idx": conf1.address_port}, resets=[self.pci])
+        chipset = {"I440FX": builtin["i440FX"], "PIIX3": builtin["PIIX3"], "ide": builtin["piix3-ide"],
+                   "piix4_pm": builtin["PIIX4_PM"]}  # fmt: skip
+        for _slot, _fn, function in self.pci.devices():
+            path = chipset[function.vmsd_name]
+            node = self.devices.get(path) or self.devices.add(path, function.type_name)
+            node.transport = function
+            node.sections[function.idstr] = function
+
+    def _add_debug_exit(self, node: object, props: dict[str, str]) -> None:
+        """-device isa-debug-exit (plugged by device assembly, in -device order, into its tree node)."""
+        base = int(props.get("iobase", "0x501"), 0)
+        size = int(props.get("iosize", "0x02"), 0)
+        device = DebugExit(self.request_debug_exit)
+        self.pio.register(base, size, device, "isa-debug-exit")
+        node.front = device  # type: ignore[attr-defined]
 
     def _add_pci_devices(self) -> None:
         """Open the backends and plug the PCI -devices, in command-line order."""
@@ -185,8 +216,9 @@ class Machine:
         cfg = self.config
         serial_ids = {ident for ident, spec in cfg.chardevs.items() if any(spec is s for s in cfg.serials)}
         try:
-            self.backends = open_backends(cfg, serial_ids, clock=self.clock, throttle_groups=self.throttle_groups)
-            self.pci_models = plug_pci_devices(self, cfg, self.backends)
+            self.backends = open_backends(cfg, serial_ids, clock=self.clock, throttle_groups=self.throttle_groups,
+                                          node_names=self.node_names)
+            plug_pci_devices(self, cfg, self.backends)
         except AssemblyError as err:
             raise MachineError(str(err)) from None
 
@@ -530,8 +562,7 @@ class Machine:
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
                 if self._outcome is not None:
                     return self._outcome
-                for device in self._resettables:
-                    device.reset()
+                self.devices.reset()
         finally:
             self.qtest.close()
             self._close_chardevs()
@@ -557,8 +588,7 @@ class Machine:
                 if self._outcome is not None:
                     return self._outcome
                 if self._reset_requested.is_set():
-                    for device in self._resettables:
-                        device.reset()
+                    self.devices.reset()
         finally:
             self._teardown_vm()
             self._close_chardevs()
