@@ -106,6 +106,7 @@ def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> No
     PCI functions on the PCI bus, virtconsole ports on the last virtio-serial."""
     from refvm.devices.pci.bus import PciError
     from refvm.devices.tree import DeviceTreeError
+    from refvm.platform_assembly import add_debug_exit
     from refvm.virtio.devices import DEVICE_MODELS
 
     last_serial = None
@@ -115,7 +116,7 @@ def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> No
         except DeviceTreeError as err:
             raise AssemblyError(f"-device {spec.text}: {err}") from None
         if spec.driver == "isa-debug-exit":
-            machine._add_debug_exit(node, spec.props)
+            add_debug_exit(machine, node, spec.props)
             continue
         model = DEVICE_MODELS.get(spec.driver)
         if model is None:

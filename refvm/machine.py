@@ -19,19 +19,13 @@ from typing import TYPE_CHECKING
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
-from refvm.devices.debug_exit import DebugExit
 from refvm.devices.irq import IrqLine
-from refvm.devices.pci.pc import build_pc_pci
-from refvm.devices.reset import KbdReset, ResetControl
-from refvm.devices.serial import Serial16550
-from refvm.devices.tree import DeviceTree, pc_unattached_paths
+from refvm.devices.tree import DeviceTree
 from refvm.memory import GuestMemory
+from refvm.platform_assembly import add_platform_devices, register_port
 
 if TYPE_CHECKING:  # the KVM side is imported only when a KVM machine is built (qtest starts faster)
     from refvm.vcpu_runner import VcpuRunner
-
-#: Legacy COM ports: (I/O base, IRQ), as every PC and QEMU's `-serial` order.
-COM_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 
 #: Below 4 GiB, RAM stops here; the rest goes above 4 GiB (the PCI hole, as QEMU's pc machine).
 LOW_RAM_LIMIT = 0xC000_0000
@@ -150,64 +144,11 @@ class Machine:
         return IrqLine(self.irq_sink, irq)
 
     def _register(self, base: int, length: int, device: object, name: str) -> None:
-        """Claim ports for a built-in device and file it under its tree node (``_port_owners``): its reset
-        joins the node's resets, its state (if it has save/load) the node's sections, by port name."""
-        self.pio.register(base, length, device, name)
-        path, type_name = self._port_owners[name]
-        node = self.devices.get(path) or self.devices.add(path, type_name)
-        node.front = node.front or device
-        if hasattr(device, "reset"):
-            node.resets.append(device)
-        if hasattr(device, "save") and hasattr(device, "load"):
-            node.sections[name] = device
+        """Claim ports for a built-in device, filed under its tree node (refvm/platform_assembly.py)."""
+        register_port(self, base, length, device, name)
 
     def _add_platform_devices(self) -> None:
-        serials = [(i, c) for i, c in enumerate(self.chardevs[: len(COM_PORTS)]) if c is not None]
-        builtin = pc_unattached_paths(self.config.smp, len(serials))
-        self._port_owners: dict[str, tuple[str, str]] = {
-            "i8042-reset": (builtin["i8042"], "i8042"), "reset-control": (builtin["PIIX3"], "PIIX3"),
-            "fw_cfg": ("/machine/fw_cfg", "fw_cfg_io"), "fw_cfg-dma": ("/machine/fw_cfg", "fw_cfg_io"),
-            "mc146818-rtc": (builtin["mc146818rtc"], "mc146818rtc"), "piix4-pm": (builtin["PIIX4_PM"], "PIIX4_PM"),
-        }  # fmt: skip
-        for k, (index, chardev) in enumerate(serials):
-            base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
-            self._port_owners[f"serial@{base:#x}"] = (builtin[f"isa-serial.{k}"], "isa-serial")
-            self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
-            self.devices.get(builtin[f"isa-serial.{k}"]).backend = chardev  # type: ignore[union-attr]
-        self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
-        self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
-        from refvm.devices.firmware import add_firmware
-
-        self.firmware = add_firmware(self, self._on_sleep)
-        # The PCI config ports chain the reset-control register at 0xCF9, so they come after it. Without
-        # firmware under qtest, Interrupt Line stays 0 as on QEMU; under KVM refvm plays the firmware.
-        self.pci, conf1 = build_pc_pci(
-            self.pio,
-            self.mmio,
-            self.msi_sink,
-            self.irq_sink,
-            ram_size=self.config.memory_bytes,
-            assign_irq_lines=self.config.accel == "kvm",
-        )
-        # The bus resets its functions (then their Interrupt Line and BAR mappings), so function nodes have
-        # no resets of their own; CONFIG_ADDRESS is state but no reset clears it (as before the tree).
-        self.devices.add("/machine/i440fx", "i440FX-pcihost", front=conf1, transport=self.pci,
-                         sections={"pci-conf-idx": conf1.address_port}, resets=[self.pci])
-        chipset = {"I440FX": builtin["i440FX"], "PIIX3": builtin["PIIX3"], "ide": builtin["piix3-ide"],
-                   "piix4_pm": builtin["PIIX4_PM"]}  # fmt: skip
-        for _slot, _fn, function in self.pci.devices():
-            path = chipset[function.vmsd_name]
-            node = self.devices.get(path) or self.devices.add(path, function.type_name)
-            node.transport = function
-            node.sections[function.idstr] = function
-
-    def _add_debug_exit(self, node: object, props: dict[str, str]) -> None:
-        """-device isa-debug-exit (plugged by device assembly, in -device order, into its tree node)."""
-        base = int(props.get("iobase", "0x501"), 0)
-        size = int(props.get("iosize", "0x02"), 0)
-        device = DebugExit(self.request_debug_exit)
-        self.pio.register(base, size, device, "isa-debug-exit")
-        node.front = device  # type: ignore[attr-defined]
+        add_platform_devices(self)
 
     def _add_pci_devices(self) -> None:
         """Open the backends and plug the PCI -devices, in command-line order."""
