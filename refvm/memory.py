@@ -95,6 +95,8 @@ class GuestMemory:
         self._dirty_lock = threading.Lock()
         #: True while a migration logs: the one attribute a view holder tests before calling mark_dirty().
         self.dirty_logging = False
+        #: The machine's x-deviation=migration-drop-dirty (refvm/deviations.py): view holders mark nothing.
+        self.drop_view_marks = False
 
     # ---------------------------------------------------------------- layout
     def add_ram(self, gpa: int, size: int) -> RamRegion:

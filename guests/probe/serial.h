@@ -5,9 +5,9 @@
 
 void serial_init(void);
 void serial_putc(char c);
+/* Nonzero when a received byte is waiting (one LSR read, never blocks). */
+int serial_ready(void);
 /* Blocks (polling LSR) until a byte arrives. */
 char serial_getc(void);
-/* Nonzero when a received byte is waiting (it stays for serial_getc). */
-int serial_rx_ready(void);
 
 #endif

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refvm import deviations
 from refvm.memory import GuestMemory, GuestMemoryError
 from refvm.migration.state import StateError
 from refvm.virtio.state import QueueState
@@ -324,8 +323,8 @@ class Virtqueue:
 
         Whole writable descriptors, not the first ``written`` bytes: the used length counts bytes, it does not
         say where they are (virtio-blk's status byte is the last writable byte whatever the data length)."""
-        if deviations.active("migration-drop-dirty"):
-            return  # off by default: refvm/deviations.py
+        if self.mem.drop_view_marks:
+            return  # x-deviation=migration-drop-dirty, off by default: refvm/deviations.py
         mark = self.mem.mark_dirty
         for addr, length in chain.writable_ranges:
             mark(addr, length)
@@ -333,7 +332,7 @@ class Virtqueue:
 
     def _log_ring(self, gpa: int, length: int) -> None:
         """A store into a ring area the driver reads (used idx, flags, event suppression)."""
-        if not deviations.active("migration-drop-dirty"):
+        if not self.mem.drop_view_marks:  # x-deviation=migration-drop-dirty
             self.mem.mark_dirty(gpa, length)
 
     def publish(self) -> None:
