@@ -91,26 +91,40 @@ class RpcClient:
 
     def call(self, proc: int, payload: bytes = b"") -> Unpacker:
         """Send one call and return an Unpacker on its reply; an error reply raises the peer's VirError."""
+        return self.call_serial(proc, payload)[0]
+
+    def call_serial(self, proc: int, payload: bytes = b"") -> tuple[Unpacker, int]:
+        """``call``, also returning the call's serial (a stream opened by the call carries it)."""
         serial = next(self._serials)
         hdr = Header(REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, proc, MsgType.CALL, serial, Status.OK)
         try:
             self.sock.sendall(message.encode(hdr, payload))
-            while True:
-                body = self._recv_exact(message.frame_length(self._recv_exact(LEN_SIZE)))
-                got = message.parse_header(body)
-                if got.type == MsgType.REPLY and got.serial == serial:
-                    break
+        except OSError as err:
+            raise errors.VirError(errors.VIR_ERR_RPC, f"Cannot write data: {err}", domain=errors.VIR_FROM_RPC) from None
+        got, data = self.receive(MsgType.REPLY, serial)
+        if got.status == Status.ERROR:
+            raise peer_error(data)
+        return Unpacker(data), serial
+
+    def receive(self, type_: int, serial: int) -> tuple[Header, bytes]:
+        """The next packet of ``type_`` for ``serial`` (others, events and keepalives, are skipped)."""
+        while True:
+            got, data = self.receive_one()
+            if got.type == type_ and got.serial == serial:
+                return got, data
+
+    def receive_one(self) -> tuple[Header, bytes]:
+        """The next packet from the peer: its header and payload."""
+        try:
+            body = self._recv_exact(message.frame_length(self._recv_exact(LEN_SIZE)))
+            return message.parse_header(body), body[message.HEADER_SIZE:]
         except OSError as err:
             raise errors.VirError(errors.VIR_ERR_RPC, f"Cannot recv data: {err}", domain=errors.VIR_FROM_RPC) from None
         except message.FrameError as err:
             raise errors.VirError(errors.VIR_ERR_RPC, str(err), domain=errors.VIR_FROM_RPC) from None
-        data = body[message.HEADER_SIZE:]
-        if got.status == Status.ERROR:
-            raise _peer_error(data)
-        return Unpacker(data)
 
 
-def _peer_error(data: bytes) -> errors.VirError:
+def peer_error(data: bytes) -> errors.VirError:
     try:
         code, domain, text, level = message.decode_error(data)
     except (ValueError, struct.error):
