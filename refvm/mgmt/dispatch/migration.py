@@ -11,7 +11,7 @@ from refvm.mgmt.dispatch import check_flags, driver_of, procedure
 from refvm.mgmt.dispatch.migration_stream import TunnelStream
 from refvm.mgmt.domain_xml import parse_domain
 from refvm.mgmt.drivers.base import DomainRef
-from refvm.mgmt.errors import VirError, invalid_arg, no_domain, operation_invalid
+from refvm.mgmt.errors import VirError, invalid_arg, no_domain
 from refvm.mgmt.rpc import protocol as P
 from refvm.mgmt.rpc.protocol import Proc
 from refvm.mgmt.rpc.types import PARAM_ULLONG, pack_domain, pack_typed_param, unpack_domain, unpack_typed_params
@@ -114,7 +114,7 @@ def _perform(session, dom: DomainRef, dconnuri: str | None, params: Params, flag
     """Perform3: the source daemon drives the destination itself with PEER2PEER, else streams to migrate_uri."""
     drv = driver_of(session)
     if flags & vir.VIR_MIGRATE_TUNNELLED and not flags & vir.VIR_MIGRATE_PEER2PEER:
-        raise operation_invalid("cannot perform tunnelled migration without using peer2peer flag")
+        raise invalid_arg("cannot perform tunnelled migration without using peer2peer flag")
     if flags & vir.VIR_MIGRATE_PEER2PEER:
         from refvm.mgmt.drivers.migration_p2p import perform_p2p
         ret.opaque(perform_p2p(drv, dom, dconnuri or "", params, flags))

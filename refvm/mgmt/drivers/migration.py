@@ -68,8 +68,9 @@ FINISH_TIMEOUT_S = 60.0
 def check_migrate_flags(flags: int, func: str) -> None:
     check_flags(flags, MIGRATE_FLAGS, func)
     if flags & vir.VIR_MIGRATE_TUNNELLED and not flags & vir.VIR_MIGRATE_PEER2PEER:
-        # libvirt's client library refuses this before any daemon sees it; a raw client gets the same answer
-        raise operation_invalid("cannot perform tunnelled migration without using peer2peer flag")
+        # libvirt's client library refuses this (VIR_ERR_INVALID_ARG) before any daemon sees it; a raw
+        # client gets the same answer
+        raise invalid_arg("cannot perform tunnelled migration without using peer2peer flag")
     for bits, text in _REFUSED:
         if flags & bits:
             raise VirError(VIR_ERR_ARGUMENT_UNSUPPORTED, text, domain=Q)
