@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 
 from refvm.mgmt import errors
 from refvm.mgmt.rpc import message
 from refvm.mgmt.rpc.client import RpcClient, peer_error
 from refvm.mgmt.rpc.message import Header
-from refvm.mgmt.rpc.protocol import REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, MsgType, Status
+from refvm.mgmt.rpc.protocol import LEN_SIZE, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, MsgType, Status
 
 #: data per packet, as libvirt's streams send it (VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX)
 CHUNK = 256 * 1024
@@ -32,9 +33,17 @@ class OutStream:
         self.done = False
 
     def _packet(self, status: int, data: bytes | memoryview = b"") -> None:
+        """One packet: its length word and header, then the data as it is (no copy into one buffer)."""
         hdr = Header(REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, self.proc, MsgType.STREAM, self.serial, status)
+        head = message.encode(hdr)
+        head = struct.pack(">I", len(head) + len(data)) + head[LEN_SIZE:]
         try:
-            self.client.sock.sendall(message.encode(hdr, bytes(data)))
+            sent = self.client.sock.sendmsg([head, data])
+            if sent < len(head):
+                self.client.sock.sendall(head[sent:])
+                sent = len(head)
+            if sent - len(head) < len(data):
+                self.client.sock.sendall(memoryview(data)[sent - len(head):])
         except OSError as err:
             self.done = True
             raise _rpc_error(f"Cannot write data: {err.strerror or err}") from None
