@@ -35,13 +35,13 @@ class Host:
     """One 'host': a refvmd process serving qemu:///session, a libvirt-python connection and its events."""
 
     def __init__(self, tmp: Path | None, prefix: list[str] | None = None, env: dict[str, str] | None = None,
-                 driver: str = "qemu", daemon: Refvmd | None = None) -> None:
+                 driver: str = "qemu", daemon: Refvmd | None = None, args: list[str] | None = None) -> None:
         """A new daemon in ``tmp``, or another driver's view of an existing ``daemon`` (which it leaves running)."""
         self.owns_daemon = daemon is None
         if daemon is None:
             assert tmp is not None
             tmp.mkdir()
-            daemon = Refvmd(tmp, prefix, env)
+            daemon = Refvmd(tmp, prefix, env, args)
             daemon.start()
         self.daemon = daemon
         self.uri = self.daemon.uri.replace("refvm+unix", f"{driver}+unix")
@@ -232,15 +232,15 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     a.conn.lookupByName("refuse").destroy()
 
 
-def start_slow_migration(src: Host, dst: Host, shared: Path, name: str,
-                         extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_slow_migration(src: Host, dst: Host, shared: Path, name: str, extra: tuple[str, ...] = (),
+                         dest_uri: str | None = None) -> subprocess.Popen:
     """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it
     and RAM is flowing (the job exists from Begin on, before the destination is prepared)."""
     start_guest(src, shared, name)
     assert "bytes ok" in console(src, name, "memtest 0x600000 0x1000000")
     assert src.virsh("migrate-setspeed", name, "1").returncode == 0
     assert src.virsh("migrate-getspeed", name).stdout.strip() == "1"
-    proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", *extra, name, dst.uri],
+    proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", *extra, name, dest_uri or dst.uri],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     dom = src.conn.lookupByName(name)

@@ -121,12 +121,10 @@ class TunnelOut:
                 except OSError as err:
                     raise operation_failed(f"reading the hypervisor's migration stream failed: {err}") from None
                 if not n:
-                    break
+                    return  # the stream is ended by wait() once the VMM said it completed, aborted otherwise
                 self.sink.send(memoryview(buf)[:n])
-            self.sink.finish()
         except VirError as err:
             self.error = err
-            self.sink.abort()
             self._close_conn()  # the VMM's migration fails on a closed socket
 
     def _close_conn(self) -> None:
@@ -139,13 +137,13 @@ class TunnelOut:
             conn.close()
 
     def wait(self, timeout: float) -> None:
-        """After the VMM completed: the rest of the stream reaches the peer, which confirms it."""
+        """After the VMM completed: the rest of the stream reaches the peer, then its end, which it confirms."""
         self.thread.join(timeout)
         if self.thread.is_alive():
-            self.abort()
             raise operation_failed("the tunnelled migration stream did not end")
         if self.error is not None:
             raise self.error
+        self.sink.finish()
 
     def abort(self) -> None:
         """The migration failed here: stop the pump, then tell the peer (its VMM's incoming fails). A pump
