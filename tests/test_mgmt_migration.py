@@ -232,6 +232,14 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     a.conn.lookupByName("refuse").destroy()
 
 
+def wait_gone(host: Host, name: str, timeout: float = 10.0) -> None:
+    """The domain disappears from ``host`` (a half-migrated guest is cleaned up asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while name in host.names() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name not in host.names()
+
+
 def start_slow_migration(src: Host, dst: Host, shared: Path, name: str, extra: tuple[str, ...] = (),
                          dest_uri: str | None = None) -> subprocess.Popen:
     """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it
@@ -345,10 +353,7 @@ def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
         dom = c.conn.lookupByName("srcgone")
         assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED]
         assert PATTERN in console(c, "srcgone", f"peek {PATTERN_ADDR}")
-        deadline = time.monotonic() + 10
-        while "srcgone" in b.names() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "srcgone" not in b.names()
+        wait_gone(b, "srcgone")
         dom.destroy()
     finally:
         c.close()

@@ -9,6 +9,7 @@ migration fails and the usual recovery (source resumes, destination killed) foll
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -128,13 +129,11 @@ class TunnelOut:
             self._close_conn()  # the VMM's migration fails on a closed socket
 
     def _close_conn(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        if self.conn is None:
+            return
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in recv
+        self.conn.close()
 
     def wait(self, timeout: float) -> None:
         """After the VMM completed: the rest of the stream reaches the peer, then its end, which it confirms."""
