@@ -93,19 +93,24 @@ class Daemon:
                 raise OSError(f"{path}: another refvmd is listening there")
             finally:
                 probe.close()
+        # bound under a temporary name and renamed once listening: a client that sees the path can connect
+        # (no ECONNREFUSED window between bind and listen)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117 if self.system else 0o177)
         try:
-            sock.bind(str(path))
+            sock.bind(str(tmp))
         finally:
             os.umask(old)
         if self.system:
-            os.chmod(path, 0o660)
+            os.chmod(tmp, 0o660)
             if self.group:
-                os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+                os.chown(tmp, -1, grp.getgrnam(self.group).gr_gid)
         else:
-            os.chmod(path, 0o600)
+            os.chmod(tmp, 0o600)
         sock.listen(64)
+        os.rename(tmp, path)
         self._listener = sock
         if self.listen_tcp is not None:
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
