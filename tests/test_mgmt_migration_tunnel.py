@@ -162,6 +162,7 @@ def test_timeout_suspends_the_guest_mid_migration(pair) -> None:
     pauses the migrating guest inside the migration job (SUSPENDED MIGRATED, paused/migration, as libvirt
     reports it), the tunnelled stream then ends and the guest runs on at the destination with its RAM."""
     (a, b), shared = pair[0]["qemu"], pair[1]
+    log_start = len(a.daemon.log.read_text())
     first = start_slow_migration(a, b, shared, "tmo", ("--p2p", "--tunnelled", "--timeout", "1"))
     try:
         dom = a.conn.lookupByName("tmo")
@@ -171,6 +172,8 @@ def test_timeout_suspends_the_guest_mid_migration(pair) -> None:
             assert time.monotonic() < deadline, dom.state()
             time.sleep(0.1)
         assert a.lifecycle("tmo", 1)[0] == (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        log = a.daemon.log.read_text()[log_start:]
+        assert f"call proc={Proc.DOMAIN_SUSPEND} " in log  # refvmd paused it because virsh called virDomainSuspend
         assert a.virsh("migrate-setspeed", "tmo", "100000").returncode == 0  # let the rest go now
         _, stderr = first.communicate(timeout=60)
     finally:
