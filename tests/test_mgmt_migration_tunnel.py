@@ -82,6 +82,18 @@ def test_each_combination_moves_the_probe_guest(pair, driver: str, mode: str) ->
     b.conn.lookupByName(name).destroy()
 
 
+def test_libvirt_python_migrate_to_uri3_tunnelled(pair) -> None:
+    """migrateToURI3(PEER2PEER | TUNNELLED | LIVE) from libvirt-python, there and back."""
+    (a, b), shared = pair[0]["qemu"], pair[1]
+    boot(a, shared, "py-tun", "qemu")
+    flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_TUNNELLED | libvirt.VIR_MIGRATE_LIVE
+    a.conn.lookupByName("py-tun").migrateToURI3(b.uri, {}, flags)
+    assert_moved(a, b, "py-tun")
+    b.conn.lookupByName("py-tun").migrateToURI3(a.uri, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 1000}, flags)
+    assert_moved(b, a, "py-tun")
+    a.conn.lookupByName("py-tun").destroy()
+
+
 @pytest.mark.parametrize("driver", ["qemu", "refvm"])
 def test_tunnelled_persistent_undefinesource(pair, driver: str) -> None:
     """--persistent --undefinesource over the tunnel: defined on the destination, gone from the source."""

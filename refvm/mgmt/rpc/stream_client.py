@@ -62,11 +62,16 @@ class OutStream:
             self._check_peer()
             self._packet(Status.CONTINUE, data[start:start + CHUNK])
 
-    def finish(self) -> None:
-        """End the stream and wait for the peer's confirmation (its error, if its end failed)."""
+    def finish(self, timeout: float = 60.0) -> None:
+        """End the stream and wait for the peer's confirmation (its error, if its end failed); a peer that does
+        not answer within ``timeout`` (a cable pulled at the very end) fails it instead of hanging the job."""
         self.done = True
         self._packet(Status.OK)
-        got, data = self.client.receive(MsgType.STREAM, self.serial)
+        self.client.sock.settimeout(timeout)
+        try:
+            got, data = self.client.receive(MsgType.STREAM, self.serial)
+        finally:
+            self.client.sock.settimeout(None)
         if got.status == Status.ERROR:
             raise peer_error(data)
 
