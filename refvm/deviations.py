@@ -4,9 +4,17 @@ A conformance suite that passes everything proves nothing until it has been seen
 here breaks exactly one MUST in a way a black-box test can see; `-global virtio-pci.x-deviation=NAME`
 turns it on, and tests/test_deviations.py shows that each one turns a named conformance test red.
 Checks sit outside hot loops (one frozenset lookup where the rule is applied).
+
+The set in force belongs to a machine (``Machine.deviations``), not to the process: a migration's source and
+destination built in one test process must not switch each other's deviations on. Devices get it from their
+PCI function when plugged (refvm/virtio/pci.py); a device never plugged has none.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["KNOWN", "Deviations", "NO_DEVIATIONS"]
 
 #: name -> the rule it breaks (and the clause whose test must catch it).
 KNOWN: dict[str, str] = {
@@ -20,17 +28,20 @@ KNOWN: dict[str, str] = {
     "destination's RAM differs (refvm-migration ram/dirty-after-first-pass)",
 }
 
-ACTIVE: frozenset[str] = frozenset()
+
+class Deviations(frozenset):
+    """The deviations one machine has switched on; unknown names are refused when the set is made."""
+
+    def __new__(cls, names: Iterable[str] = ()) -> Deviations:
+        chosen = frozenset(names)
+        unknown = chosen - set(KNOWN)
+        if unknown:
+            raise ValueError(f"unknown deviation(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN))}")
+        return super().__new__(cls, chosen)
+
+    def active(self, name: str) -> bool:
+        return name in self
 
 
-def enable(names: list[str] | set[str] | frozenset[str]) -> None:
-    """Turn deviations on for this process (the machine calls this once, before creating devices)."""
-    global ACTIVE
-    unknown = set(names) - set(KNOWN)
-    if unknown:
-        raise ValueError(f"unknown deviation(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN))}")
-    ACTIVE = frozenset(names)
-
-
-def active(name: str) -> bool:
-    return name in ACTIVE
+#: What a machine without `x-deviation` (or a device not plugged into one) has.
+NO_DEVIATIONS = Deviations()

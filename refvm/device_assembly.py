@@ -1,8 +1,9 @@
-"""Turns the -drive/-netdev/-object/-chardev/-device part of a MachineConfig into plugged PCI devices.
+"""Turns the -drive/-netdev/-object/-chardev/-device part of a MachineConfig into plugged devices.
 
 Backends are opened first and devices created second, in command-line order, so errors come out in the
 order a QEMU user expects and name the option they came from (`-device TEXT: message`). Everything opened
-is recorded so the machine can close it on exit, including after a failure half-way.
+is recorded so the machine can close it on exit, including after a failure half-way. Each ``-device`` joins
+the machine's device tree (refvm/devices/tree.py) with its front end, transport and backend.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def _drive_text(props: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in props.items())
 
 
-def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: Any, throttle_groups: Any) -> Backends:
+def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: Any, throttle_groups: Any,
+                  node_names: Any = None) -> Backends:
     """Open every -drive, -netdev, -object and the -chardevs no serial port took.
 
     Drives are refvm.block.drive.Drive objects: the image driver with its cache mode (refvm.block.cache),
-    the guest-visible write cache and a throttle-group member whose timers run on ``clock``.
+    the guest-visible write cache and a throttle-group member whose timers run on ``clock``; their
+    ``#blockNNN`` names come from the machine's ``node_names`` (refvm.block.drive.NodeNames).
     """
     from refvm.block.drive import open_drive
     from refvm.virtio.devices.hubport import HubPort
@@ -51,7 +54,8 @@ def open_backends(cfg: MachineConfig, serial_chardev_ids: set[str], *, clock: An
     try:
         for ident, props in cfg.drives.items():
             try:
-                backends.drives[ident] = open_drive(ident, props, clock=clock, throttle_groups=throttle_groups)
+                backends.drives[ident] = open_drive(ident, props, clock=clock, throttle_groups=throttle_groups,
+                                                     node_names=node_names)
             except ValueError as err:
                 raise AssemblyError(f"-drive {_drive_text(props)}: {err}") from None
         for ident, props in cfg.netdevs.items():
@@ -97,18 +101,26 @@ def _with_globals(cfg: MachineConfig, spec: DeviceSpec) -> dict[str, str]:
     return props
 
 
-def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> list[Any]:
-    """Create each PCI -device (and attach virtconsole ports) in order; returns the device models."""
+def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> None:
+    """Add every -device to ``machine.devices`` in order and plug it: isa-debug-exit on the port bus, virtio
+    PCI functions on the PCI bus, virtconsole ports on the last virtio-serial."""
     from refvm.devices.pci.bus import PciError
-    from refvm.virtio.devices import DEVICE_MODELS, Props
-    from refvm.virtio.pci import VirtioPciFunction
+    from refvm.devices.tree import DeviceTreeError
+    from refvm.platform_assembly import add_debug_exit
+    from refvm.virtio.devices import DEVICE_MODELS
 
-    models: list[Any] = []
     last_serial = None
     for spec in cfg.devices:
+        try:
+            node = machine.devices.add_peripheral(spec)
+        except DeviceTreeError as err:
+            raise AssemblyError(f"-device {spec.text}: {err}") from None
+        if spec.driver == "isa-debug-exit":
+            add_debug_exit(machine, node, spec.props)
+            continue
         model = DEVICE_MODELS.get(spec.driver)
         if model is None:
-            continue  # a platform device, plugged by the machine itself
+            continue  # accepted on the command line, modelled nowhere: a name in the tree only
         props = _with_globals(cfg, spec)
         try:
             if spec.driver == "virtconsole":
@@ -116,36 +128,48 @@ def plug_pci_devices(machine: Any, cfg: MachineConfig, backends: Backends) -> li
                     raise AssemblyError(
                         f"-device {spec.text}: No 'virtio-serial-bus' bus found for device 'virtconsole'"
                     )
-                last_serial.add_port(model.create(props, chardevs=backends.chardevs))
+                node.front = last_serial.add_port(model.create(props, chardevs=backends.chardevs))
+                node.transport, node.backend = last_serial, node.front.chardev
                 continue
-            device = model.create(
-                machine.memory,
-                props,
-                chardevs=backends.chardevs,
-                drives=backends.drives,
-                netdevs=backends.netdevs,
-                objects=backends.objects,
-                type_name=spec.driver,
-            )
-            pci_props = Props(spec.driver, props, props.keys()).pci()
-            function = VirtioPciFunction(
-                device,
-                disable_legacy=_on_off(pci_props.get("disable-legacy")),
-                disable_modern=_on_off(pci_props.get("disable-modern")) or False,
-                vectors=int(pci_props["vectors"], 0) if "vectors" in pci_props else None,
-                qdev_id=pci_props.get("id", ""),
-                type_name=spec.driver,
-            )
-            slot, fn = _pci_address(spec, pci_props["addr"]) if "addr" in pci_props else (None, 0)
-            machine.pci.add(function, slot, fn)
+            _plug_virtio_pci(machine, spec, props, model, backends, node)
         except AssemblyError:
             raise
         except (ValueError, PciError) as err:
             raise AssemblyError(f"-device {spec.text}: {err}") from None
         if spec.driver == "virtio-serial-pci":
-            last_serial = device
-        models.append(device)
-    return models
+            last_serial = node.front
+
+
+def _plug_virtio_pci(machine: Any, spec: DeviceSpec, props: dict[str, str], model: Any, backends: Backends,
+                     node: Any) -> None:
+    """Create the virtio device and its PCI proxy, plug it, and fill its tree node."""
+    from refvm.virtio.devices import Props
+    from refvm.virtio.pci import VirtioPciFunction
+
+    device = model.create(
+        machine.memory,
+        props,
+        chardevs=backends.chardevs,
+        drives=backends.drives,
+        netdevs=backends.netdevs,
+        objects=backends.objects,
+        type_name=spec.driver,
+    )
+    pci_props = Props(spec.driver, props, props.keys()).pci()
+    function = VirtioPciFunction(
+        device,
+        disable_legacy=_on_off(pci_props.get("disable-legacy")),
+        disable_modern=_on_off(pci_props.get("disable-modern")) or False,
+        vectors=int(pci_props["vectors"], 0) if "vectors" in pci_props else None,
+        qdev_id=pci_props.get("id", ""),
+        type_name=spec.driver,
+        deviations=machine.deviations,
+    )
+    slot, fn = _pci_address(spec, pci_props["addr"]) if "addr" in pci_props else (None, 0)
+    machine.pci.add(function, slot, fn)
+    node.front, node.transport = device, function
+    node.backend = getattr(device, "backend", None) or getattr(device, "tap", None)
+    node.sections[function.idstr] = function
 
 
 def _on_off(value: str | None) -> bool | None:

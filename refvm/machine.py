@@ -14,24 +14,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from refvm import deviations
 from refvm.bus import MmioBus, PioBus
 from refvm.config import MachineConfig
 from refvm.devices.chardev import Chardev, open_chardev
-from refvm.devices.debug_exit import DebugExit
 from refvm.devices.irq import IrqLine
-from refvm.devices.pci.pc import build_pc_pci
-from refvm.devices.reset import KbdReset, ResetControl
-from refvm.devices.serial import Serial16550
+from refvm.devices.tree import DeviceTree
 from refvm.memory import GuestMemory
+from refvm.platform_assembly import add_platform_devices, register_port
 
 if TYPE_CHECKING:  # the KVM side is imported only when a KVM machine is built (qtest starts faster)
     from refvm.vcpu_runner import VcpuRunner
-
-#: Legacy COM ports: (I/O base, IRQ), as every PC and QEMU's `-serial` order.
-COM_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 
 #: Below 4 GiB, RAM stops here; the rest goes above 4 GiB (the PCI hole, as QEMU's pc machine).
 LOW_RAM_LIMIT = 0xC000_0000
@@ -58,16 +52,18 @@ class Outcome:
     message: str = ""
 
 
-class Resettable(Protocol):
-    def reset(self) -> None: ...
-
-
 class Machine:
     """A PC-like machine (pc: COM ports, debug-exit, reset ports) run by KVM vCPU threads."""
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
-        deviations.enable(config.deviations)
+        from refvm.block.drive import NodeNames
+        from refvm.deviations import Deviations
+
+        #: This machine's deliberate deviations and `#blockNNN` node names: its own, not the process's, so a
+        #: migration's source and destination can live in one process.
+        self.deviations = Deviations(config.deviations)
+        self.node_names = NodeNames()
         self._kernel_image = self._read_file(config.kernel, "kernel") if config.kernel else None
         self._initrd_image = self._read_file(config.initrd, "initrd") if config.initrd else None
         self._outcome: Outcome | None = None
@@ -76,7 +72,8 @@ class Machine:
         self._reset_requested = threading.Event()
         self._state_lock = threading.RLock()
         self._runners: list[VcpuRunner] = []
-        self._state = "prelaunch" if config.start_paused else "running"
+        # With -incoming the machine is in inmigrate before any monitor answers (as QEMU).
+        self._state = "inmigrate" if config.incoming else "prelaunch" if config.start_paused else "running"
         self.kvm = None
         self.cpu_plan = None  # refvm.cpu.CpuPlan, made on the first VM build (vcpu_setup.setup_cpuid)
         self.vm = None
@@ -91,7 +88,8 @@ class Machine:
         self.memory = self._build_memory()
         self.pio = PioBus()
         self.mmio = MmioBus()
-        self._resettables: list[Resettable] = []
+        #: Every device by QOM path (refvm/devices/tree.py): reset, QMP and migration walk it.
+        self.devices = DeviceTree()
         self.chardevs: list[Chardev | None] = []
         self.backends = None
         # Timers (block throttling) need a clock before devices exist: virtual under qtest (the client
@@ -147,36 +145,11 @@ class Machine:
         return IrqLine(self.irq_sink, irq)
 
     def _register(self, base: int, length: int, device: object, name: str) -> None:
-        self.pio.register(base, length, device, name)
-        if hasattr(device, "reset"):
-            self._resettables.append(device)  # type: ignore[arg-type]
+        """Claim ports for a built-in device, filed under its tree node (refvm/platform_assembly.py)."""
+        register_port(self, base, length, device, name)
 
     def _add_platform_devices(self) -> None:
-        for index, chardev in enumerate(self.chardevs[: len(COM_PORTS)]):
-            base, irq = self.config.serial_ports.get(index, COM_PORTS[index])
-            if chardev is not None:
-                self._register(base, 8, Serial16550(self._irq_line(irq), chardev), f"serial@{base:#x}")
-        self._register(0x64, 1, KbdReset(self.request_reset), "i8042-reset")
-        self._register(0xCF9, 1, ResetControl(self.request_reset), "reset-control")
-        from refvm.devices.firmware import add_firmware
-
-        self.firmware = add_firmware(self, self._on_sleep)
-        # The PCI config ports chain the reset-control register at 0xCF9, so they come after it. Without
-        # firmware under qtest, Interrupt Line stays 0 as on QEMU; under KVM refvm plays the firmware.
-        self.pci, _ = build_pc_pci(
-            self.pio,
-            self.mmio,
-            self.msi_sink,
-            self.irq_sink,
-            ram_size=self.config.memory_bytes,
-            assign_irq_lines=self.config.accel == "kvm",
-        )
-        self._resettables.append(self.pci)
-        for dev in self.config.devices:
-            if dev.driver == "isa-debug-exit":
-                base = int(dev.props.get("iobase", "0x501"), 0)
-                size = int(dev.props.get("iosize", "0x02"), 0)
-                self._register(base, size, DebugExit(self.request_debug_exit), "isa-debug-exit")
+        add_platform_devices(self)
 
     def _add_pci_devices(self) -> None:
         """Open the backends and plug the PCI -devices, in command-line order."""
@@ -185,8 +158,9 @@ class Machine:
         cfg = self.config
         serial_ids = {ident for ident, spec in cfg.chardevs.items() if any(spec is s for s in cfg.serials)}
         try:
-            self.backends = open_backends(cfg, serial_ids, clock=self.clock, throttle_groups=self.throttle_groups)
-            self.pci_models = plug_pci_devices(self, cfg, self.backends)
+            self.backends = open_backends(cfg, serial_ids, clock=self.clock, throttle_groups=self.throttle_groups,
+                                          node_names=self.node_names)
+            plug_pci_devices(self, cfg, self.backends)
         except AssemblyError as err:
             raise MachineError(str(err)) from None
 
@@ -530,8 +504,7 @@ class Machine:
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
                 if self._outcome is not None:
                     return self._outcome
-                for device in self._resettables:
-                    device.reset()
+                self.devices.reset()
         finally:
             self.qtest.close()
             self._close_chardevs()
@@ -557,8 +530,7 @@ class Machine:
                 if self._outcome is not None:
                     return self._outcome
                 if self._reset_requested.is_set():
-                    for device in self._resettables:
-                        device.reset()
+                    self.devices.reset()
         finally:
             self._teardown_vm()
             self._close_chardevs()

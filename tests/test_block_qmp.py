@@ -24,6 +24,7 @@ from refvm.block.qcow2 import create_qcow2
 from refvm.block.throttle_group import ThrottleGroups
 from refvm.clock import VirtualClock
 from refvm.config import DeviceSpec
+from refvm.devices.tree import DeviceTree
 from refvm.monitor.block_qmp import BlockCommands, qdev_paths
 from refvm.monitor.qmp import QmpError, validate_args
 
@@ -54,6 +55,14 @@ def _spec(text: str) -> DeviceSpec:
     return DeviceSpec(driver, props, text)
 
 
+def _tree(texts: list[str]) -> DeviceTree:
+    """The -devices as a machine's device tree names them (no models: query-block needs only the names)."""
+    tree = DeviceTree()
+    for text in texts:
+        tree.add_peripheral(_spec(text))
+    return tree
+
+
 class Refvm:
     """refvm's side: drives opened by open_drive, devices as -device specs, commands on a fake server."""
 
@@ -67,7 +76,7 @@ class Refvm:
             props.pop("if", None)
             self.drives[ident] = open_drive(ident, props, clock=self.clock, throttle_groups=self.groups)
         self.server = FakeServer()
-        BlockCommands(self.server, None, self.drives, self.groups, devices=[_spec(d) for d in devices])
+        BlockCommands(self.server, None, self.drives, self.groups, devices=_tree(devices))
 
     def ask(self, cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self.server.call(c["execute"], c.get("arguments")) for c in cmds]
@@ -176,7 +185,7 @@ COMMANDS: list[dict[str, Any]] = [
 
 
 def test_qdev_paths_count_every_anonymous_device() -> None:
-    by_drive, objects = qdev_paths([_spec(d) for d in DEVICES])
+    by_drive, objects = qdev_paths(_tree(DEVICES))
     assert by_drive == {
         "d0": "/machine/peripheral-anon/device[1]/virtio-backend",
         "d1": "/machine/peripheral/vb1/virtio-backend",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from test_block_qmp import FakeServer
-from virtio_pci_rig import C, Rig
+from virtio_pci_rig import C, Rig, tree_of
 
 from refvm.block.drive import Drive, open_drive
 from refvm.block.qcow2 import create_qcow2
@@ -41,7 +41,8 @@ class Setup:
         self.rig = Rig(VirtioBlk(Rig().mem, self.drives["d0"]))
         self.blk: VirtioBlk = self.rig.vdev  # type: ignore[assignment]
         self.server = FakeServer()
-        BlockResizeCommands(self.server, SimpleNamespace(pci_models=[self.blk]), self.drives)
+        tree = tree_of(("virtio-blk-pci", {"drive": "d0"}, self.blk, self.rig.fn))
+        BlockResizeCommands(self.server, SimpleNamespace(devices=tree), self.drives)
 
     def call(self, **args: Any) -> dict[str, Any]:
         return self.server.call("block_resize", args)

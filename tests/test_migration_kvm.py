@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import kvm_available, require
+
+from tests.conftest import kvm_available, require
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "guests" / "probe" / "build" / "probe.elf"

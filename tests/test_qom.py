@@ -8,7 +8,7 @@ from typing import Any
 
 from test_block_qmp import FakeServer
 from test_virtio_helpers import SplitDriver
-from virtio_pci_rig import Rig
+from virtio_pci_rig import Rig, tree_of
 
 from refvm.monitor.qom import STAT_ABSENT, QomCommands
 from refvm.virtio import features as F
@@ -23,7 +23,7 @@ def _setup() -> tuple[Rig, FakeServer]:
     rig = Rig(VirtioBalloon(mem), type_name="virtio-balloon-pci")
     rig.fn.qdev_id = "bal0"  # the rig names its function vdev0
     server = FakeServer()
-    QomCommands(server, SimpleNamespace(pci=rig.bus))
+    QomCommands(server, SimpleNamespace(devices=tree_of(("virtio-balloon-pci", {"id": "bal0"}, rig.vdev, rig.fn))))
     return rig, server
 
 

@@ -16,6 +16,7 @@ import pytest
 import test_virtio_net as base
 from test_qmp_server import RawClient
 from test_virtio_helpers import make_mem
+from virtio_pci_rig import tree_of
 
 from refvm.monitor.net_qmp import NetCommands
 from refvm.monitor.qmp import QmpServer
@@ -191,7 +192,8 @@ def test_announce_without_guest_announce_only_sends_rarp(tap: Tap, rarp: socket.
 def qmp_net(tmp_path: Path, tap: Tap) -> Iterator[tuple[Rig, NetCommands, RawClient]]:
     r = Rig(tap, features=ANNOUNCE_FEATS, id="nic0")
     server = QmpServer(str(tmp_path / "qmp.sock"), server=True)
-    commands = NetCommands(server, SimpleNamespace(pci_models=[object(), r.dev]))
+    tree = tree_of(("virtio-rng-pci", {}, object(), None), ("virtio-net-pci", {"id": "nic0"}, r.dev, None))
+    commands = NetCommands(server, SimpleNamespace(devices=tree))
     server.start()
     client = RawClient(server.path)
     client.negotiate()

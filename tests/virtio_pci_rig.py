@@ -7,7 +7,9 @@ from __future__ import annotations
 from test_virtio_helpers import EchoDevice, SplitDriver, make_mem
 
 from refvm.bus import MmioBus, PioBus
+from refvm.config import DeviceSpec
 from refvm.devices.pci import PciBus
+from refvm.devices.tree import DeviceTree
 from refvm.virtio import status as S
 from refvm.virtio.device import VirtioDevice
 from refvm.virtio.pci import VirtioPciFunction
@@ -145,3 +147,13 @@ class Rig:
             self.wr(C.QENABLE, 2, 1)
         self.wr(C.STATUS, 1, S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK)
         assert self.rd(C.STATUS, 1) == S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK
+
+
+def tree_of(*devices: tuple[str, dict[str, str], object, object]) -> DeviceTree:
+    """A machine's device tree holding (driver, -device props, front end, transport) as -devices, in order:
+    what the QMP command sets walk, for tests that build devices without a whole machine."""
+    tree = DeviceTree()
+    for driver, props, front, transport in devices:
+        node = tree.add_peripheral(DeviceSpec(driver, dict(props)))
+        node.front, node.transport = front, transport
+    return tree

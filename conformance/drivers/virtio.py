@@ -181,6 +181,17 @@ class VirtioPciDevice:
         )
         return self
 
+    def moved_to(self, qtest: QtestSession, func: PciFunction) -> VirtioPciDevice:
+        """Drive the same function on a migration's destination (`func`: it, found on the destination's bus).
+
+        Nothing is set up again: BAR addresses, negotiated features and queue addresses are device state and
+        guest RAM, which the migration carried, so only the connection the driver talks through changes; a
+        check that they did carry over is the caller's (`func.bars()` against `self.bars`, the rings' indices)."""
+        self.qt, self.func = qtest, func
+        for vq in self.queues.values():
+            vq.qt = qtest
+        return self
+
     def region(self, cfg_type: int) -> int:
         """Guest-physical address of a virtio structure: its BAR's address plus the capability's offset."""
         c = self.cap(cfg_type)

@@ -370,7 +370,7 @@ static const struct command command_table[] = {
     { "peek",    "ADDR [WIDTH]",        "read 1/2/4 bytes (default 4) of RAM",        1, 2, cmd_peek },
     { "poke",    "ADDR VALUE [WIDTH]",  "write 1/2/4 bytes (default 4) of RAM",       2, 3, cmd_poke },
     { "memtest", "START LEN",           "write an address pattern, read it back",     2, 2, cmd_memtest },
-    { "pattern", "fill|check START LEN SEED", "write / verify a seeded pattern (migration)", 4, 4, cmd_pattern },
+    { "pattern", "fill|check|loop START LEN SEED", "write / verify / keep rewriting a seeded pattern", 4, 4, cmd_pattern },
     { "inb",     "PORT",                "read a byte from an I/O port",               1, 1, cmd_inb },
     { "inw",     "PORT",                "read a word from an I/O port",               1, 1, cmd_inw },
     { "inl",     "PORT",                "read a dword from an I/O port",              1, 1, cmd_inl },

@@ -53,6 +53,11 @@ void serial_putc(char c)
     tx_room--;
 }
 
+int serial_ready(void)
+{
+    return inb(COM1 + REG_LSR) & LSR_DR;
+}
+
 char serial_getc(void)
 {
     /* No HLT: with an in-kernel irqchip and no interrupt source HLT would

@@ -5,6 +5,8 @@
 
 void serial_init(void);
 void serial_putc(char c);
+/* Nonzero when a received byte is waiting (one LSR read, never blocks). */
+int serial_ready(void);
 /* Blocks (polling LSR) until a byte arrives. */
 char serial_getc(void);
 

@@ -34,18 +34,23 @@ __all__ = ["Drive", "open_drive", "SUPPORTED_FORMATS"]
 
 SUPPORTED_FORMATS = ("raw", "qcow2")
 
-# QEMU names anonymous nodes '#block' + a global counter + two random digits (id_generate). Each image
-# uses two counter values (format node and protocol node); we keep that spacing so numbers look alike.
-_node_counter = itertools.count(1, 2)
-_node_lock = threading.Lock()
+class NodeNames:
+    """QEMU's anonymous node names, ``#block`` + a counter + two random digits (its id_generate), one sequence
+    per machine (QEMU has one per process, which is one machine; refvm may hold a migration's source and
+    destination in one process). Each image takes two counter values (format and protocol node), so the
+    numbers look like QEMU's."""
 
+    def __init__(self) -> None:
+        self._counter = itertools.count(1, 2)
+        self._lock = threading.Lock()
 
-def _generate_node_name(images: int) -> str:
-    with _node_lock:
-        n = next(_node_counter)
-        for _ in range(images - 1):
-            next(_node_counter)
-    return f"#block{n}{random.randrange(100):02d}"
+    def generate(self, images: int) -> str:
+        """The name of a drive whose chain has ``images`` images (the image plus its backing files)."""
+        with self._lock:
+            n = next(self._counter)
+            for _ in range(images - 1):
+                next(self._counter)
+        return f"#block{n}{random.randrange(100):02d}"
 
 
 _BOOL = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
@@ -205,11 +210,13 @@ def open_drive(
     *,
     clock: Clock,
     throttle_groups: ThrottleGroups | None = None,
+    node_names: NodeNames | None = None,
 ) -> Drive:
     """Open one ``-drive`` (``props`` as given: ``file``, ``format``, ``cache``, ``read-only``, ...).
 
     ``throttle_groups`` is the machine's group registry (one per machine, on ``clock``); when None a
-    private one is made on ``clock``. Raises :class:`ValueError` with QEMU's message.
+    private one is made on ``clock``. ``node_names`` is the machine's node-name sequence (None: a fresh one).
+    Raises :class:`ValueError` with QEMU's message.
     """
     mode = parse_cache_options(props)
     ro_key = "readonly" if "readonly" in props else "read-only"
@@ -242,7 +249,8 @@ def open_drive(
         raise _open_error(path, exc) from None
     groups = throttle_groups if throttle_groups is not None else ThrottleGroups(clock)
     member = ThrottleGroupMember(drive_id)
-    drive = Drive(drive_id, props, driver, mode, member, groups, _generate_node_name(1 + _chain_depth(driver)))
+    node_name = (node_names or NodeNames()).generate(1 + _chain_depth(driver))
+    drive = Drive(drive_id, props, driver, mode, member, groups, node_name)
     try:
         groups.attach_drive(member, config, drive_id)
     except Exception:

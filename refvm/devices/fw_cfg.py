@@ -174,7 +174,8 @@ class FwCfg:
         # Writes to the data register are ignored (QEMU >= 2.4: the write channel is DMA only).
 
     def reset(self) -> None:
-        self.select(0)
+        """Item 0 (the signature) selected, at offset 0: the power-on state, which is ``FwCfgState()``."""
+        self.load(FwCfgState())
 
     def save(self) -> FwCfgState:
         with self._lock:
@@ -249,7 +250,8 @@ class FwCfgDma:
         return 0
 
     def reset(self) -> None:
-        self.high = 0
+        """No high half pending: ``FwCfgDmaState()``."""
+        self.load(FwCfgDmaState())
 
     def save(self) -> FwCfgDmaState:
         return FwCfgDmaState(self.high)

@@ -100,5 +100,6 @@ class ResetControl:
             self.on_reset()
 
     def reset(self) -> None:
-        """Device reset: the register returns to 0 (the machine calls this after on_reset)."""
+        """Device reset: the register returns to 0 (the machine calls this after on_reset). It has no State
+        class (it is not among the migrated sections yet), so there is nothing to ``load``."""
         self.value = 0

@@ -147,7 +147,8 @@ class Rtc:
         return parse_base_date(base)
 
     def reset(self) -> None:
-        """Machine reset: the battery-backed time and CMOS stay; interrupt enables and flags clear (as QEMU)."""
+        """Machine reset: the battery-backed time and CMOS stay; interrupt enables and flags clear (as QEMU).
+        Not ``load(RtcState())``: that would zero the time of day and the CMOS, which a reset keeps."""
         with self._lock:
             self._collect(self.clock.now_ns())
             self.ram[REG_B] &= ~(B_PIE | B_AIE | 0x08)  # PIE, AIE, SQWE

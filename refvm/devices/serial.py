@@ -126,7 +126,8 @@ class Serial16550:
         self._thr_ipending = False
 
     def reset(self) -> None:
-        """System reset: registers to power-on values. Host input still in the backlog is kept."""
+        """System reset: registers to power-on values. Host input still in the backlog is kept, so this is
+        not ``load(SerialState())`` (whose empty backlog would drop what the user typed)."""
         with self._lock:
             self._reset_registers()
             self._fill_rx()

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from refvm import deviations
 from refvm.migration import kvm_sections, precopy
 from refvm.migration.channel import Channel, FdLookup, Listener, connect
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
@@ -38,18 +37,10 @@ UNUSED_RAM_COUNTERS = ("skipped", "postcopy-requests", "multifd-bytes", "postcop
 
 
 def _devices(machine: Any) -> dict[str, Any]:
-    """The devices that save and load their state, by section idstr: port-I/O devices by bus registration
-    name, then every PCI function in slot order as QEMU names them (`0000:00:04.0/virtio-blk`)."""
-    found: dict[str, Any] = {}
-    for base, _length, name in machine.pio.ranges():
-        rng = machine.pio.lookup(base)
-        dev = rng.device if rng is not None else None
-        if dev is not None and hasattr(dev, "save") and hasattr(dev, "load"):
-            found[name] = dev
-    pci = getattr(machine, "pci", None)
-    for _slot, _function, dev in pci.devices() if pci is not None else ():
-        found[dev.idstr] = dev
-    return found
+    """The devices that save and load their state, by section idstr, in device-tree order (built-ins, then
+    every -device): port-I/O devices by their bus registration name (`mc146818-rtc`, `serial@0x3f8`), PCI
+    functions as QEMU names them (`0000:00:04.0/virtio-blk`)."""
+    return machine.devices.sections()
 
 
 def thaw_devices(machine: Any) -> None:
@@ -289,7 +280,7 @@ class MigrationJob:
         a second, and the pages' digests come back; with them only pages that changed go, unthrottled (the
         guest is stopped), as the section end."""
         first = not sent
-        if not first and deviations.active("migration-drop-dirty"):
+        if not first and self.machine.deviations.active("migration-drop-dirty"):
             sent = [hash(data) for gpa, size in _regions(self.machine) for _, data in self._pages(gpa, size)]
         batch: list[tuple[str, int, bytes]] = []
         digests: list[int] = []

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from refvm import deviations
 from refvm.migration.dirty_log import KvmDirtyLog, Slot
 from refvm.migration.stream import StreamWriter
 from refvm.migration.wire import TARGET_PAGE_SIZE
@@ -95,7 +94,7 @@ class PreCopy:
         rest = self._carry | self._sync()
         if self.memory.views_handed_out != self.views:  # a zero-copy view appeared meanwhile: writes went unlogged
             rest = set(self.all())
-        if deviations.active("migration-drop-dirty"):
+        if self.job.machine.deviations.active("migration-drop-dirty"):
             rest = set()
         self.send(sorted(rest), last=True)
         self.remaining = 0

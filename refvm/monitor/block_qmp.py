@@ -25,12 +25,13 @@ holding the drive -- then validates the limits, and finally applies them through
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from refvm.block.drive import Drive
 from refvm.block.throttle_config import QMP_FIELDS, ThrottleConfig, ThrottleConfigError
 from refvm.block.throttle_group import ThrottleGroups
+from refvm.devices.tree import DeviceTree
 from refvm.monitor.qmp import QmpError, QmpServer
 
 __all__ = ["BlockCommands", "qdev_paths", "image_info"]
@@ -38,41 +39,24 @@ __all__ = ["BlockCommands", "qdev_paths", "image_info"]
 #: Block-device front ends refvm has; their QOM backend child (virtio proxies hold the real device).
 _BLOCK_DEVICE_TYPES = ("virtio-blk-pci", "virtio-blk-pci-transitional", "virtio-blk-pci-non-transitional",
                        "virtio-blk-device")
-_VIRTIO_PREFIX = "virtio-"
 _CONTAINERS = ("", "machine", "machine/peripheral", "machine/peripheral-anon", "machine/unattached")
 
 
-def _spec_parts(spec: Any) -> tuple[str, Mapping[str, str]]:
-    return str(getattr(spec, "driver", "")), getattr(spec, "props", {}) or {}
+def qdev_paths(tree: DeviceTree) -> tuple[dict[str, str], dict[str, str | None]]:
+    """QOM paths of the user's ``-device``s, from the machine's device tree (QEMU's names).
 
-
-def qdev_paths(devices: Iterable[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
-    """QOM paths of the user's ``-device``s, as QEMU names them.
-
-    Returns (drive id -> qdev path of the device using it, device QOM path -> drive id or None).
-    The second map holds every device path (proxy and, for virtio, its ``virtio-backend`` child) so
-    ``block_set_io_throttle id=`` can tell "not found" from "no block backend".
+    Returns (drive id -> qdev path of the device using it, device QOM path -> drive id or None), paths
+    without the leading '/'. The second map holds every device path (proxy and, for virtio, its
+    ``virtio-backend`` child) so ``block_set_io_throttle id=`` can tell "not found" from "no block backend".
     """
     by_drive: dict[str, str] = {}
     objects: dict[str, str | None] = {}
-    anon = 0
-    for spec in devices:
-        driver, props = _spec_parts(spec)
-        qid = props.get("id")
-        if qid:
-            base = f"machine/peripheral/{qid}"
-        else:
-            base = f"machine/peripheral-anon/device[{anon}]"
-            anon += 1
-        drive = props.get("drive") if driver in _BLOCK_DEVICE_TYPES else None
-        objects[base] = None
-        if driver.startswith(_VIRTIO_PREFIX) and driver.endswith("-pci"):
-            objects[base + "/virtio-backend"] = drive
-            if drive:
-                by_drive.setdefault(drive, "/" + base + "/virtio-backend")
-        elif drive:
-            objects[base] = drive
-            by_drive.setdefault(drive, "/" + base)
+    for node in tree.peripherals():
+        drive = node.spec.props.get("drive") if node.type_name in _BLOCK_DEVICE_TYPES else None
+        objects[node.path.lstrip("/")] = None
+        objects[node.device_path.lstrip("/")] = drive
+        if drive:
+            by_drive.setdefault(drive, node.device_path)
     return by_drive, objects
 
 
@@ -95,15 +79,14 @@ class BlockCommands:
         drives: Mapping[str, Drive],
         throttle_groups: ThrottleGroups,
         *,
-        devices: Iterable[Any] | None = None,
+        devices: DeviceTree | None = None,
     ) -> None:
         self.server = server
         self.machine = machine
         self.drives = drives
         self.throttle_groups = throttle_groups
         if devices is None:
-            config = getattr(machine, "config", None)
-            devices = getattr(config, "devices", []) if config is not None else []
+            devices = machine.devices
         self._by_drive, self._objects = qdev_paths(devices)
         server.register("query-block", self.query_block)
         schema: dict[str, type | tuple[type, ...]] = {}

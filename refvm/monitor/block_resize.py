@@ -45,7 +45,7 @@ class BlockResizeCommands:
 
     def _frontends(self, drive: Drive) -> list[Any]:
         """The device models whose block backend is ``drive`` (those with a :meth:`capacity_changed`)."""
-        return [m for m in getattr(self.machine, "pci_models", None) or []
+        return [m for m in self.machine.devices.fronts()
                 if getattr(m, "backend", None) is drive and hasattr(m, "capacity_changed")]
 
     def block_resize(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -87,10 +87,9 @@ class HmpCommands:
     def _attachments(self) -> dict[str, str]:
         """drive id -> the QOM path of the device using it."""
         out = {}
-        for spec in self.machine.config.devices:
-            if "drive" in spec.props:
-                dev_id = spec.props.get("id")
-                out[spec.props["drive"]] = f"/machine/peripheral/{dev_id}/virtio-backend" if dev_id else "(anonymous)"
+        for node in self.machine.devices.peripherals():
+            if "drive" in node.spec.props:
+                out[node.spec.props["drive"]] = node.device_path if node.qdev_id else "(anonymous)"
         return out
 
     def info_block(self) -> str:

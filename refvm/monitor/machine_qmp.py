@@ -29,7 +29,7 @@ class DeviceCommands:
     def _balloons(self) -> list[Any]:
         from refvm.virtio.devices import VirtioBalloon
 
-        return [m for m in getattr(self.machine, "pci_models", []) if isinstance(m, VirtioBalloon)]
+        return self.machine.devices.fronts(VirtioBalloon)
 
     def _balloon(self) -> Any:
         balloons = self._balloons()

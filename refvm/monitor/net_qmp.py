@@ -64,7 +64,7 @@ class AnnounceTimer:
 
 
 class NetCommands:
-    """Registers the NIC commands of one machine on a QMP server (``machine.pci_models`` holds the NICs)."""
+    """Registers the NIC commands of one machine on a QMP server (the NICs are in ``machine.devices``)."""
 
     def __init__(self, server: QmpServer, machine: Any) -> None:
         self.server = server
@@ -81,13 +81,12 @@ class NetCommands:
 
         out = []
         unnamed = 0
-        for model in getattr(self.machine, "pci_models", []):
-            if isinstance(model, VirtioNet):
-                name = model.qdev_id
-                if not name:
-                    name = f"virtio-net-pci.{unnamed}"
-                    unnamed += 1
-                out.append((name, model))
+        for model in self.machine.devices.fronts(VirtioNet):
+            name = model.qdev_id
+            if not name:
+                name = f"virtio-net-pci.{unnamed}"
+                unnamed += 1
+            out.append((name, model))
         return out
 
     def announce_self(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from refvm.devices.tree import CONTAINERS
 from refvm.monitor.qmp import QmpError, QmpServer
 
 __all__ = ["QomCommands", "balloon_guest_stats"]
@@ -32,7 +33,6 @@ GUEST_STATS_ORDER = (
     "stat-htlb-pgalloc", "stat-swap-out", "stat-available-memory", "stat-htlb-pgfail", "stat-free-memory",
     "stat-minor-faults", "stat-major-faults", "stat-total-memory", "stat-swap-in", "stat-disk-caches",
 )  # fmt: skip
-_CONTAINERS = ("/machine/peripheral", "/machine/peripheral-anon", "/machine/unattached")
 
 
 def balloon_guest_stats(balloon: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class _Object:
 
 
 class QomCommands:
-    """Registers ``qom-get`` for one machine (its PCI functions are looked up at each call)."""
+    """Registers ``qom-get`` for one machine (its device tree is walked at each call)."""
 
     def __init__(self, server: QmpServer, machine: Any) -> None:
         self.server = server
@@ -66,29 +66,27 @@ class QomCommands:
 
     # ---- the object tree ---------------------------------------------------------------------------
     def objects(self) -> dict[str, _Object]:
-        """Absolute path -> object, for the containers and every ``-device`` with an id."""
+        """Absolute path -> object, for the containers and every virtio-pci ``-device`` with an id (from the
+        machine's device tree, in PCI slot order)."""
         from refvm.virtio.devices import VirtioBalloon
         from refvm.virtio.pci import VirtioPciFunction
 
-        out = {path: _Object("container") for path in _CONTAINERS}
-        pci = getattr(self.machine, "pci", None)
-        functions = [dev for _slot, _fn, dev in pci.devices()] if pci is not None else []
-        for fn in functions:
-            qdev_id = getattr(fn, "qdev_id", "")
-            if not qdev_id or not isinstance(fn, VirtioPciFunction):
-                continue
-            vdev = fn.vdev
+        out = {path: _Object("container") for path in CONTAINERS}
+        tree = getattr(self.machine, "devices", None)
+        peripherals = tree.peripherals() if tree is not None else []
+        nodes = [n for n in peripherals if n.qdev_id and isinstance(n.transport, VirtioPciFunction)]
+        for node in sorted(nodes, key=lambda n: (n.transport.slot, n.transport.function)):
+            fn, vdev = node.transport, node.front
             props: dict[str, Callable[[], Any]] = {}
             if isinstance(vdev, VirtioBalloon):
                 props["guest-stats"] = lambda b=vdev: balloon_guest_stats(b)
                 props["guest-stats-polling-interval"] = lambda: 0
-            base = f"/machine/peripheral/{qdev_id}"
-            out[base] = _Object(fn.type_name, props)
+            out[node.path] = _Object(fn.type_name, props)
             kind = fn.type_name.removesuffix("-non-transitional").removesuffix("-transitional")
             backend_type = kind.removesuffix("-pci") + "-device"
-            out[base + "/virtio-backend"] = _Object(backend_type, props)
+            out[node.device_path] = _Object(backend_type, props)
             if isinstance(vdev, VirtioBalloon):  # qom_qmp makes the polling interval writable
-                out[base].balloon = out[base + "/virtio-backend"].balloon = vdev  # type: ignore[attr-defined]
+                out[node.path].balloon = out[node.device_path].balloon = vdev  # type: ignore[attr-defined]
         return out
 
     def resolve(self, path: str) -> _Object | None:

@@ -41,7 +41,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from refvm import deviations
+from refvm.deviations import NO_DEVIATIONS, Deviations
 from refvm.memory import GuestMemory, GuestMemoryError
 from refvm.virtio import features as F
 from refvm.virtio import status as S
@@ -78,6 +78,8 @@ class VirtioDevice:
     queue_max_sizes: tuple[int, ...] = ()
     #: Names of device-type feature bits, for reports.
     feature_names: dict[int, str] = {}
+    #: The machine's deliberate deviations (refvm/deviations.py); its PCI function sets them when plugged.
+    deviations: Deviations = NO_DEVIATIONS
 
     def __init__(
         self,
@@ -205,7 +207,7 @@ class VirtioDevice:
         drv = self.driver_features
         offered = self.device_features
         extra = drv & ~offered
-        if extra and not deviations.active("accept-invalid-features"):
+        if extra and not self.deviations.active("accept-invalid-features"):
             return f"2.2.1: driver accepted features not offered: {F.describe(extra, self.feature_names)}"
         if not F.has(drv, F.VIRTIO_F_VERSION_1):
             return "6: VIRTIO_F_VERSION_1 not accepted (this device has no legacy interface here)"
@@ -330,7 +332,7 @@ class VirtioDevice:
         """Read-and-clear of the ISR status (4.1.4.5)."""
         with self.lock:
             v = self.isr
-            if not deviations.active("isr-not-cleared"):
+            if not self.deviations.active("isr-not-cleared"):
                 self.isr = 0
             return v
 
@@ -472,7 +474,7 @@ class VirtioDevice:
         ``legacy``: a legacy driver negotiated through the transport (no VERSION_1, 32 feature bits)."""
         if st.features_locked:
             extra = st.negotiated_features & ~self.device_features
-            if extra and not deviations.active("accept-invalid-features"):
+            if extra and not self.deviations.active("accept-invalid-features"):
                 return "negotiated_features", f"{F.describe(extra, self.feature_names)} not offered by this device"
             if legacy and st.negotiated_features >> 32:
                 return "negotiated_features", f"{st.negotiated_features:#x} beyond a legacy driver's 32 bits"

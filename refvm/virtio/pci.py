@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from refvm import deviations
+from refvm.deviations import NO_DEVIATIONS, Deviations
 from refvm.devices.pci.config import CMD_MASTER, COMMAND, ranges_overlap
 from refvm.devices.pci.device import QEMU_SUBSYSTEM_ID, BarSpec, PciDevice
 from refvm.devices.pci.state import load_error
@@ -129,7 +129,10 @@ class VirtioPciFunction(PciDevice):
         vectors: int | None = None,
         qdev_id: str = "",
         type_name: str | None = None,
+        deviations: Deviations = NO_DEVIATIONS,
     ) -> None:
+        #: The machine's deliberate deviations, shared with the device this function carries.
+        self.deviations = device.deviations = deviations
         info = PCI_TYPES.get(device.device_id, _OTHER)
         name = type_name or info.type_name
         if disable_legacy is None:  # QEMU's "auto": legacy stays on for conventional PCI
@@ -421,7 +424,8 @@ class VirtioPciFunction(PciDevice):
 
     # ---------------------------------------------------------------- reset
     def reset(self) -> None:
-        """System reset: the virtio device and transport, then the PCI function (QEMU's device reset)."""
+        """System reset: the virtio device and transport, then the PCI function (QEMU's device reset). Not a
+        ``load`` of a default state: the queues' maximum sizes, device config and host backends stay."""
         with self.vdev.lock:
             self.reset_virtio()
             super().reset()

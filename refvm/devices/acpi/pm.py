@@ -139,8 +139,5 @@ class AcpiPm:
             self._update_sci()
 
     def reset(self) -> None:
-        with self._lock:
-            self.sts = 0
-            self.en = 0
-            self.cnt = SCI_EN
-            self._update_sci()
+        """Status and enables clear, only SCI_EN set (and the SCI follows): exactly ``AcpiPmState()``."""
+        self.load(AcpiPmState())

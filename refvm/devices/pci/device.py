@@ -445,7 +445,8 @@ class PciDevice:
     def reset(self) -> None:
         """Device reset (QEMU's pci_do_device_reset): COMMAND, STATUS errors, Cache Line Size,
         Interrupt Line and BARs cleared, MSI-X reset, INTx deasserted. Subclasses extend and call super().
-        Bytes 40h-FFh outside capabilities are left alone, as in QEMU."""
+        Bytes 40h-FFh outside capabilities are left alone, as in QEMU. Not ``load(PciState())``: the
+        identity registers, capabilities and read-only bits survive a reset, and PciState's defaults are zeros."""
         with self._lock:
             c = self.config
             c.clear_bits(COMMAND, 2, COMMAND_WMASK)

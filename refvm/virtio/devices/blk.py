@@ -69,7 +69,6 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from refvm import deviations
 from refvm.block import BlockBackend
 from refvm.block.vectored import read_into, write_from
 from refvm.memory import GuestMemory
@@ -219,7 +218,7 @@ class VirtioBlk(ThrottledRequests, VirtioDevice):
             feats |= 1 << VIRTIO_BLK_F_WRITE_ZEROES
         if num_queues > 1:
             feats |= 1 << VIRTIO_BLK_F_MQ
-        if self.readonly and not deviations.active("blk-no-ro-feature"):
+        if self.readonly:  # withheld by device_features() under the blk-no-ro-feature deviation
             feats |= 1 << VIRTIO_BLK_F_RO
         self.features = feats
         cyls, heads, secs = geometry or guess_geometry(self.capacity)
@@ -246,6 +245,12 @@ class VirtioBlk(ThrottledRequests, VirtioDevice):
             1 if write_zeroes else 0,  # write_zeroes_may_unmap
         )
         self.config[: len(packed)] = packed[:CONFIG_SIZE]
+
+    @property
+    def device_features(self) -> int:
+        """The offer; the blk-no-ro-feature deviation (the machine's, known once plugged) withholds RO."""
+        offered = super().device_features
+        return offered & ~(1 << VIRTIO_BLK_F_RO) if self.deviations.active("blk-no-ro-feature") else offered
 
     # ------------------------------------------------------------------ factory
     PROPERTIES = (
@@ -394,9 +399,8 @@ class VirtioBlk(ThrottledRequests, VirtioDevice):
             # published once per batch, before the interrupt decision (VirtioDevice.notify_used)
             queue.add_used(chain, self._used_len(written))
 
-    @staticmethod
-    def _used_len(written: int) -> int:
-        return 0 if deviations.active("used-len-zero") else written  # off by default: refvm/deviations.py
+    def _used_len(self, written: int) -> int:
+        return 0 if self.deviations.active("used-len-zero") else written  # off by default: refvm/deviations.py
 
     def save_device(self) -> BlkState:
         return BlkState(writeback=self.writeback, host_writethrough=self._host_writethrough)
