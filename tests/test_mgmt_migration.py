@@ -260,32 +260,35 @@ def start_slow_migration(src: Host, dst: Host, shared: Path, name: str, extra: t
     return proc
 
 
-def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(hosts) -> None:
+@pytest.mark.parametrize("extra", [(), ("--p2p", "--tunnelled")], ids=["direct-native", "p2p-tunnelled"])
+def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(hosts, extra) -> None:
     """A slow migration (16 MiB of written RAM at 1 MiB/s): domjobinfo shows it, a second migration gets
     VIR_ERR_OPERATION_INVALID, domjobabort ends it with libvirt's text, the guest runs on at the source and
-    the destination is left with nothing (STARTED then STOPPED FAILED there)."""
+    the destination is left with nothing (STARTED then STOPPED FAILED there). Tunnelled, the destination got the
+    stream's abort and Finish(cancelled) from the source daemon."""
     a, b, shared = hosts
     b.events.clear()
-    first = start_slow_migration(a, b, shared, "slow")
+    name = "-".join(("slow", *extra)).replace("--", "")
+    first = start_slow_migration(a, b, shared, name, extra)
     try:
         with pytest.raises(libvirt.libvirtError) as err:
-            a.conn.lookupByName("slow").migrate(b.conn, libvirt.VIR_MIGRATE_LIVE, None, None, 0)
+            a.conn.lookupByName(name).migrate(b.conn, libvirt.VIR_MIGRATE_LIVE, None, None, 0)
         assert err.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
-        assert "another migration job is already running for domain 'slow'" in str(err.value)
-        assert a.virsh("migrate-setmaxdowntime", "slow", "500").returncode == 0
-        assert a.virsh("domjobabort", "slow").returncode == 0
+        assert f"another migration job is already running for domain '{name}'" in str(err.value)
+        assert a.virsh("migrate-setmaxdowntime", name, "500").returncode == 0
+        assert a.virsh("domjobabort", name).returncode == 0
         _, stderr = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 1 and "operation aborted: job 'migration out' canceled by client" in stderr, stderr
-    assert a.conn.lookupByName("slow").state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert "slow" not in b.names()
-    assert b.lifecycle("slow", 2) == [(E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_MIGRATED),
-                                      (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED)]
-    assert "Job type:         None" in a.virsh("domjobinfo", "slow").stdout
-    assert "probe>" in console(a, "slow", "echo still here")
-    a.conn.lookupByName("slow").destroy()
+    assert a.conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert name not in b.names()
+    assert b.lifecycle(name, 2) == [(E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_MIGRATED),
+                                    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED)]
+    assert "Job type:         None" in a.virsh("domjobinfo", name).stdout
+    assert "probe>" in console(a, name, "echo still here")
+    a.conn.lookupByName(name).destroy()
 
 
 def test_destination_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
