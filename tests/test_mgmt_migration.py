@@ -339,13 +339,16 @@ def test_ring_of_three_hosts(hosts, tmp_path: Path) -> None:
         c.close()
 
 
-def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [(), ("--p2p", "--tunnelled")], ids=["direct-native", "p2p-tunnelled"])
+def test_source_daemon_killed_during_perform(hosts, tmp_path: Path, extra) -> None:
     """The source refvmd is killed while the stream flows: the restarted daemon cancels the migration and the
-    guest runs on there with its memory; the destination dropped its half when the client went away."""
+    guest runs on there with its memory; the destination dropped its half when the client went away (tunnelled:
+    the source daemon itself was that client, and the tunnel's end closed the source VMM's stream)."""
     _, b, shared = hosts
     c = Host(tmp_path / "c")
     try:
-        first = start_slow_migration(c, b, shared, "srcgone")
+        name = "-".join(("srcgone", *extra)).replace("--", "")
+        first = start_slow_migration(c, b, shared, name, extra)
         c.daemon.proc.kill()
         c.daemon.proc.wait()
         first.communicate(timeout=60)
@@ -353,10 +356,10 @@ def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
         c.daemon.socket.unlink()
         c.daemon.start()
         c.conn = libvirt.open(c.uri)
-        dom = c.conn.lookupByName("srcgone")
+        dom = c.conn.lookupByName(name)
         assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED]
-        assert PATTERN in console(c, "srcgone", f"peek {PATTERN_ADDR}")
-        wait_gone(b, "srcgone")
+        assert PATTERN in console(c, name, f"peek {PATTERN_ADDR}")
+        wait_gone(b, name)
         dom.destroy()
     finally:
         c.close()
