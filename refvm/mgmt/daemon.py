@@ -95,7 +95,7 @@ class Daemon:
                 probe.close()
         # bound under a temporary name and renamed once listening: a client that sees the path can connect
         # (no ECONNREFUSED window between bind and listen)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp = path.with_name(f".{path.name}~")  # 2 more characters: unix paths are short (108)
         tmp.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117 if self.system else 0o177)
