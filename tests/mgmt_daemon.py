@@ -20,13 +20,15 @@ KEEPALIVE = 0x6B656570
 class Refvmd:
     """A refvmd subprocess with its own socket and state directory."""
 
-    def __init__(self, tmp: Path, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.socket = tmp / "refvmd-sock"
         self.state_dir = tmp / "state"
         self.log = tmp / "refvmd.log"
         self.proc: subprocess.Popen | None = None
         self.prefix = prefix or []        # e.g. ["ip", "netns", "exec", NS]: the daemon runs on another "host"
         self.extra_env = env or {}
+        self.extra_args = args or []     # e.g. ["--listen-tcp", "ADDR:PORT"]
 
     @property
     def uri(self) -> str:
@@ -39,7 +41,7 @@ class Refvmd:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.prefix + [sys.executable, "-m", "refvm.mgmt.refvmd", "--socket", str(self.socket), "--state-dir",
-                 str(self.state_dir), "--verbose"], stdout=log, stderr=subprocess.STDOUT, env=env)
+                 str(self.state_dir), "--verbose", *self.extra_args], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

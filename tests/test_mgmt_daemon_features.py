@@ -85,6 +85,22 @@ def test_virsh_console_talks_to_the_guest_serial(daemon, running):
     assert running[1].isActive()
 
 
+def test_virsh_console_ends_when_the_domain_goes(daemon, running):
+    """The pty's end of file reaches virsh, whose closing packet must still find the stream to be answered
+    (libvirtd keeps a stream registered after EOF until the client ends it); otherwise virsh waits forever."""
+    require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
+    child = pexpect.spawn("virsh", ["-c", daemon.uri, "console", "feat1"], timeout=30, encoding="utf-8")
+    try:
+        child.expect("Escape character is")
+        child.send("\r")
+        child.expect("probe> ")
+        running[1].destroy()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert not running[0].listAllDomains()  # a transient domain is gone once destroyed
+
+
 def test_reset_sends_reboot_event(running):
     conn, dom = running
     seen: list[str] = []

@@ -34,11 +34,17 @@ PATTERN_ADDR, PATTERN = "0x500000", "0xcafef00d"
 class Host:
     """One 'host': a refvmd process serving qemu:///session, a libvirt-python connection and its events."""
 
-    def __init__(self, tmp: Path, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        tmp.mkdir()
-        self.daemon = Refvmd(tmp, prefix, env)
-        self.daemon.start()
-        self.uri = self.daemon.uri.replace("refvm+unix", "qemu+unix")
+    def __init__(self, tmp: Path | None, prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 driver: str = "qemu", daemon: Refvmd | None = None, args: list[str] | None = None) -> None:
+        """A new daemon in ``tmp``, or another driver's view of an existing ``daemon`` (which it leaves running)."""
+        self.owns_daemon = daemon is None
+        if daemon is None:
+            assert tmp is not None
+            tmp.mkdir()
+            daemon = Refvmd(tmp, prefix, env, args)
+            daemon.start()
+        self.daemon = daemon
+        self.uri = self.daemon.uri.replace("refvm+unix", f"{driver}+unix")
         self.conn = libvirt.open(self.uri)
         self.events: list[tuple[str, int, int]] = []
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
@@ -66,16 +72,22 @@ class Host:
             except libvirt.libvirtError:
                 pass
         self.conn.close()
-        self.daemon.stop()
+        if self.owns_daemon:
+            self.daemon.stop()
+
+
+def require_migration_tools(request) -> None:
+    """QEMU, virsh and the probe guest; libvirt-python's event loop running in a thread."""
+    request.getfixturevalue("event_loop")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 not installed")
+    require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
+    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory, request):
     """Two hosts and the shared storage directory (libvirt-python's event loop runs in a thread)."""
-    request.getfixturevalue("event_loop")
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 not installed")
-    require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
-    require(PROBE.exists(), f"{PROBE} not built (make -C guests/probe)")
+    require_migration_tools(request)
     tmp = tmp_path_factory.mktemp("migration")
     (tmp / "shared").mkdir()
     a, b = Host(tmp / "a"), Host(tmp / "b")
@@ -201,8 +213,7 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     """One line each; the guest runs on at the source and the destination has nothing."""
     a, b, shared = hosts
     start_guest(a, shared, "refuse")
-    for flags, word in ((["--copy-storage-all"], "copy storage"), (["--copy-storage-inc"], "copy storage"),
-                        (["--p2p", "--tunnelled"], "--tunnelled")):
+    for flags, word in ((["--copy-storage-all"], "copy storage"), (["--copy-storage-inc"], "copy storage")):
         out = a.virsh("migrate", "--live", *flags, "refuse", b.uri)
         assert out.returncode == 1 and word in out.stderr, (flags, out.stderr)
         assert re.fullmatch(r"error: argument unsupported: [^\n]*\n*", out.stderr), out.stderr
@@ -221,14 +232,23 @@ def test_refused_flags_same_host_and_unreachable_destination(hosts) -> None:
     a.conn.lookupByName("refuse").destroy()
 
 
-def start_slow_migration(src: Host, dst: Host, shared: Path, name: str) -> subprocess.Popen:
+def wait_gone(host: Host, name: str, timeout: float = 10.0) -> None:
+    """The domain disappears from ``host`` (a half-migrated guest is cleaned up asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while name in host.names() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name not in host.names()
+
+
+def start_slow_migration(src: Host, dst: Host, shared: Path, name: str, extra: tuple[str, ...] = (),
+                         dest_uri: str | None = None) -> subprocess.Popen:
     """virsh migrate of a guest with 16 MiB of written RAM at 1 MiB/s, returned once domjobinfo shows it
     and RAM is flowing (the job exists from Begin on, before the destination is prepared)."""
     start_guest(src, shared, name)
     assert "bytes ok" in console(src, name, "memtest 0x600000 0x1000000")
     assert src.virsh("migrate-setspeed", name, "1").returncode == 0
     assert src.virsh("migrate-getspeed", name).stdout.strip() == "1"
-    proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", name, dst.uri],
+    proc = subprocess.Popen(["virsh", "-c", src.uri, "migrate", "--live", *extra, name, dest_uri or dst.uri],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     dom = src.conn.lookupByName(name)
@@ -240,32 +260,35 @@ def start_slow_migration(src: Host, dst: Host, shared: Path, name: str) -> subpr
     return proc
 
 
-def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(hosts) -> None:
+@pytest.mark.parametrize("extra", [(), ("--p2p", "--tunnelled")], ids=["direct-native", "p2p-tunnelled"])
+def test_second_migration_is_operation_invalid_and_domjobabort_keeps_the_source(hosts, extra) -> None:
     """A slow migration (16 MiB of written RAM at 1 MiB/s): domjobinfo shows it, a second migration gets
     VIR_ERR_OPERATION_INVALID, domjobabort ends it with libvirt's text, the guest runs on at the source and
-    the destination is left with nothing (STARTED then STOPPED FAILED there)."""
+    the destination is left with nothing (STARTED then STOPPED FAILED there). Tunnelled, the destination got the
+    stream's abort and Finish(cancelled) from the source daemon."""
     a, b, shared = hosts
     b.events.clear()
-    first = start_slow_migration(a, b, shared, "slow")
+    name = "-".join(("slow", *extra)).replace("--", "")
+    first = start_slow_migration(a, b, shared, name, extra)
     try:
         with pytest.raises(libvirt.libvirtError) as err:
-            a.conn.lookupByName("slow").migrate(b.conn, libvirt.VIR_MIGRATE_LIVE, None, None, 0)
+            a.conn.lookupByName(name).migrate(b.conn, libvirt.VIR_MIGRATE_LIVE, None, None, 0)
         assert err.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
-        assert "another migration job is already running for domain 'slow'" in str(err.value)
-        assert a.virsh("migrate-setmaxdowntime", "slow", "500").returncode == 0
-        assert a.virsh("domjobabort", "slow").returncode == 0
+        assert f"another migration job is already running for domain '{name}'" in str(err.value)
+        assert a.virsh("migrate-setmaxdowntime", name, "500").returncode == 0
+        assert a.virsh("domjobabort", name).returncode == 0
         _, stderr = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 1 and "operation aborted: job 'migration out' canceled by client" in stderr, stderr
-    assert a.conn.lookupByName("slow").state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert "slow" not in b.names()
-    assert b.lifecycle("slow", 2) == [(E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_MIGRATED),
-                                      (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED)]
-    assert "Job type:         None" in a.virsh("domjobinfo", "slow").stdout
-    assert "probe>" in console(a, "slow", "echo still here")
-    a.conn.lookupByName("slow").destroy()
+    assert a.conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert name not in b.names()
+    assert b.lifecycle(name, 2) == [(E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_MIGRATED),
+                                    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED)]
+    assert "Job type:         None" in a.virsh("domjobinfo", name).stdout
+    assert "probe>" in console(a, name, "echo still here")
+    a.conn.lookupByName(name).destroy()
 
 
 def test_destination_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
@@ -316,13 +339,16 @@ def test_ring_of_three_hosts(hosts, tmp_path: Path) -> None:
         c.close()
 
 
-def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [(), ("--p2p", "--tunnelled")], ids=["direct-native", "p2p-tunnelled"])
+def test_source_daemon_killed_during_perform(hosts, tmp_path: Path, extra) -> None:
     """The source refvmd is killed while the stream flows: the restarted daemon cancels the migration and the
-    guest runs on there with its memory; the destination dropped its half when the client went away."""
+    guest runs on there with its memory; the destination dropped its half when the client went away (tunnelled:
+    the source daemon itself was that client, and the tunnel's end closed the source VMM's stream)."""
     _, b, shared = hosts
     c = Host(tmp_path / "c")
     try:
-        first = start_slow_migration(c, b, shared, "srcgone")
+        name = "-".join(("srcgone", *extra)).replace("--", "")
+        first = start_slow_migration(c, b, shared, name, extra)
         c.daemon.proc.kill()
         c.daemon.proc.wait()
         first.communicate(timeout=60)
@@ -330,13 +356,10 @@ def test_source_daemon_killed_during_perform(hosts, tmp_path: Path) -> None:
         c.daemon.socket.unlink()
         c.daemon.start()
         c.conn = libvirt.open(c.uri)
-        dom = c.conn.lookupByName("srcgone")
+        dom = c.conn.lookupByName(name)
         assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED]
-        assert PATTERN in console(c, "srcgone", f"peek {PATTERN_ADDR}")
-        deadline = time.monotonic() + 10
-        while "srcgone" in b.names() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "srcgone" not in b.names()
+        assert PATTERN in console(c, name, f"peek {PATTERN_ADDR}")
+        wait_gone(b, name)
         dom.destroy()
     finally:
         c.close()

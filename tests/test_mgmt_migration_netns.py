@@ -1,7 +1,9 @@
 """Migration between refvmd daemons on separate 'hosts' (issue 12 item 2): each daemon, and the QEMU it starts,
 runs in its own network namespace; the namespaces reach each other only through veth pairs on a bridge, in a
 private subnet that exists nowhere else. The storage directory is shared. A guest goes around a ring of three
-hosts; a cable pulled mid-migration stalls it, domjobabort ends it, and the guest runs on at the source."""
+hosts; a cable pulled mid-migration stalls it, domjobabort ends it, and the guest runs on at the source. Each
+daemon also listens on plain TCP in its namespace (--listen-tcp), so a --p2p --tunnelled migration given the
+destination's qemu+tcp:// URI carries the guest daemon to daemon across the bridge, and a pulled cable cuts it."""
 from __future__ import annotations
 
 import os
@@ -11,6 +13,7 @@ import time
 
 import pytest
 
+from refvm.mgmt.rpc.client import TCP_PORT
 from tests.conftest import require
 from tests.netns import Subnet, ip
 from tests.test_mgmt_libvirt_clients import event_loop  # noqa: F401 - the fixture
@@ -24,6 +27,7 @@ from tests.test_mgmt_migration import (
     libvirt,
     start_guest,
     start_slow_migration,
+    wait_gone,
 )
 
 
@@ -40,7 +44,8 @@ def ring(tmp_path_factory, request):
     hosts: list[Host] = []
     try:
         for i in range(3):
-            hosts.append(Host(tmp / f"h{i}", subnet.prefix(i), {"REFVMD_MIGRATION_HOST": subnet.address(i)}))
+            hosts.append(Host(tmp / f"h{i}", subnet.prefix(i), {"REFVMD_MIGRATION_HOST": subnet.address(i)},
+                              args=["--listen-tcp", f"{subnet.address(i)}:{TCP_PORT}"]))
         yield subnet, hosts, tmp / "shared"
     finally:
         for host in hosts:
@@ -66,16 +71,25 @@ def test_ring_of_three_namespaced_hosts(ring) -> None:
 def test_link_cut_mid_migration(ring) -> None:
     """b's cable is pulled while RAM flows: no byte moves any more; domjobabort fails the job with libvirt's
     text, the guest runs on at a with its memory, and b is left with nothing."""
+    cut_mid_migration(ring, "nscut")
+
+
+def cut_mid_migration(ring, name: str, extra: tuple[str, ...] = (), dest_uri: str | None = None) -> None:
+    """Pull b's cable during a slow a -> b migration, wait until no byte moves, domjobabort: the job fails with
+    libvirt's text, the guest runs on at a with its memory; b drops its half (at once for native data: the
+    source's client left; for a tunnel once the cable is back and its daemon connection breaks)."""
     subnet, (a, b, _), shared = ring
-    first = start_slow_migration(a, b, shared, "nscut")
+    first = start_slow_migration(a, b, shared, name, extra, dest_uri)
     try:
         subnet.cut(1)
-        dom = a.conn.lookupByName("nscut")
-        time.sleep(1.0)  # the socket buffers fill
-        before = dom.jobInfo()[4]
-        time.sleep(1.5)
-        assert dom.jobInfo()[4] == before, "data still flows over a pulled cable"
-        assert a.virsh("domjobabort", "nscut").returncode == 0
+        dom = a.conn.lookupByName(name)
+        # the buffers on the way (sockets; a tunnel's TCP send buffer too) take seconds to fill at 1 MiB/s
+        deadline, before = time.monotonic() + 20, -1
+        while dom.jobInfo()[4] != before:
+            assert time.monotonic() < deadline, "data still flows over a pulled cable"
+            before = dom.jobInfo()[4]
+            time.sleep(1.5)
+        assert a.virsh("domjobabort", name).returncode == 0
         _, stderr = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
@@ -83,11 +97,8 @@ def test_link_cut_mid_migration(ring) -> None:
         ip("link", "set", "p1", "up", ns=subnet.bridge_ns)
     assert first.returncode == 1 and "operation aborted: job 'migration out' canceled by client" in stderr, stderr
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert PATTERN in console(a, "nscut", f"peek {PATTERN_ADDR}")
-    deadline = time.monotonic() + 10
-    while "nscut" in b.names() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "nscut" not in b.names()
+    assert PATTERN in console(a, name, f"peek {PATTERN_ADDR}")
+    wait_gone(b, name, 30)
     dom.destroy()
 
 
@@ -98,3 +109,26 @@ def test_private_subnet_is_invisible_outside(ring) -> None:
     assert subnet.address(0) not in out
     inside = subprocess.run(subnet.prefix(0) + ["ip", "-o", "addr"], capture_output=True, text=True).stdout
     assert subnet.address(0) in inside
+
+
+def tcp_uri(subnet: Subnet, i: int) -> str:
+    return f"qemu+tcp://{subnet.address(i)}:{TCP_PORT}/session"
+
+
+def test_tunnelled_over_tcp_between_namespaces(ring) -> None:
+    """a -> b --p2p --tunnelled to b's qemu+tcp:// URI: the source daemon connects to b across the bridge and the
+    guest's RAM travels inside that connection (no VMM-to-VMM socket); b -> a the same way back."""
+    subnet, (a, b, _), shared = ring
+    start_guest(a, shared, "nstun")
+    out = a.virsh("migrate", "--live", "--p2p", "--tunnelled", "nstun", tcp_uri(subnet, 1))
+    assert out.returncode == 0, out.stderr
+    assert_arrived(a, b, "nstun")
+    out = b.virsh("migrate", "--live", "--p2p", "--tunnelled", "nstun", tcp_uri(subnet, 0))
+    assert out.returncode == 0, out.stderr
+    assert_arrived(b, a, "nstun")
+    a.conn.lookupByName("nstun").destroy()
+
+
+def test_link_cut_mid_tunnelled_migration(ring) -> None:
+    """The same with the guest's RAM inside the daemons' TCP connection (--p2p --tunnelled to qemu+tcp://)."""
+    cut_mid_migration(ring, "nstcut", ("--p2p", "--tunnelled"), tcp_uri(ring[0], 1))

@@ -1,7 +1,9 @@
 """refvmd's listener: a unix socket (0600 for session, 0660 and a group for system), one thread per client.
 
-Authentication is ``none``: only the unix socket is offered and its file mode is the access control, as
-libvirtd's unix socket with auth_unix_rw=none. Drivers are opened once per URI and shared by all clients.
+Authentication is ``none``: the unix socket's file mode is the access control, as libvirtd's unix socket with
+auth_unix_rw=none. ``--listen-tcp`` adds plain TCP without any authentication (libvirtd's listen_tcp with
+auth_tcp=none), off by default and meant for test networks such as the migration tests' namespaces.
+Drivers are opened once per URI and shared by all clients.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class Daemon:
     """Accepts clients on one unix socket and serves each in its own thread."""
 
     def __init__(self, socket_path: Path, *, system: bool = False, group: str | None = None,
-                 state_dir: Path | None = None, verbose: bool = False) -> None:
+                 state_dir: Path | None = None, verbose: bool = False,
+                 listen_tcp: tuple[str, int] | None = None) -> None:
         from refvm.mgmt.dispatch import table
 
         self.socket_path = Path(socket_path)
@@ -45,6 +48,9 @@ class Daemon:
         self._drivers: dict[str, Driver] = {}
         self._drivers_lock = threading.Lock()
         self._listener: socket.socket | None = None
+        #: --listen-tcp: plain TCP without authentication (libvirtd's listen_tcp, auth_tcp=none), test networks
+        self.listen_tcp = listen_tcp
+        self._tcp: socket.socket | None = None
         self._stopping = threading.Event()
 
     def log(self, text: str) -> None:
@@ -87,28 +93,48 @@ class Daemon:
                 raise OSError(f"{path}: another refvmd is listening there")
             finally:
                 probe.close()
+        # bound under a temporary name and renamed once listening: a client that sees the path can connect
+        # (no ECONNREFUSED window between bind and listen)
+        tmp = path.with_name(f".{path.name}~")  # 2 more characters: unix paths are short (108)
+        tmp.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117 if self.system else 0o177)
         try:
-            sock.bind(str(path))
+            sock.bind(str(tmp))
         finally:
             os.umask(old)
         if self.system:
-            os.chmod(path, 0o660)
+            os.chmod(tmp, 0o660)
             if self.group:
-                os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+                os.chown(tmp, -1, grp.getgrnam(self.group).gr_gid)
         else:
-            os.chmod(path, 0o600)
+            os.chmod(tmp, 0o600)
         sock.listen(64)
+        os.rename(tmp, path)
         self._listener = sock
+        if self.listen_tcp is not None:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(self.listen_tcp)
+                tcp.listen(64)
+            except OSError:
+                tcp.close()
+                raise
+            self._tcp = tcp
 
     def serve_forever(self) -> None:
+        assert self._listener is not None, "bind() first"
+        if self._tcp is not None:
+            threading.Thread(target=self._accept, args=(self._tcp,), name="refvmd-accept-tcp", daemon=True).start()
+        self._accept(self._listener)
+
+    def _accept(self, listener: socket.socket) -> None:
         from refvm.mgmt.session import Session
 
-        assert self._listener is not None, "bind() first"
         while not self._stopping.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except OSError:
                 break
             session = Session(self, conn)
@@ -123,12 +149,13 @@ class Daemon:
     def stop(self) -> None:
         """Stop accepting, remove the socket, let drivers stop watching (domains keep running)."""
         self._stopping.set()
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
+        for listener in (self._listener, self._tcp):
+            if listener is not None:
+                try:
+                    listener.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                listener.close()
         try:
             self.socket_path.unlink()
         except FileNotFoundError:

@@ -20,6 +20,13 @@ Clients are the real virsh and libvirt-python, e.g.
   refvm virsh list --all        (the same, with the default socket)"""
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT")
+    return host, int(port)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="refvmd", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +40,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--x-deviation", action="append", default=[], metavar="NAME",
                     help="break one libvirt API behaviour on purpose, to show the libvirt_api suite catches it "
                          "(names: see refvm/mgmt/deviations.py)")
+    ap.add_argument("--listen-tcp", metavar="HOST:PORT", type=_host_port,
+                    help="also accept clients on plain TCP, WITHOUT authentication (libvirtd's listen_tcp with "
+                         "auth_tcp=none): for isolated test networks only (DRIVER+tcp://HOST:PORT/session)")
     ap.add_argument("--verbose", "-v", action="store_true", help="log connections and protocol errors to stderr")
     return ap.parse_args(argv)
 
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refvmd: --x-deviation: {exc}", file=sys.stderr)
         return 1
     daemon = Daemon(ns.socket or default_socket(ns.system), system=ns.system, group=ns.group,
-                    state_dir=ns.state_dir, verbose=ns.verbose)
+                    state_dir=ns.state_dir, verbose=ns.verbose, listen_tcp=ns.listen_tcp)
     try:
         daemon.bind()
     except (OSError, KeyError) as exc:

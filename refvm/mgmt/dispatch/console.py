@@ -3,7 +3,9 @@
 After the call's OK reply, the pty's output goes to the client as STREAM packets (status CONTINUE, raw bytes)
 with the call's procedure and serial; the client's STREAM packets are written to the pty. The client ends with
 a STREAM OK (answered with STREAM OK) or aborts with STREAM ERROR (answered with libvirt's "stream aborted at
-client request" error); a pty that closes sends an empty CONTINUE packet, libvirt's end of file.
+client request" error); a pty that closes sends an empty CONTINUE packet, libvirt's end of file. As in libvirtd,
+the stream stays registered after that end of file until the client finishes or aborts it: a client's final
+packet that found no stream would go unanswered, and `virsh console` would wait for the answer forever.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class ConsoleStream:
         self.hdr = hdr
         self.fd = fd
         self._closed = threading.Event()
+        self._fd_lock = threading.Lock()  # the pump closes the fds; a client packet must not write a reused fd
+        self._fds_open = True
         self._started = False
         self._rpipe, self._wpipe = os.pipe()
 
@@ -60,22 +64,22 @@ class ConsoleStream:
             self.session.send(self._packet(Status.CONTINUE, data))
             if not data:
                 break
-        self.close()
-        self._close_fds()
+        self._close_fds()  # the client's finish or abort (or its leaving) unregisters the stream
 
     def __call__(self, hdr: Header, payload: bytes) -> None:
         """A STREAM packet from the client."""
         if hdr.status == Status.CONTINUE:
             view = memoryview(payload)
-            while view and not self._closed.is_set():
-                try:
-                    n = os.write(self.fd, view)
-                except BlockingIOError:
-                    select.select([], [self.fd], [], 1.0)
-                    continue
-                except OSError:
-                    break
-                view = view[n:]
+            with self._fd_lock:
+                while view and self._fds_open and not self._closed.is_set():
+                    try:
+                        n = os.write(self.fd, view)
+                    except BlockingIOError:
+                        select.select([], [self.fd], [], 1.0)
+                        continue
+                    except OSError:
+                        break
+                    view = view[n:]
             return
         if hdr.status == Status.OK:
             self.session.send(self._packet(Status.OK))
@@ -90,16 +94,22 @@ class ConsoleStream:
         self._closed.set()
         with self.session.lock:
             self.session.streams.pop(self.hdr.serial, None)
-        os.write(self._wpipe, b"x")  # wakes the pump, which closes the fds
+        with self._fd_lock:
+            if self._fds_open:
+                os.write(self._wpipe, b"x")  # wakes the pump, which closes the fds
         if not self._started:
             self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self.fd, self._rpipe, self._wpipe):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._fd_lock:
+            if not self._fds_open:
+                return
+            self._fds_open = False
+            for fd in (self.fd, self._rpipe, self._wpipe):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 @procedure(Proc.DOMAIN_OPEN_CONSOLE)

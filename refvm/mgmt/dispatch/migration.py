@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from refvm.mgmt import vir
 from refvm.mgmt.dispatch import check_flags, driver_of, procedure
+from refvm.mgmt.dispatch.migration_stream import TunnelStream
 from refvm.mgmt.domain_xml import parse_domain
 from refvm.mgmt.drivers.base import DomainRef
 from refvm.mgmt.errors import VirError, invalid_arg, no_domain
@@ -80,6 +81,25 @@ def _prepare(session, ret: Packer, cookie: bytes, uri_in: str | None, flags: int
     ret.opt_string(uri)
 
 
+@procedure(Proc.DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS)
+def prepare_tunnel3_params(session, args: Unpacker, ret: Packer) -> None:
+    """PrepareTunnel3Params: as Prepare3Params, but the migration data then comes as this call's stream."""
+    params = _params(args)
+    cookie = _cookie(args)
+    flags = args.uint()
+    xml = _str(params, vir.VIR_MIGRATE_PARAM_DEST_XML)
+    if xml is None:
+        raise invalid_arg("missing destination_xml in migration parameters")
+    dname = _str(params, vir.VIR_MIGRATE_PARAM_DEST_NAME)
+    drv = driver_of(session)
+    cookie_out, sink = drv.migrate_prepare_tunnel(cookie, flags, dname, xml)
+    session.on_close.append(drv.migration_close_callback(dname or parse_domain(xml).name))
+    hdr = session.current_call
+    with session.lock:
+        session.streams[hdr.serial] = TunnelStream(session, hdr, sink)
+    ret.opaque(cookie_out)
+
+
 @procedure(Proc.DOMAIN_MIGRATE_PERFORM3_PARAMS)
 def perform3_params(session, args: Unpacker, ret: Packer) -> None:
     dom = unpack_domain(args)
@@ -93,6 +113,8 @@ def perform3_params(session, args: Unpacker, ret: Packer) -> None:
 def _perform(session, dom: DomainRef, dconnuri: str | None, params: Params, flags: int, ret: Packer) -> None:
     """Perform3: the source daemon drives the destination itself with PEER2PEER, else streams to migrate_uri."""
     drv = driver_of(session)
+    if flags & vir.VIR_MIGRATE_TUNNELLED and not flags & vir.VIR_MIGRATE_PEER2PEER:
+        raise invalid_arg("cannot perform tunnelled migration without using peer2peer flag")
     if flags & vir.VIR_MIGRATE_PEER2PEER:
         from refvm.mgmt.drivers.migration_p2p import perform_p2p
         ret.opaque(perform_p2p(drv, dom, dconnuri or "", params, flags))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from refvm.mgmt import vir
@@ -30,6 +31,7 @@ from refvm.mgmt.drivers.migration_job import (
     parse_cookie,
     tcp_target,
 )
+from refvm.mgmt.drivers.migration_tunnel import StreamSink, TunnelIn, TunnelOut, socket_path
 from refvm.mgmt.drivers.vmm_driver import Q, check_flags
 from refvm.mgmt.errors import (
     VIR_ERR_ARGUMENT_UNSUPPORTED,
@@ -54,7 +56,6 @@ MIGRATE_FLAGS = (vir.VIR_MIGRATE_LIVE | vir.VIR_MIGRATE_PEER2PEER | vir.VIR_MIGR
 #: Not yet: each is refused with one line naming virsh's option.
 _REFUSED = ((vir.VIR_MIGRATE_NON_SHARED_DISK | vir.VIR_MIGRATE_NON_SHARED_INC,
              "refvmd does not copy storage (--copy-storage-all/--copy-storage-inc): migrate with shared storage"),
-            (vir.VIR_MIGRATE_TUNNELLED, "refvmd has no tunnelled migration yet (--tunnelled)"),
             (vir.VIR_MIGRATE_OFFLINE, "refvmd has no offline migration (--offline)"))
 #: virDrvFeature: P2P (4), V3 (6), CHANGE_PROTECTION (7), XML_MIGRATABLE (11), PARAMS (13)
 MIGRATION_FEATURES = frozenset({4, 6, 7, 11, 13})
@@ -66,6 +67,10 @@ FINISH_TIMEOUT_S = 60.0
 
 def check_migrate_flags(flags: int, func: str) -> None:
     check_flags(flags, MIGRATE_FLAGS, func)
+    if flags & vir.VIR_MIGRATE_TUNNELLED and not flags & vir.VIR_MIGRATE_PEER2PEER:
+        # libvirt's client library refuses this (VIR_ERR_INVALID_ARG) before any daemon sees it; a raw
+        # client gets the same answer
+        raise invalid_arg("cannot perform tunnelled migration without using peer2peer flag")
     for bits, text in _REFUSED:
         if flags & bits:
             raise VirError(VIR_ERR_ARGUMENT_UNSUPPORTED, text, domain=Q)
@@ -78,6 +83,10 @@ def migration_host() -> str:
 
 class MigrationOps:
     """The migration half of VmmDriver (mixed in; uses VmmDriverCore's registry, _start, _qmp, events)."""
+
+    #: QEMU locks its images and must take them only at Finish; refvm takes no image locks (and refuses the
+    #: capability it does not implement), so its destination needs nothing here
+    late_block_activate = False
 
     def supports_feature(self, feature: int) -> bool:
         """Migration protocol v3 with parameters, peer-to-peer, change protection, migratable XML."""
@@ -146,9 +155,13 @@ class MigrationOps:
         xml = xmlin or format_domain(obj.live, live=True)
         return make_cookie(self._host_uuid(), self.hostname(), name=obj.name, uuid=obj.uuid), xml
 
-    def migrate_perform(self, dom: DomainRef, uri: str | None, flags: int, bandwidth: int = 0) -> bytes:
-        """Perform3 (direct): stream the guest to ``uri``; on failure the source runs on, as before."""
+    def migrate_perform(self, dom: DomainRef, uri: str | None, flags: int, bandwidth: int = 0,
+                        stream: StreamSink | None = None) -> bytes:
+        """Perform3: stream the guest to ``uri`` (native), or through ``stream`` to the peer daemon (tunnelled);
+        on failure the source runs on, as before."""
         check_migrate_flags(flags, "qemuMigrationSrcPerform")
+        if bool(flags & vir.VIR_MIGRATE_TUNNELLED) != (stream is not None):
+            raise VirError(VIR_ERR_INTERNAL_ERROR, "tunnelled migration needs the peer's stream", domain=Q)
         obj = self._find(dom)
         job = obj.migration
         if job is None or job.direction != "out":
@@ -157,19 +170,28 @@ class MigrationOps:
             job = self._begin_migration(obj, "out", flags)
         elif job.phase != "begin":
             raise operation_invalid(f"another migration job is already running for domain '{obj.name}'")
+        tunnel = None
         try:
-            if not uri:
+            if stream is not None:
+                tunnel = TunnelOut(socket_path(self._run_dir(), f"out-{obj.live.id}"), stream)
+                target = tunnel.uri
+            elif not uri:
                 raise invalid_arg("migration URI is missing: the destination gave none")
-            host, port = tcp_target(uri)
+            else:
+                target = "tcp:{}:{}".format(*tcp_target(uri))
             job.phase = "perform"
             job.was_running = obj.state == vir.VIR_DOMAIN_RUNNING
             speed = bandwidth or obj.migrate_speed or SPEED_UNLIMITED
             self._qmp(obj, "migrate-set-parameters", {"max-bandwidth": min(speed, SPEED_UNLIMITED) * MIB})
             if not flags & vir.VIR_MIGRATE_LIVE and job.was_running:
                 self._qmp(obj, "stop")  # offline copy: libvirt pauses first (SUSPENDED MIGRATED)
-            self._qmp(obj, "migrate", {"uri": f"tcp:{host}:{port}"})
+            self._qmp(obj, "migrate", {"uri": target})
             self._wait_migration(obj, job, "migration out")
+            if tunnel is not None:
+                tunnel.wait(FINISH_TIMEOUT_S)  # the stream's tail reaches the peer, which confirms it
         except VirError:
+            if tunnel is not None:
+                tunnel.abort()
             self._restore_source(obj)
             raise
         job.phase = "performed"
@@ -237,10 +259,45 @@ class MigrationOps:
 
     # ---- destination: Prepare, Finish -------------------------------------------------------------------
 
+    def _run_dir(self) -> Path:
+        return self.store.paths.run
+
     def migrate_prepare(self, cookie: bytes, uri_in: str | None, flags: int, dname: str | None, xml: str,
                         listen: str | None = None) -> tuple[bytes, str]:
         """Prepare3: start the VMM with ``-incoming defer`` and listen; returns the cookie and tcp URI."""
         check_migrate_flags(flags, "qemuMigrationDstPrepareDirect")
+        if flags & vir.VIR_MIGRATE_TUNNELLED:
+            raise VirError(VIR_ERR_INTERNAL_ERROR, "Tunnelled migration requested but invalid RPC method called",
+                           domain=Q)
+        host, port = tcp_target(uri_in) if uri_in else (listen or migration_host(), 0)
+        obj = self._incoming(cookie, flags, dname, xml)
+        try:
+            self._qmp(obj, "migrate-incoming", {"uri": f"tcp:{host}:{port}"})
+            if port == 0:
+                port = _listening_port(self._qmp(obj, "query-migrate"))
+            obj.migration.phase = "prepared"
+        except VirError:
+            self._abandon_incoming(obj)
+            raise
+        advertised = migration_host() if host in ("0.0.0.0", "::", "[::]") else host
+        return make_cookie(self._host_uuid(), self.hostname()), f"tcp:{advertised}:{port}"
+
+    def migrate_prepare_tunnel(self, cookie: bytes, flags: int, dname: str | None, xml: str) -> tuple[bytes, TunnelIn]:
+        """PrepareTunnel3: the VMM waits on a unix socket of this daemon's, which the stream's packets feed."""
+        check_migrate_flags(flags, "qemuMigrationDstPrepareTunnel")
+        obj = self._incoming(cookie, flags, dname, xml)
+        try:
+            path = socket_path(self._run_dir(), f"in-{obj.live.id}")
+            self._qmp(obj, "migrate-incoming", {"uri": f"unix:{path}"})
+            sink = TunnelIn(path)
+            obj.migration.phase = "prepared"
+        except VirError:
+            self._abandon_incoming(obj)
+            raise
+        return make_cookie(self._host_uuid(), self.hostname()), sink
+
+    def _incoming(self, cookie: bytes, flags: int, dname: str | None, xml: str) -> DomainObj:
+        """Both Prepares: the domain's VMM started with ``-incoming defer`` under an incoming migration job."""
         peer = parse_cookie(cookie)
         if peer.get("host") == self._host_uuid():
             raise VirError(VIR_ERR_INTERNAL_ERROR, f"Attempt to migrate guest to the same host {peer['host']}",
@@ -248,7 +305,6 @@ class MigrationOps:
         dom = self._parse(xml, False)
         if dname:
             dom.name = dname
-        host, port = tcp_target(uri_in) if uri_in else (listen or migration_host(), 0)
         with self.lock:
             obj = self._claim(dom, live=True)
             if obj is None:
@@ -256,26 +312,22 @@ class MigrationOps:
                 obj.live = dom  # placeholder: the name is taken while the VMM starts
                 self.domains[dom.uuid] = obj
         try:
-            job = self._begin_migration(obj, "in", flags)
+            self._begin_migration(obj, "in", flags)
         except VirError:
             self._forget_placeholder(obj, dom.uuid)
             raise
         try:
             obj.live = None
             self._start(obj, 0, transient=dom, incoming="defer")
-            # as libvirt: the destination takes the disks only at Finish's cont, so a half-migrated guest
-            # never locks the shared images away from a source that has to run on
-            self._qmp(obj, "migrate-set-capabilities",
-                      {"capabilities": [{"capability": "late-block-activate", "state": True}]})
-            self._qmp(obj, "migrate-incoming", {"uri": f"tcp:{host}:{port}"})
-            if port == 0:
-                port = _listening_port(self._qmp(obj, "query-migrate"))
-            job.phase = "prepared"
+            if self.late_block_activate:
+                # as libvirt: the destination takes the disks only at Finish's cont, so a half-migrated guest
+                # never locks the shared images away from a source that has to run on
+                self._qmp(obj, "migrate-set-capabilities",
+                          {"capabilities": [{"capability": "late-block-activate", "state": True}]})
         except VirError:
             self._abandon_incoming(obj)
             raise
-        advertised = migration_host() if host in ("0.0.0.0", "::", "[::]") else host
-        return make_cookie(self._host_uuid(), self.hostname()), f"tcp:{advertised}:{port}"
+        return obj
 
     def _forget_placeholder(self, obj: DomainObj, uuid: str) -> None:
         if obj.definition is None and obj.vmm is None:

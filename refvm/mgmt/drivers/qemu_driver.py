@@ -24,6 +24,7 @@ def qemu_version() -> int:
 class QemuDriver(VmmDriver):
     kind = "qemu"
     type_name = "QEMU"
+    late_block_activate = True
 
     def version(self) -> int:
         return qemu_version()

@@ -238,6 +238,13 @@ class VmmDriver(DeviceOps, MigrationOps, VmmDriverCore, Driver):
 
     def suspend(self, dom: DomainRef) -> None:
         obj = self._active(dom)
+        job = obj.migration
+        if job is not None and job.direction == "out" and job.phase == "perform":
+            # libvirt lets suspend run inside an outgoing migration's job (virsh migrate --timeout calls it):
+            # the pre-copy then converges; reported as SUSPENDED MIGRATED, paused/migration
+            self._qmp(obj, "stop")
+            self._wait_state(obj, vir.VIR_DOMAIN_PAUSED)
+            return
         with obj.begin_job("suspend", self.job_timeout):
             self._require_active(obj)
             if obj.state != vir.VIR_DOMAIN_PAUSED:

@@ -179,6 +179,8 @@ class VmmDriverCore:
             elif obj.starting or obj.stopping:
                 if event == "SHUTDOWN":
                     obj.got_shutdown = True
+            elif obj.vmm is None:
+                pass  # a late event of a VMM refvmd already stopped (_mark_stopped clears vmm, then stopping)
             elif obj.migration is not None and event in ("STOP", "RESUME"):
                 self._migration_event(obj, event)
             elif event == "STOP" and obj.state == vir.VIR_DOMAIN_RUNNING:  # not after SHUTDOWN (-no-shutdown)

@@ -1,8 +1,9 @@
 """A small client of libvirt's remote protocol, for refvmd talking to another daemon (peer-to-peer migration).
 
-It speaks what libvirt's remote driver speaks on a unix socket: the URI minus its transport in CONNECT_OPEN,
-one call at a time, replies matched by serial, server-initiated messages (events, keepalive) skipped. An
-error reply becomes the VirError the peer sent, with its code, domain and message unchanged.
+It speaks what libvirt's remote driver speaks on a unix socket (or plain TCP, as to libvirtd's listen_tcp):
+the URI minus its transport in CONNECT_OPEN, one call at a time, replies matched by serial, server-initiated
+messages (events, keepalive) skipped. An error reply becomes the VirError the peer sent, with its code,
+domain and message unchanged.
 """
 from __future__ import annotations
 
@@ -17,31 +18,43 @@ from refvm.mgmt.rpc.message import Header
 from refvm.mgmt.rpc.protocol import LEN_SIZE, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, MsgType, Proc, Status
 from refvm.mgmt.rpc.xdr import Packer, Unpacker
 
+#: libvirtd's TCP port (listen_tcp)
+TCP_PORT = 16509
 
-def split_uri(uri: str) -> tuple[str, str]:
-    """(socket path, URI to open) of 'DRIVER+unix:///PATH?socket=SOCK': the remote driver's split."""
+
+def split_uri(uri: str) -> tuple[str | tuple[str, int], str]:
+    """(unix socket path or (host, port), URI to open) of 'DRIVER+unix:///PATH?socket=SOCK' or
+    'DRIVER+tcp://HOST[:PORT]/PATH': the remote driver's split."""
     parts = urlsplit(uri)
     driver, _, transport = parts.scheme.partition("+")
+    name = f"{driver}://{parts.path}"
+    if transport == "tcp" and parts.hostname:
+        try:
+            return (parts.hostname, parts.port or TCP_PORT), name
+        except ValueError:
+            pass  # a bad port: the error below
     if transport not in ("", "unix") or parts.netloc:
         raise errors.VirError(errors.VIR_ERR_NO_CONNECT, f"{uri}: refvmd connects to daemons on unix sockets "
-                              "only (DRIVER+unix:///PATH?socket=SOCK)", domain=errors.VIR_FROM_NONE)
+                              "(DRIVER+unix:///PATH?socket=SOCK) or plain TCP (DRIVER+tcp://HOST[:PORT]/PATH)",
+                              domain=errors.VIR_FROM_NONE)
     sockets = parse_qs(parts.query).get("socket")
     if sockets:
         path = sockets[0]
     else:
         from refvm.mgmt.daemon import default_socket
         path = str(default_socket(parts.path.strip("/") == "system"))
-    return path, f"{driver}://{parts.path}"
+    return path, name
 
 
 class RpcClient:
     """One connection to a libvirt-protocol daemon (refvmd or libvirtd)."""
 
-    def __init__(self, path: str, timeout: float | None = None) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, target: str | tuple[str, int], timeout: float | None = None) -> None:
+        unix = isinstance(target, str)
+        self.sock = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            self.sock.connect(target)
         except OSError:
             self.sock.close()
             raise
@@ -50,11 +63,12 @@ class RpcClient:
     @classmethod
     def open(cls, uri: str, timeout: float | None = None) -> RpcClient:
         """Connect to the daemon named by ``uri`` and open its driver (CONNECT_OPEN)."""
-        path, name = split_uri(uri)
+        target, name = split_uri(uri)
+        where = target if isinstance(target, str) else "{}:{}".format(*target)
         try:
-            client = cls(path, timeout)
+            client = cls(target, timeout)
         except OSError as err:
-            raise errors.VirError(errors.VIR_ERR_SYSTEM_ERROR, f"Failed to connect socket to '{path}': "
+            raise errors.VirError(errors.VIR_ERR_SYSTEM_ERROR, f"Failed to connect socket to '{where}': "
                                   f"{err.strerror or err}", domain=errors.VIR_FROM_RPC) from None
         try:
             p = Packer()
@@ -91,26 +105,40 @@ class RpcClient:
 
     def call(self, proc: int, payload: bytes = b"") -> Unpacker:
         """Send one call and return an Unpacker on its reply; an error reply raises the peer's VirError."""
+        return self.call_serial(proc, payload)[0]
+
+    def call_serial(self, proc: int, payload: bytes = b"") -> tuple[Unpacker, int]:
+        """``call``, also returning the call's serial (a stream opened by the call carries it)."""
         serial = next(self._serials)
         hdr = Header(REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, proc, MsgType.CALL, serial, Status.OK)
         try:
             self.sock.sendall(message.encode(hdr, payload))
-            while True:
-                body = self._recv_exact(message.frame_length(self._recv_exact(LEN_SIZE)))
-                got = message.parse_header(body)
-                if got.type == MsgType.REPLY and got.serial == serial:
-                    break
+        except OSError as err:
+            raise errors.VirError(errors.VIR_ERR_RPC, f"Cannot write data: {err}", domain=errors.VIR_FROM_RPC) from None
+        got, data = self.receive(MsgType.REPLY, serial)
+        if got.status == Status.ERROR:
+            raise peer_error(data)
+        return Unpacker(data), serial
+
+    def receive(self, type_: int, serial: int) -> tuple[Header, bytes]:
+        """The next packet of ``type_`` for ``serial`` (others, events and keepalives, are skipped)."""
+        while True:
+            got, data = self.receive_one()
+            if got.type == type_ and got.serial == serial:
+                return got, data
+
+    def receive_one(self) -> tuple[Header, bytes]:
+        """The next packet from the peer: its header and payload."""
+        try:
+            body = self._recv_exact(message.frame_length(self._recv_exact(LEN_SIZE)))
+            return message.parse_header(body), body[message.HEADER_SIZE:]
         except OSError as err:
             raise errors.VirError(errors.VIR_ERR_RPC, f"Cannot recv data: {err}", domain=errors.VIR_FROM_RPC) from None
         except message.FrameError as err:
             raise errors.VirError(errors.VIR_ERR_RPC, str(err), domain=errors.VIR_FROM_RPC) from None
-        data = body[message.HEADER_SIZE:]
-        if got.status == Status.ERROR:
-            raise _peer_error(data)
-        return Unpacker(data)
 
 
-def _peer_error(data: bytes) -> errors.VirError:
+def peer_error(data: bytes) -> errors.VirError:
     try:
         code, domain, text, level = message.decode_error(data)
     except (ValueError, struct.error):
