@@ -34,9 +34,14 @@ def register_port(machine: Any, base: int, length: int, device: object, name: st
 
 
 def add_platform_devices(machine: Any) -> None:
-    """The pc built-ins, each in its tree node: COM ports, i8042 and 0xCF9 resets, firmware, PCI host."""
+    """The pc built-ins, each in its tree node: CPUs, COM ports, i8042 and 0xCF9 resets, firmware, PCI host."""
     serials = [(i, c) for i, c in enumerate(machine.chardevs[: len(COM_PORTS)]) if c is not None]
-    builtin = pc_unattached_paths(machine.config.smp, len(serials))
+    builtin = pc_unattached_paths(machine.config.smp, len(serials), machine.config.accel == "kvm")
+    # The CPUs are nodes too (QMP's query-cpus-fast and query-hotpluggable-cpus take their qom-path from here);
+    # their state is the KVM vCPU's, carried by the migration's KVM sections, not by a node's.
+    cpu_type = f"{machine.config.cpu.split(',', 1)[0]}-x86_64-cpu"
+    for k in range(machine.config.smp):
+        machine.devices.add(builtin[f"cpu.{k}"], cpu_type)
     #: port-bus registration name -> (tree path, QOM type) of the built-in that owns it.
     machine._port_owners = {
         "i8042-reset": (builtin["i8042"], "i8042"), "reset-control": (builtin["PIIX3"], "PIIX3"),

@@ -56,6 +56,7 @@ def machine(disk: Path, tmp_path: Path) -> Iterator[Machine]:
 
 # Built-ins under -smp 2 with two -serials (QEMU 7.2: CPU 0, kvmvapic, CPU 1, then the chipset from index 3).
 BUILTINS = {
+    "/machine/unattached/device[0]": "qemu64-x86_64-cpu", "/machine/unattached/device[2]": "qemu64-x86_64-cpu",
     "/machine/unattached/device[13]": "isa-serial", "/machine/unattached/device[14]": "isa-serial",
     "/machine/unattached/device[16]": "i8042", "/machine/unattached/device[4]": "PIIX3",
     "/machine/fw_cfg": "fw_cfg_io", "/machine/unattached/device[10]": "mc146818rtc",
@@ -159,6 +160,10 @@ def test_pc_unattached_paths_count_cpus_and_serials() -> None:
     assert (one["i440FX"], one["isa-serial.0"], one["i8042"], one["PIIX4_PM"]) == (
         "/machine/unattached/device[2]", "/machine/unattached/device[12]", "/machine/unattached/device[14]",
         "/machine/unattached/device[19]")
+    four = pc_unattached_paths(4, 0)
+    assert [four[f"cpu.{k}"] for k in range(4)] == [f"/machine/unattached/device[{n}]" for n in (0, 2, 3, 4)]
+    assert (four["kvmvapic"], four["i440FX"], pc_unattached_paths(4, 0, kvm=True)["i440FX"]) == (
+        "/machine/unattached/device[1]", "/machine/unattached/device[5]", "/machine/unattached/device[6]")
 
 
 def _qemu_children(argv: list[str], paths: list[str]) -> dict[str, str]:

@@ -37,8 +37,8 @@ UNATTACHED = "/machine/unattached"
 #: The QOM containers (type ``container``) that hold the devices.
 CONTAINERS = (PERIPHERAL, PERIPHERAL_ANON, UNATTACHED)
 
-#: QEMU 7.2 ``pc``: the objects created in /machine/unattached after the CPUs' (each CPU and one kvmvapic
-#: take an index first), in creation order, as `qom-list /machine/unattached` shows them (`-nodefaults`).
+#: QEMU 7.2 ``pc``: the objects created in /machine/unattached after the CPUs, the kvmvapic and (under KVM) the
+#: kvmclock, in creation order, as `qom-list /machine/unattached` shows them (`-nodefaults`).
 _PC_BEFORE_SERIALS = ("i440FX", "PIIX3", "i8257", "i8257", "isa-i8259", "isa-i8259", "hpet", "mc146818rtc",
                       "isa-pit", "isa-pcspk")
 _PC_AFTER_SERIALS = ("isa-fdc", "i8042", "vmport", "vmmouse", "port92", "piix3-ide", "PIIX4_PM")
@@ -48,17 +48,19 @@ class DeviceTreeError(ValueError):
     """A device cannot join the tree; the message is QEMU's text, without the option prefix."""
 
 
-def pc_unattached_paths(smp: int, serials: int) -> dict[str, str]:
-    """QOM paths of the ``pc`` built-ins refvm models, by QEMU type name; ``isa-serial`` gets ``isa-serial.K``.
+def pc_unattached_paths(smp: int, serials: int, kvm: bool = False) -> dict[str, str]:
+    """QOM paths of the ``pc`` built-ins, by QEMU type name; ``isa-serial`` gets ``isa-serial.K``, CPU K ``cpu.K``.
 
-    QEMU numbers ``/machine/unattached/device[N]`` as objects are created: CPU 0, the kvmvapic, the other
-    CPUs, then the chipset (``_PC_BEFORE_SERIALS``), one ``isa-serial`` per ``-serial``, and the rest.
+    QEMU numbers ``/machine/unattached/device[N]`` as objects are created: CPU 0, then the kvmvapic its APIC
+    creates, then CPUs 1.. (so CPU K>0 is ``device[K+1]``), then, with ``-accel kvm`` only, the kvmclock, then
+    the chipset (``_PC_BEFORE_SERIALS``), one ``isa-serial`` per ``-serial``, and the rest. (Under KVM the
+    i8259s and the PIT are ``kvm-i8259``/``kvm-pit`` at the same places; refvm files neither in its tree.)
     """
-    index = smp + 1
+    names = ["cpu.0", "kvmvapic", *(f"cpu.{k}" for k in range(1, smp)), *(["kvmclock"] if kvm else []),
+             *_PC_BEFORE_SERIALS, *(f"isa-serial.{k}" for k in range(serials)), *_PC_AFTER_SERIALS]
     out: dict[str, str] = {}
-    names = [*_PC_BEFORE_SERIALS, *(f"isa-serial.{k}" for k in range(serials)), *_PC_AFTER_SERIALS]
-    for offset, name in enumerate(names):
-        out.setdefault(name, f"{UNATTACHED}/device[{index + offset}]")
+    for index, name in enumerate(names):
+        out.setdefault(name, f"{UNATTACHED}/device[{index}]")
     return out
 
 

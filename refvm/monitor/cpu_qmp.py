@@ -12,6 +12,7 @@ from refvm.cpu.features import FEATURE_BITS, all_names, canonical
 from refvm.cpu.models import MODEL_BY_NAME, MODELS, SPECIAL_MODELS
 from refvm.cpu.spec import CpuSpec, CpuSpecError, parse_cpu
 from refvm.cpu.topology import Topology
+from refvm.devices.tree import pc_unattached_paths
 from refvm.monitor.qmp import QmpError, QmpServer
 
 EXPANSION_TYPES = ("static", "full")
@@ -53,6 +54,17 @@ class CpuCommands:
 
     def cpu_type(self) -> str:
         return f"{self.machine.config.cpu.split(',', 1)[0]}-x86_64-cpu"
+
+    def cpu_paths(self) -> list[str]:
+        """The QOM path of each present CPU, by cpu-index: the device tree's CPU nodes, numbered as QEMU's
+        ``pc`` numbers them (CPU 0 is ``device[0]``, the kvmvapic ``device[1]``, CPU K>0 ``device[K+1]``)."""
+        tree = getattr(self.machine, "devices", None)
+        paths = [n.path for n in tree if n.type_name.endswith("-x86_64-cpu")] if tree is not None else []
+        if len(paths) < self.topology().cpus:  # a machine assembled without its built-ins
+            cfg = self.machine.config
+            numbering = pc_unattached_paths(self.topology().cpus, 0, cfg.accel == "kvm")
+            paths = [numbering[f"cpu.{k}"] for k in range(self.topology().cpus)]
+        return paths
 
     # -- commands --------------------------------------------------------------------------------------
 
@@ -127,21 +139,23 @@ class CpuCommands:
     def query_cpus_fast(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         topo = self.topology()
         runners = getattr(self.machine, "_runners", [])
+        paths = self.cpu_paths()
         out = []
         for index in range(topo.cpus):
             tid = getattr(runners[index], "native_id", None) if index < len(runners) else None
             out.append({"thread-id": tid or os.getpid(), "props": self._props(topo, index),
-                        "qom-path": f"/machine/unattached/device[{index}]", "cpu-index": index, "target": "x86_64"})
+                        "qom-path": paths[index], "cpu-index": index, "target": "x86_64"})
         return out
 
     def query_hotpluggable_cpus(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """Every possible CPU slot (maxcpus), the highest first as QEMU lists them; present ones carry their path."""
         topo = self.topology()
+        paths = self.cpu_paths()
         out = []
         for index in reversed(range(topo.maxcpus)):
             entry: dict[str, Any] = {"props": self._props(topo, index), "vcpus-count": 1}
             if index < topo.cpus:
-                entry["qom-path"] = f"/machine/unattached/device[{index}]"
+                entry["qom-path"] = paths[index]
             entry["type"] = self.cpu_type()
             out.append(entry)
         return out
