@@ -155,6 +155,21 @@ def test_duplicate_device_id_is_one_line_from_the_command_line(tmp_path: Path) -
     assert proc.stderr.strip().splitlines() == ["refvm: -device isa-debug-exit,id=a: Duplicate ID 'a' for device"]
 
 
+def test_pci_nodes_are_every_function_on_the_host_bridges_bus(machine: Machine) -> None:
+    """query-pci, info pci and info qtree walk these nodes: none of the bus's functions may be missing."""
+    from refvm.devices.pci.query import query_pci, query_pci_tree
+
+    bus = machine.devices.pci_bus()
+    assert bus is machine.devices.get("/machine/i440fx").transport  # type: ignore[union-attr]
+    nodes = machine.devices.pci_nodes()
+    assert [n.transport for n in nodes] == [d for _s, _f, d in bus.devices()]
+    assert [n.path for n in nodes] == ["/machine/unattached/device[3]", "/machine/unattached/device[4]",
+                                       "/machine/unattached/device[20]", "/machine/unattached/device[21]",
+                                       "/machine/peripheral/disk0", "/machine/peripheral-anon/device[1]",
+                                       "/machine/peripheral/rng0"]  # fmt: skip
+    assert query_pci_tree(machine.devices) == query_pci(bus)
+
+
 def test_pc_unattached_paths_count_cpus_and_serials() -> None:
     one = pc_unattached_paths(1, 1)
     assert (one["i440FX"], one["isa-serial.0"], one["i8042"], one["PIIX4_PM"]) == (

@@ -2,7 +2,8 @@
 
 Every place that needs "all the devices" walks this one registry: a system reset, the QMP commands that find
 devices (``qom-get``/``qom-list``/``qom-set``, ``query-block``'s ``qdev``, ``block_set_io_throttle id=``,
-``block_resize``, ``set_link``/``announce-self``, ``balloon``, HMP ``info block``) and migration, which takes
+``block_resize``, ``set_link``/``announce-self``, ``balloon``, ``query-pci``, HMP ``info block``/``info pci``/
+``info qtree``, the CPUs' ``qom-path`` of ``query-cpus-fast``) and migration, which takes
 the section of each device from here. Before it, the machine kept parallel lists (its resettables, its PCI
 models) and each monitor module derived QOM names on its own.
 
@@ -28,12 +29,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeviceNode", "DeviceTree", "DeviceTreeError", "pc_unattached_paths", "PERIPHERAL", "PERIPHERAL_ANON",
-           "UNATTACHED", "CONTAINERS"]
+__all__ = ["DeviceNode", "DeviceTree", "DeviceTreeError", "pc_unattached_paths", "PCI_HOST", "PERIPHERAL",
+           "PERIPHERAL_ANON", "UNATTACHED", "CONTAINERS"]
 
 PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
 UNATTACHED = "/machine/unattached"
+#: The host bridge: its node's transport is the root PCI bus.
+PCI_HOST = "/machine/i440fx"
 #: The QOM containers (type ``container``) that hold the devices.
 CONTAINERS = (PERIPHERAL, PERIPHERAL_ANON, UNATTACHED)
 
@@ -152,6 +155,20 @@ class DeviceTree:
     def node_of(self, part: Any) -> DeviceNode | None:
         """The node holding ``part`` as its front end or transport."""
         return next((n for n in self._nodes.values() if part is not None and part in (n.front, n.transport)), None)
+
+    def pci_bus(self) -> Any:
+        """The root PCI bus: the host bridge node's transport (None before the host bridge is assembled)."""
+        host = self._nodes.get(PCI_HOST)
+        return host.transport if host is not None else None
+
+    def pci_nodes(self) -> list[DeviceNode]:
+        """The nodes whose transport is a function on the root bus, in devfn order: the order in which
+        ``query-pci``, HMP ``info pci`` and ``info qtree`` list them (QEMU walks the bus by devfn)."""
+        bus = self.pci_bus()
+        if bus is None:
+            return []
+        nodes = [n for n in self._nodes.values() if n.path != PCI_HOST and getattr(n.transport, "bus", None) is bus]
+        return sorted(nodes, key=lambda n: (n.transport.slot, n.transport.function))
 
     def sections(self) -> dict[str, Any]:
         """Every migration section's idstr -> the object whose save()/load() carries it, in tree order."""

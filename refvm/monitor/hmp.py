@@ -74,9 +74,9 @@ class HmpCommands:
         return format_status(self.machine.status())
 
     def info_pci(self) -> str:
-        from refvm.devices.pci.query import query_pci
+        from refvm.devices.pci.query import query_pci_tree
 
-        return format_pci(query_pci(self.machine.pci))
+        return format_pci(query_pci_tree(self.machine.devices))
 
     def info_cpus(self) -> str:
         # Under qtest (no vCPU threads) QEMU still lists the -smp CPUs: refvm lists them with thread_id 0.
@@ -111,12 +111,16 @@ class HmpCommands:
         return "\r\n".join(parts)
 
     def info_qtree(self) -> str:
-        from refvm.devices.pci.query import query_pci
+        """The PCI functions are the device tree's nodes on the host bridge's bus, in devfn order."""
+        from refvm.devices.pci.query import device_info
 
         out = ["bus: main-system-bus", "  type System", '  dev: i440FX-pcihost, id ""', "    bus: pci.0",
                "      type PCI"]  # fmt: skip
-        for dev in query_pci(self.machine.pci)[0]["devices"]:
-            out.append(f"      dev: {self._pci_type(dev)}, id \"{dev.get('qdev_id', '')}\"")
+        tree = self.machine.devices
+        for node in tree.pci_nodes():
+            fn = node.transport
+            dev = device_info(tree.pci_bus(), fn.slot, fn.function, fn)
+            out.append(f"      dev: {self._pci_type(fn, dev)}, id \"{dev.get('qdev_id', '')}\"")
             out.append(f"        addr = {dev['slot']:02x}.{dev['function']}")
         out += ['      dev: PIIX3, id ""', "        bus: isa.0", "          type ISA"]
         for index, dev in enumerate(getattr(self.machine, "chardevs", [])):
@@ -127,11 +131,9 @@ class HmpCommands:
                     f"            iobase = {base} ({base:#x})", f"            irq = {irq} ({irq:#x})"]  # fmt: skip
         return "".join(line + "\r\n" for line in out)
 
-    def _pci_type(self, dev: dict[str, Any]) -> str:
-        for slot, function, fn in self.machine.pci.devices():
-            if (slot, function) == (dev["slot"], dev["function"]) and getattr(fn, "type_name", ""):
-                return fn.type_name
-        return _CLASS_NAMES.get(dev["class_info"]["class"], "pci-device")
+    @staticmethod
+    def _pci_type(fn: Any, dev: dict[str, Any]) -> str:
+        return getattr(fn, "type_name", "") or _CLASS_NAMES.get(dev["class_info"]["class"], "pci-device")
 
 
 _COM = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from refvm.devices.pci.query import query_pci
+from refvm.devices.pci.query import query_pci_tree
 from refvm.monitor.qmp import QmpError, QmpServer
 
 PAGE = 4096
@@ -57,4 +57,4 @@ class DeviceCommands:
         self.server.emit_event("BALLOON_CHANGE", {"actual": self.machine.config.memory_bytes - actual_pages * PAGE})
 
     def query_pci(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return query_pci(self.machine.pci)
+        return query_pci_tree(self.machine.devices)

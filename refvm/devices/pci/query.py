@@ -8,13 +8,14 @@ they decode at or -1, and ``prefetch``/``mem_type_64`` only for memory BARs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from refvm.devices.pci.bus import PciBus
 from refvm.devices.pci.config import INTERRUPT_LINE, INTERRUPT_PIN, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID
 from refvm.devices.pci.device import PciDevice
 
-__all__ = ["query_pci", "device_info", "CLASS_DESCRIPTIONS"]
+__all__ = ["query_pci", "query_pci_tree", "device_info", "CLASS_DESCRIPTIONS"]
 
 #: QEMU 7.2's pci_class_descriptions (class >> 8 -> desc), as listed by hw/pci/pci.c.
 CLASS_DESCRIPTIONS: dict[int, str] = {
@@ -76,6 +77,15 @@ def device_info(bus: PciBus, slot: int, function: int, device: PciDevice) -> dic
     return info
 
 
-def query_pci(bus: PciBus) -> list[dict[str, Any]]:
-    """The ``return`` value of ``query-pci`` for a machine with this one root bus."""
-    return [{"bus": bus.bus_number, "devices": [device_info(bus, s, f, d) for s, f, d in bus.devices()]}]
+def query_pci(bus: PciBus, functions: Iterable[PciDevice] | None = None) -> list[dict[str, Any]]:
+    """The ``return`` value of ``query-pci`` for a machine with this one root bus: ``functions`` (by default
+    every function on the bus, in devfn order), each at the slot and function it is plugged at."""
+    if functions is None:
+        functions = [d for _s, _f, d in bus.devices()]
+    return [{"bus": bus.bus_number, "devices": [device_info(bus, d.slot, d.function, d) for d in functions]}]
+
+
+def query_pci_tree(tree: Any) -> list[dict[str, Any]]:
+    """``query-pci`` from a machine's device tree (refvm/devices/tree.py): the bus is the host bridge node's
+    transport and each function is a node's transport, in devfn order."""
+    return query_pci(tree.pci_bus(), [n.transport for n in tree.pci_nodes()])
