@@ -16,7 +16,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from refvm.migration.ram import RamDecoder, RamImage, encode_ram_pages, encode_ram_start, encode_zero_run
+from refvm.migration.ram import (
+    RamDecoder,
+    RamImage,
+    encode_block_pages,
+    encode_ram_pages,
+    encode_ram_start,
+    encode_zero_run,
+)
 from refvm.migration.wire import (
     MAGIC,
     SECTION_COMMAND,
@@ -109,6 +116,11 @@ class StreamWriter:
     def ram_part(self, pages: list[tuple[str, int, bytes]], last: bool = False) -> None:
         """One batch of pages; `last` makes it the section end sent at switchover."""
         self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_ram_pages(pages))
+
+    def ram_block_part(self, block: str, pages: list[tuple[int, bytes | memoryview, bool]], last: bool = False) -> None:
+        """One batch of (offset, page, is_zero) in one block (ram.encode_block_pages); `last`: the section end."""
+        payload = encode_block_pages(block, pages)
+        self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, payload)
 
     def ram_zero_run(self, block: str, offset: int, count: int) -> None:
         """One part of ``count`` adjacent zero pages (the same records ram_part writes for them)."""
