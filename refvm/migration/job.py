@@ -22,6 +22,7 @@ from refvm.migration.channel import Channel, FdLookup, Listener, connect, prefau
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
 from refvm.migration.globalstate import GlobalState
 from refvm.migration.options import MigrationOptions
+from refvm.migration.outqueue import QueuedWriter
 from refvm.migration.state import DeviceState
 from refvm.migration.stream import StreamWriter, read_stream
 from refvm.migration.wire import TARGET_PAGE_SIZE, StreamError
@@ -205,8 +206,9 @@ class MigrationJob:
         machine, channel = self.machine, self._channel
         assert channel is not None
         was = ""
+        out = QueuedWriter(channel.stream)  # encoding overlaps the socket's writes
         try:
-            writer = StreamWriter(channel.stream)
+            writer = StreamWriter(out)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
             # Under KVM RAM goes while the guest runs, pass after pass (pre-copy: KVM's log for vCPU writes,
@@ -258,6 +260,8 @@ class MigrationJob:
         except (OSError, ValueError) as err:
             self._fail(err, was)
             return
+        finally:
+            out.stop()
         self.downtime_ms = _ms(self.stopped_at)
         self.total_ms = _ms(self.started)
         machine.set_run_state("postmigrate")
