@@ -20,6 +20,11 @@ SCHEMES = ("exec", "unix", "tcp", "fd")
 #: How much of the incoming buffer has its pages mapped before the source connects (MAP_POPULATE).
 PREFAULT_MAX = 64 << 20
 
+#: The source socket's send buffer: a RAM part (~1 MiB) in one send.  With the default (~208 KiB) the writing
+#: thread needs the GIL back every 208 KiB, and waits up to the switch interval (5 ms) for it while the encoder
+#: runs.  What it holds when the source finishes is at most this much not yet read by the destination.
+SEND_BUFFER = 1 << 20
+
 #: Resolves fd:NAME to a descriptor the channel then owns; KeyError when there is no such name.
 FdLookup = Callable[[str], int]
 
@@ -99,6 +104,7 @@ def connect(uri: str, lookup: FdLookup | None = None) -> Channel:
         return Channel(proc.stdin, proc=proc)
     sock = socket.socket(socket.AF_UNIX if scheme == "unix" else socket.AF_INET)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.connect(rest if scheme == "unix" else _inet(rest))
     except OSError:
         sock.close()
