@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_kvm_vm import CODE, MEM_SIZE, Guest, host_addr, kvm  # noqa: F401 - the kvm fixture
 
 from refvm.kvm import Kvm, exits
-from refvm.migration.dirty_log import KvmDirtyLog, Slot
+from refvm.migration.dirty_log import KvmDirtyLog, Slot, pages_of
 
 pytestmark = pytest.mark.kvm
 WRITE_0x3000 = bytes.fromhex("c606003001 f4")  # mov byte [0x3000], 1; hlt (real mode, ds = 0)
@@ -70,3 +72,12 @@ def test_guest_memory_logs_device_writes() -> None:
     mem.mark_dirty(0x9000, 1)
     assert mem.take_dirty() == set() and not mem.dirty_logging
     mem.close()
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(0, 1 << 20))
+def test_bitmap_words_give_the_pages_bit_by_bit(bitmap: bytes, first_page: int) -> None:
+    """The word-at-a-time scan (zero words skipped, full words as one range) finds what a bit walk finds."""
+    gpa = first_page * 4096
+    expected = [gpa + (i * 8 + bit) * 4096 for i, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1]
+    assert pages_of(bitmap, gpa) == expected
+    assert pages_of(b"\xff" * 8 + bitmap, gpa)[:64] == [gpa + i * 4096 for i in range(64)]

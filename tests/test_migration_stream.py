@@ -180,3 +180,44 @@ def test_zero_run_is_the_records_of_its_zero_pages(offset: int, count: int) -> N
 
     pages = [("pc.ram", offset + i * 4096, bytes(4096)) for i in range(count)]
     assert encode_zero_run("pc.ram", offset, count) == encode_ram_pages(pages)
+
+
+def test_block_pages_encode_as_the_general_encoder_does() -> None:
+    """The switchover path's encoder (known zero flags, pages as views of one run) writes the same records."""
+    from refvm.migration.ram import encode_block_pages, encode_ram_pages
+
+    run = bytes(TARGET_PAGE_SIZE) + b"\x5a" * TARGET_PAGE_SIZE + bytes(TARGET_PAGE_SIZE - 1) + b"\x01"
+    view = memoryview(run)
+    pages = [(0x10000 + i * TARGET_PAGE_SIZE, run[i * TARGET_PAGE_SIZE : (i + 1) * TARGET_PAGE_SIZE]) for i in range(3)]
+    known = [(off, view[i * TARGET_PAGE_SIZE : (i + 1) * TARGET_PAGE_SIZE], data == bytes(TARGET_PAGE_SIZE))
+             for i, (off, data) in enumerate(pages)]
+    assert [zero for _, _, zero in known] == [True, False, False]
+    assert encode_block_pages("pc.ram", known) == encode_ram_pages([("pc.ram", off, data) for off, data in pages])
+    with pytest.raises(ValueError, match="aligned"):
+        encode_block_pages("pc.ram", [(0x10001, view[:TARGET_PAGE_SIZE], False)])
+
+
+@pytest.mark.parametrize("room", [1 << 20, 4096])  # the whole stream fits the prefaulted buffer / overflows it
+def test_stream_read_into_a_prefaulted_buffer_parses_as_bytes_do(room: int) -> None:
+    """The destination's read (channel.read_all into pages mapped in advance) parses in place, and a stream
+    longer than the buffer is read whole."""
+    from refvm.migration.channel import prefaulted, read_all
+
+    out = io.BytesIO()
+    w = StreamWriter(out)
+    w.header("pc-i440fx-7.2")
+    w.ram_start({"pc.ram": 64 * TARGET_PAGE_SIZE})
+    w.ram_part([("pc.ram", 3 * TARGET_PAGE_SIZE, b"\x42" * TARGET_PAGE_SIZE)], last=True)
+    w.device("serial", 0, 1, b"\x01\x02\x03")
+    w.finish()
+    raw = out.getvalue()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(raw)
+        a.shutdown(socket.SHUT_WR)
+        buf = prefaulted(room)
+        data = read_all(b.makefile("rb"), 1 << 20, buf)
+    assert bytes(data) == raw
+    parsed, expected = read_stream(data), read_stream(raw)
+    assert parsed.ram.page("pc.ram", 3 * TARGET_PAGE_SIZE) == b"\x42" * TARGET_PAGE_SIZE
+    assert [(s.idstr, s.payload) for s in parsed.sections] == [(s.idstr, s.payload) for s in expected.sections]

@@ -19,6 +19,8 @@ from typing import Any
 
 from refvm.migration.wire import TARGET_PAGE_SIZE
 
+ALL_ONES = (1 << 64) - 1
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -37,6 +39,27 @@ class Slot:
 def slots_of(memory: Any) -> list[Slot]:
     """The KVM slots of a GuestMemory as refvm registers them: slot i is region i."""
     return [Slot(i, r.gpa, r.size, r.host_address) for i, r in enumerate(memory.regions)]
+
+
+def pages_of(bitmap: bytes, gpa: int) -> list[int]:
+    """Guest-physical addresses of the set bits of a KVM dirty bitmap (bit i: the page at gpa + i pages), in
+    order.  Read 64 bits at a time: a word of zeroes costs one test, a word of ones (a guest rewriting a range)
+    one range(); only mixed words go bit by bit."""
+    padded = bitmap + bytes(-len(bitmap) % 8)
+    out: list[int] = []
+    span = 64 * TARGET_PAGE_SIZE
+    for index, word in enumerate(memoryview(padded).cast("Q")):  # little-endian: bit i of the word is page i
+        if not word:
+            continue
+        base = gpa + index * span
+        if word == ALL_ONES:
+            out.extend(range(base, base + span, TARGET_PAGE_SIZE))
+            continue
+        while word:
+            low = word & -word
+            out.append(base + (low.bit_length() - 1) * TARGET_PAGE_SIZE)
+            word ^= low
+    return out
 
 
 class KvmDirtyLog:
@@ -71,15 +94,11 @@ class KvmDirtyLog:
         dirty: list[int] = []
         for s in self.slots:
             bitmap = self.vm.get_dirty_log(s.slot, s.pages)
-            if not any(bitmap):
+            if bitmap == bytes(len(bitmap)):  # one memcmp, not a Python walk
                 continue
             if self.manual:
                 self.vm.clear_dirty_log(s.slot, 0, s.pages, bitmap)
-            for byte_index, byte in enumerate(bitmap):
-                while byte:
-                    bit = (byte & -byte).bit_length() - 1
-                    dirty.append(s.gpa + (byte_index * 8 + bit) * TARGET_PAGE_SIZE)
-                    byte &= byte - 1
+            dirty += pages_of(bitmap, s.gpa)
         return dirty
 
     def stop(self) -> None:

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from refvm.migration import kvm_sections, precopy
-from refvm.migration.channel import Channel, FdLookup, Listener, connect
+from refvm.migration.channel import Channel, FdLookup, Listener, connect, prefaulted, read_all
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
 from refvm.migration.globalstate import GlobalState
 from refvm.migration.options import MigrationOptions
+from refvm.migration.outqueue import QueuedWriter
 from refvm.migration.state import DeviceState
 from refvm.migration.stream import StreamWriter, read_stream
 from refvm.migration.wire import TARGET_PAGE_SIZE, StreamError
@@ -205,14 +206,19 @@ class MigrationJob:
         machine, channel = self.machine, self._channel
         assert channel is not None
         was = ""
+        out = QueuedWriter(channel.stream)  # encoding overlaps the socket's writes
         try:
-            writer = StreamWriter(channel.stream)
+            writer = StreamWriter(out)
             writer.header(MACHINE_TYPE)
             writer.ram_start({RAM_BLOCK: sum(size for _, size in _regions(machine))})
             # Under KVM RAM goes while the guest runs, pass after pass (pre-copy: KVM's log for vCPU writes,
             # GuestMemory's for device writes); under qtest one pass while it runs, then pages whose digests changed.
             self._precopy = precopy.PreCopy(self, writer, RAM_BLOCK) if precopy.usable(machine) else None
-            kvm_sections.warm_up(machine)  # first-use costs now, not while the guest is stopped
+            # First-use costs of the device saves now, not while the guest is stopped; in a thread, while the first
+            # pass mostly waits for max-bandwidth (joined before the stop).
+            warm = threading.Thread(target=kvm_sections.warm_up, args=(machine,), name="migration-warm-up",
+                                    daemon=True)
+            warm.start()
             if self._precopy is not None:
                 self._precopy.start()
             else:
@@ -225,6 +231,7 @@ class MigrationJob:
                 self._precopy.iterate()
             else:
                 digests = self._send_ram(writer, [])
+            warm.join()
             was = self._stop_guest()
             if self.options.cap("pause-before-switchover"):
                 self._set("pre-switchover")
@@ -253,6 +260,8 @@ class MigrationJob:
         except (OSError, ValueError) as err:
             self._fail(err, was)
             return
+        finally:
+            out.stop()
         self.downtime_ms = _ms(self.stopped_at)
         self.total_ms = _ms(self.started)
         machine.set_run_state("postmigrate")
@@ -348,10 +357,11 @@ class MigrationJob:
     def _incoming(self, listener: Listener) -> None:
         machine = self.machine
         try:
+            limit = sum(size for _, size in _regions(machine)) * 2 + (16 << 20)
+            buf = prefaulted(limit + 1)
             channel = listener.accept()
             self._set("active")
-            limit = sum(size for _, size in _regions(machine)) * 2 + (16 << 20)
-            data = channel.stream.read(limit + 1)
+            data = read_all(channel.stream, limit + 1, buf)
             channel.close()
             if len(data) > limit:
                 raise StreamError(f"migration stream: stream: field 'length': more than {limit} bytes")

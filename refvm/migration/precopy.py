@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from refvm.migration import resident
 from refvm.migration.dirty_log import KvmDirtyLog, slots_of
 from refvm.migration.stream import StreamWriter
 from refvm.migration.wire import TARGET_PAGE_SIZE
@@ -48,10 +49,8 @@ class PreCopy:
         self._logging = False
         self.first_pass_done = False
         self._carry: set[int] = set()
-        self._rate = 0.0  # bytes/s of the last pass
-
-    def all(self) -> list[int]:
-        return [gpa + page for gpa, size, _ in self.bases for page in range(0, size, TARGET_PAGE_SIZE)]
+        self._rate = 0.0  # bytes/s of the last pass, while it was sending (not held back by max-bandwidth)
+        self._held = 0.0  # seconds the passes so far waited for max-bandwidth
 
     def _sync(self) -> set[int]:
         dirty = set(self.log.sync()) | self.memory.take_dirty()
@@ -72,9 +71,9 @@ class PreCopy:
         as fast as the passes send (STALLED_PASSES passes in a row that left at least 90% as many pages dirty
         as the one before: more passes would only add time), or after MAX_PASSES; the guest still running."""
         started = time.monotonic()
-        self.send(self.all(), throttle=True)
+        self._send_runs(self._first_runs(), throttle=True)
         self.first_pass_done = True
-        self._rate = self.writer.bytes_written / max(time.monotonic() - self.job.pass_started, 1e-3)
+        self._rate = self.writer.bytes_written / max(time.monotonic() - self.job.pass_started - self._held, 1e-3)
         previous, stalled = 0, 0
         for _ in range(MAX_PASSES):
             dirty = self._sync()
@@ -82,16 +81,18 @@ class PreCopy:
             if len(dirty) <= self._pages_within_downtime() or stalled >= STALLED_PASSES:
                 self._carry = dirty
                 return
-            previous, started, before = len(dirty), time.monotonic(), self.writer.bytes_written
+            previous, started, before, held = len(dirty), time.monotonic(), self.writer.bytes_written, self._held
             self.send(sorted(dirty), throttle=True)
             elapsed = max(time.monotonic() - started, 1e-3)
-            self._rate = (self.writer.bytes_written - before) / elapsed
+            self._rate = (self.writer.bytes_written - before) / max(elapsed - (self._held - held), 1e-3)
             self.job.dirty_rate = int(len(dirty) / elapsed)
         self._carry = set()
 
     def _pages_within_downtime(self) -> int:
-        """How many pages the link moves in downtime-limit ms at the rate of the last pass (QEMU's threshold;
-        the first pass, mostly zero pages that cost CPU but few bytes, would understate it)."""
+        """How many pages the link moves in downtime-limit ms at the rate of the last pass (QEMU's threshold),
+        capped by max-bandwidth.  The rate leaves out the time the pass waited for max-bandwidth: the pass at
+        switchover is not held back, and counting the waits made a guest that could stop after the first pass
+        go through another full one."""
         rate = self._rate
         limit = self.job.options.param("max-bandwidth")
         if limit:
@@ -112,9 +113,25 @@ class PreCopy:
             self.log.stop()
             self.memory.stop_dirty_log()
 
-    def _runs(self, gpas: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-        """(offset in the block, bytes) for ascending ``gpas``: runs of adjacent pages in one region, read with one
-        bounds check and one copy each (up to PAGES_PER_PART pages), not page by page; stops at a cancel."""
+    def _first_runs(self) -> Iterator[tuple[int, int, bytes | None]]:
+        """The first pass: every page, PAGES_PER_PART at a time; a chunk that pagemap says was never touched comes
+        as known zeroes (None) without being read (reading it would fault in the zero page, page by page)."""
+        most = PAGES_PER_PART * TARGET_PAGE_SIZE
+        for (gpa, size, base), region in zip(self.bases, self.memory.regions, strict=True):
+            touched = resident.touched_chunks(region.host_address, size, PAGES_PER_PART)
+            for index, start in enumerate(range(0, size, most)):
+                length = min(most, size - start)
+                if touched is None or touched[index]:
+                    yield base + start, length, self._read(gpa + start, length)
+                else:
+                    if self.job._cancel.is_set():
+                        raise OSError("cancelled")
+                    yield base + start, length, None
+
+    def _runs(self, gpas: Iterable[int]) -> Iterator[tuple[int, int, bytes | None]]:
+        """(offset in the block, length, bytes) for ascending ``gpas``: runs of adjacent pages in one region, read
+        with one bounds check and one copy each (up to PAGES_PER_PART pages), not page by page; stops at a
+        cancel."""
         run_gpa = run_off = run_len = region_end = 0
         most = PAGES_PER_PART * TARGET_PAGE_SIZE
         for gpa in gpas:
@@ -122,7 +139,7 @@ class PreCopy:
                 run_len += TARGET_PAGE_SIZE
                 continue
             if run_len:
-                yield run_off, self._read(run_gpa, run_len)
+                yield run_off, run_len, self._read(run_gpa, run_len)
             region = next((b for b in self.bases if b[0] <= gpa < b[0] + b[1]), None)
             if region is None:
                 run_len = 0
@@ -130,7 +147,7 @@ class PreCopy:
             region_end = region[0] + region[1]
             run_gpa, run_off, run_len = gpa, gpa - region[0] + region[2], TARGET_PAGE_SIZE
         if run_len:
-            yield run_off, self._read(run_gpa, run_len)
+            yield run_off, run_len, self._read(run_gpa, run_len)
 
     def _read(self, gpa: int, length: int) -> bytes:
         if self.job._cancel.is_set():
@@ -138,32 +155,40 @@ class PreCopy:
         return self.memory.read(gpa, length)
 
     def send(self, gpas: Iterable[int], last: bool = False, throttle: bool = False) -> None:
-        """Pages by guest-physical address, ascending, PAGES_PER_PART to a section part (`last`: the end); a run of
-        adjacent zero pages goes as a part of its own without looking at each page (one memcmp for the run)."""
+        """Pages by guest-physical address, ascending, PAGES_PER_PART to a section part (`last`: the end)."""
+        self._send_runs(self._runs(gpas), last, throttle)
+
+    def _send_runs(self, runs: Iterable[tuple[int, int, bytes | None]], last: bool = False,
+                   throttle: bool = False) -> None:
+        """Runs of adjacent pages (None: known zeroes); a run of zero pages goes as a part of its own without
+        looking at each page (one memcmp for the run)."""
         job, writer = self.job, self.writer
-        batch: list[tuple[str, int, bytes]] = []
+        batch: list[tuple[int, bytes | memoryview, bool]] = []
         pass_start, pass_bytes = time.monotonic(), writer.bytes_written
-        for offset, data in self._runs(gpas):
-            if data == ZERO_RUN[: len(data)]:  # one memcmp for up to PAGES_PER_PART pages
+        for offset, length, data in runs:
+            if data is None or data == ZERO_RUN[:length]:  # one memcmp for up to PAGES_PER_PART pages
                 if batch:
-                    writer.ram_part(batch)
+                    writer.ram_block_part(self.block, batch)
                     batch = []
-                writer.ram_zero_run(self.block, offset, len(data) // TARGET_PAGE_SIZE)
-                job.duplicate += len(data) // TARGET_PAGE_SIZE
+                writer.ram_zero_run(self.block, offset, length // TARGET_PAGE_SIZE)
+                job.duplicate += length // TARGET_PAGE_SIZE
             else:
-                for at in range(0, len(data), TARGET_PAGE_SIZE):
-                    page = data[at : at + TARGET_PAGE_SIZE]
-                    batch.append((self.block, offset + at, page))
-                    if page == ZERO_PAGE:  # a memcmp (any() would walk 4096 bytes in Python)
+                view = memoryview(data)  # pages as slices of the run: the part's join is their one copy
+                for at in range(0, length, TARGET_PAGE_SIZE):
+                    zero = data.startswith(ZERO_PAGE, at)  # a memcmp in place (== on a view goes byte by byte)
+                    batch.append((offset + at, view[at : at + TARGET_PAGE_SIZE], zero))
+                    if zero:
                         job.duplicate += 1
                     else:
                         job.normal += 1
                     if len(batch) == PAGES_PER_PART:
-                        writer.ram_part(batch)
+                        writer.ram_block_part(self.block, batch)
                         batch = []
             job.transferred = writer.bytes_written
             if throttle:
+                waited = time.monotonic()
                 job._throttle(writer.bytes_written - pass_bytes, pass_start)
+                self._held += time.monotonic() - waited
         if batch or last:
-            writer.ram_part(batch, last=last)
+            writer.ram_block_part(self.block, batch, last=last)
             job.transferred = writer.bytes_written

@@ -26,6 +26,7 @@ from refvm.migration.wire import (
 KNOWN_FLAGS = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_MEM_SIZE | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_EOS | \
     RAM_SAVE_FLAG_CONTINUE
 ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
+_BE64 = struct.Struct(">Q")
 
 
 @dataclass
@@ -68,6 +69,28 @@ def encode_ram_pages(pages: Iterable[tuple[str, int, bytes]]) -> bytes:
         out.append(b"\x00" if zero else bytes(data))
         last = block
     out.append(be64(RAM_SAVE_FLAG_EOS))
+    return b"".join(out)
+
+
+def encode_block_pages(block: str, pages: Iterable[tuple[int, bytes | memoryview, bool]]) -> bytes:
+    """A part/end payload of (offset, page, is_zero) in one block, then EOS: what encode_ram_pages makes of them,
+    for a caller that already knows which pages are zero (one memcmp in place per page) and passes pages as
+    slices of a run without copying them first (the join is the one copy).  Used for the pass at switchover,
+    where every page costs downtime."""
+    pack = _BE64.pack
+    out: list[bytes | memoryview] = []
+    head = pack_idstr(block)
+    for offset, data, zero in pages:
+        if offset % TARGET_PAGE_SIZE or len(data) != TARGET_PAGE_SIZE:
+            raise ValueError(f"page {block}@{offset:#x} must be one aligned {TARGET_PAGE_SIZE}-byte page")
+        flags = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
+        if head:
+            out += (pack(offset | flags), head)
+            head = b""
+        else:
+            out.append(pack(offset | flags | RAM_SAVE_FLAG_CONTINUE))
+        out.append(b"\x00" if zero else data)
+    out.append(pack(RAM_SAVE_FLAG_EOS))
     return b"".join(out)
 
 

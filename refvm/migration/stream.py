@@ -13,10 +13,18 @@ payloads are decoded afterwards by refvm/migration/state.py.
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from refvm.migration.ram import RamDecoder, RamImage, encode_ram_pages, encode_ram_start, encode_zero_run
+from refvm.migration.ram import (
+    RamDecoder,
+    RamImage,
+    encode_block_pages,
+    encode_ram_pages,
+    encode_ram_start,
+    encode_zero_run,
+)
 from refvm.migration.wire import (
     MAGIC,
     SECTION_COMMAND,
@@ -110,6 +118,11 @@ class StreamWriter:
         """One batch of pages; `last` makes it the section end sent at switchover."""
         self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_ram_pages(pages))
 
+    def ram_block_part(self, block: str, pages: list[tuple[int, bytes | memoryview, bool]], last: bool = False) -> None:
+        """One batch of (offset, page, is_zero) in one block (ram.encode_block_pages); `last`: the section end."""
+        payload = encode_block_pages(block, pages)
+        self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, payload)
+
     def ram_zero_run(self, block: str, offset: int, count: int) -> None:
         """One part of ``count`` adjacent zero pages (the same records ram_part writes for them)."""
         self._record(SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_zero_run(block, offset, count))
@@ -134,7 +147,7 @@ class StreamWriter:
 class StreamReader:
     """Parses a whole stream held in memory; raises StreamError naming the section and field on bad input."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.cur = Cursor(data)
         self.known: dict[int, tuple[str, int, int]] = {}  # section id -> (idstr, instance, version)
 
@@ -201,9 +214,9 @@ class StreamReader:
     def _find_footer(self, sid: int) -> int:
         """Offset of the footer ending an opaque payload: "~" + id, then a well-formed next record."""
         data, mark = self.cur.data.obj, bytes([SECTION_FOOTER]) + be32(sid)
-        assert isinstance(data, bytes)
-        pos = self.cur.pos
-        while (pos := data.find(mark, pos)) >= 0:
+        assert isinstance(data, (bytes, mmap.mmap))  # what read_stream passes: both have find()
+        pos, end = self.cur.pos, len(self.cur.data)  # a view of an mmap may end before it
+        while (pos := data.find(mark, pos, end)) >= 0:
             if self._plausible_record(pos + 5):
                 return pos
             pos += 1
@@ -244,6 +257,9 @@ class StreamReader:
         return desc
 
 
-def read_stream(data: bytes) -> ParsedStream:
-    """Parse a complete stream (see module docstring); StreamError on anything malformed."""
+def read_stream(data: bytes | memoryview) -> ParsedStream:
+    """Parse a complete stream (see module docstring); StreamError on anything malformed.  A view of an mmap
+    (channel.read_all: the buffer the destination read into) is parsed in place; anything else as bytes."""
+    if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap) and data.contiguous and data.format == "B":
+        return StreamReader(data).parse()
     return StreamReader(bytes(data)).parse()

@@ -45,7 +45,7 @@ class Cursor:
     error names the section as well as the field.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
         self.where = "header"
