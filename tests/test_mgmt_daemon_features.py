@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -65,11 +66,24 @@ def virsh(daemon: Refvmd, *args: str) -> str:
     return out.stdout
 
 
+def wait_for_raw_tty(child: pexpect.spawn, timeout: float = 30.0) -> None:
+    """virsh prints "Escape character is ^]" before it switches its terminal to raw mode, and the switch
+    (TCSAFLUSH) discards pending input: an ^] typed in between waits in the line discipline for a newline that
+    never comes, and is then thrown away. Keys are sent only once the pty is raw (the master shares the slave's
+    termios on Linux)."""
+    deadline = time.monotonic() + timeout
+    while termios.tcgetattr(child.child_fd)[3] & termios.ICANON:
+        if time.monotonic() > deadline:
+            pytest.fail("virsh console never switched its terminal to raw mode")
+        time.sleep(0.05)
+
+
 def test_virsh_console_talks_to_the_guest_serial(daemon, running):
     require(shutil.which("virsh") is not None, "virsh (libvirt-clients) is not installed")
     child = pexpect.spawn("virsh", ["-c", daemon.uri, "console", "feat1"], timeout=30, encoding="utf-8")
     try:
         child.expect("Escape character is")
+        wait_for_raw_tty(child)
         child.send("\r")
         child.expect("probe> ")
         child.send("\r")
@@ -92,6 +106,7 @@ def test_virsh_console_ends_when_the_domain_goes(daemon, running):
     child = pexpect.spawn("virsh", ["-c", daemon.uri, "console", "feat1"], timeout=30, encoding="utf-8")
     try:
         child.expect("Escape character is")
+        wait_for_raw_tty(child)
         child.send("\r")
         child.expect("probe> ")
         running[1].destroy()
