@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ MSI_WINDOW = range(0xFEE0_0000, 0xFEF0_0000)
 
 #: Exit status the CLI uses when the watchdog fires (as timeout(1)).
 WATCHDOG_STATUS = 124
+SIGNAL_POLL_SECONDS = 0.2  # how late a SIGTERM caught by another thread may be handled (see _wait_ended)
 
 
 class MachineError(Exception):
@@ -512,7 +514,7 @@ class Machine:
             while True:
                 self._reset_requested.clear()
                 self._ended.clear()
-                if self._outcome is None and not self._ended.wait(self.config.watchdog_seconds):  # ended early: no wait
+                if self._outcome is None and not self._wait_ended(self.config.watchdog_seconds):  # ended early: no wait
                     limit = self.config.watchdog_seconds
                     self._end(Outcome("watchdog", WATCHDOG_STATUS, f"watchdog: still running after {limit:g} s"))
                 if self._outcome is not None:
@@ -533,7 +535,7 @@ class Machine:
                     self._build_vm()
                     if self._state == "running":
                         self._start_or_resume_vcpus()
-                ended = self._ended.wait(self.config.watchdog_seconds)
+                ended = self._wait_ended(self.config.watchdog_seconds)
                 with self._state_lock:
                     self._stop_vcpus()
                     self._teardown_vm()
@@ -547,6 +549,18 @@ class Machine:
         finally:
             self._teardown_vm()
             self._close_chardevs()
+
+    def _wait_ended(self, seconds: float | None) -> bool:
+        """Wait for the run to end (at most `seconds`), in short slices: Python runs a signal handler only in the
+        main thread, and a SIGTERM the kernel delivers to a vCPU or I/O thread would otherwise wait until this
+        wait returned (QEMU ends at once on SIGTERM; the host's `kill` must too)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            left = SIGNAL_POLL_SECONDS if deadline is None else min(SIGNAL_POLL_SECONDS, deadline - time.monotonic())
+            if self._ended.wait(max(left, 0)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def _stop_vcpus(self) -> None:
         for runner in self._runners:
