@@ -53,7 +53,10 @@ def _region_start(data: bytes, region: str) -> int:
         return l1
     if region == "reftable":
         return reftable
-    entry = struct.unpack_from(">Q", data, (l1 if region == "l2" else reftable))[0] & 0x00FF_FFFF_FFFF_FE00
+    table = l1 if region == "l2" else reftable
+    if table + 8 > len(data):  # an earlier corruption moved the table out of the file: nothing to aim at
+        return 0
+    entry = struct.unpack_from(">Q", data, table)[0] & 0x00FF_FFFF_FFFF_FE00
     return entry if entry + CLUSTER <= len(data) else 0
 
 
