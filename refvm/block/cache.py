@@ -142,6 +142,12 @@ class CachePolicyBackend:
         else:
             write_from(self, offset, bufs)
 
+    def vectored_file(self) -> Any:
+        """The driver's (raw only; see :meth:`refvm.block.raw.RawFile.vectored_file`): reads and writes pass
+        through this policy unchanged, and flushes are not on that path."""
+        fn = getattr(self.driver, "vectored_file", None)
+        return fn() if fn is not None else None
+
     def flush(self) -> None:
         """Make completed writes stable -- unless the mode is ``no-flush`` (then no syscall at all)."""
         with self._count_lock:

@@ -132,6 +132,10 @@ class Drive:
     def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
         self.policy.pwritev_from(offset, bufs)
 
+    def vectored_file(self) -> Any:
+        """The raw file under this drive (see :meth:`refvm.block.raw.RawFile.vectored_file`), or None."""
+        return self.policy.vectored_file()
+
     def flush(self) -> None:
         self.policy.flush()
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from refvm.block.raw import RawFile
 
 __all__ = ["BlockDriver", "BlockError", "RawDriver", "open_image", "probe_format", "QCOW2_MAGIC"]
 
@@ -134,6 +137,9 @@ class RawDriver:
 
     def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
         self._f.pwritev_from(offset, bufs)
+
+    def vectored_file(self) -> RawFile | None:
+        return self._f.vectored_file()
 
     def flush(self) -> None:
         self._f.flush()

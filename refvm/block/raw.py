@@ -121,6 +121,13 @@ class RawFile:
         elif len(bufs) > IOV_MAX or os.pwritev(self.fd, bufs, offset) != total:
             pwritev_full(self.fd, bufs, offset)  # short write: rewrite it all (same bytes, same place)
 
+    def vectored_file(self) -> RawFile | None:
+        """This file, if one plain ``preadv``/``pwritev`` on :attr:`fd` at the guest offset does what
+        :meth:`preadv_into`/:meth:`pwritev_from` do for a full-length transfer (None under O_DIRECT, which
+        bounces through aligned buffers). Compiled fast paths use it, and test :attr:`closed` before each use;
+        a short transfer stays theirs to redo through the methods here."""
+        return None if self.direct else self
+
     def flush(self) -> None:
         os.fdatasync(self.fd)
 

@@ -256,6 +256,8 @@ class Virtqueue:
         self._desc: memoryview | None = None
         self._driver: memoryview | None = None
         self._device: memoryview | None = None
+        #: What a compiled server (virtio-blk's blk_fast) derived from the mapped areas; dropped with them.
+        self.compiled: object = None
 
     def _reset_ring(self) -> None:  # pragma: no cover - overridden
         pass

@@ -239,6 +239,22 @@ class SplitQueue(Virtqueue):
                 )
             i = nxt
 
+    def served_outside(self, served: int, avail_shadow: int, avail_event: int, decided: bool) -> None:
+        """A compiled server (virtio-blk's ``blk_fast.c``, which reads this queue's cursors directly) popped,
+        completed and published ``served`` requests on this ring, read avail idx as ``avail_shadow`` and left
+        ``avail_event`` as given (-1: never written). They count as pushed for the next
+        :meth:`needs_interrupt`, exactly as if pop/add_used/publish had run; ``decided``: the server also took
+        that decision for the batch (the window starts again, as after needs_interrupt)."""
+        if served:
+            self.last_avail_idx = (self.last_avail_idx + served) & 0xFFFF
+            self.used_idx = self._published = (self.used_idx + served) & 0xFFFF
+            self._pushed += served
+        self._avail_shadow = avail_shadow
+        self._avail_event = avail_event
+        if decided:
+            self._signalled_used = self.used_idx
+            self._pushed = 0
+
     # ------------------------------------------------------------------ used side
     def add_used(self, chain: Chain, written: int) -> None:
         """Write the used element (id, len); the idx store waits for :meth:`publish` (2.7.8.2: len before idx)."""
