@@ -73,12 +73,11 @@ from refvm.block import BlockBackend
 from refvm.block.vectored import read_into, write_from
 from refvm.memory import GuestMemory
 from refvm.migration.state import BOOL, DeviceState, sfield
-from refvm.virtio.device import ISR_QUEUE, VirtioDevice
-from refvm.virtio.devices.blk_fast import DECIDE, DONE, IRQ, WRITE_OK, BlkFastPath
+from refvm.virtio.device import VirtioDevice
+from refvm.virtio.devices.blk_fast import DONE, BlkFastPath, CompiledRequests
 from refvm.virtio.devices.blk_throttle import DEFERRED, ThrottledRequests
 from refvm.virtio.devices.props import Props
 from refvm.virtio.queue import Chain, Virtqueue
-from refvm.virtio.split_queue import SplitQueue
 
 __all__ = ["VirtioBlk"]
 
@@ -162,7 +161,7 @@ def guess_geometry(sectors: int) -> tuple[int, int, int]:
     return cyls, 16, 63
 
 
-class VirtioBlk(ThrottledRequests, VirtioDevice):
+class VirtioBlk(CompiledRequests, ThrottledRequests, VirtioDevice):
     """A virtio block device on a :class:`~refvm.block.BlockBackend`."""
 
     device_id = 2
@@ -395,57 +394,14 @@ class VirtioBlk(ThrottledRequests, VirtioDevice):
             self.config_changed()
 
     # ------------------------------------------------------------------ requests (5.2.6)
-    @property
-    def stats(self) -> dict[str, int]:
-        """Request counters (QEMU's blockstats names), the compiled path's included."""
-        fast = self._fast
-        if isinstance(fast, BlkFastPath):
-            rd_bytes, wr_bytes, rd_ops, wr_ops = fast.take_counters()
-            st = self._stats
-            st["rd_bytes"] += rd_bytes
-            st["wr_bytes"] += wr_bytes
-            st["rd_operations"] += rd_ops
-            st["wr_operations"] += wr_ops
-        return self._stats
-
-    def _fast_for(self, queue: Virtqueue) -> BlkFastPath | None:
-        """The compiled path, if it may serve ``queue`` now (the conditions: blk_fast.py's docstring)."""
-        fast = self._fast
-        if fast is False:
-            fast = self._fast = BlkFastPath.create(self.mem, self.backend, self.blk_size, self.capacity)
-        if not isinstance(fast, BlkFastPath) or fast.file.closed or type(queue) is not SplitQueue:
-            return None
-        throttle = self.throttle
-        if self.mem.dirty_logging or (throttle is not None and throttle.group is not None):
-            return None
-        return None if "used-len-zero" in self.deviations else fast
-
-    @property
-    def fast_path_active(self) -> bool:
-        """Whether the compiled path serves queue 0 now (tests and benchmarks check they measure what they say)."""
-        return bool(self.queues) and self._fast_for(self.queues[0]) is not None
-
-    def _run(self, q: Virtqueue) -> None:
-        """A notification: the compiled path serves the whole batch and decides the interrupt when it can;
-        anything else (a request it does not take, an unmapped queue) goes the Python way."""
-        fast = self._fast_for(q)
-        if fast is not None and q._desc is not None:  # unmapped: Python's pop maps and checks the areas
-            flags = DECIDE | WRITE_OK if self.writeback and not (self.readonly or self._host_writethrough) else DECIDE
-            r = fast.serve(q, flags, q.size)  # type: ignore[arg-type]
-            if r & DONE:
-                if r & IRQ:  # live: queue_notify/thaw checked, and the compiled path never fails the device
-                    self.isr |= ISR_QUEUE
-                    self.on_used_buffer(q.index)
-                return
-        super()._run(q)
-
     def handle_queue(self, queue: Virtqueue) -> None:
         budget = queue.size
         fast = self._fast_for(queue)
+        if fast is not None and queue._desc is None:
+            queue._activate()  # what pop() does first: map and check the areas (a VirtqueueError fails the device)
         while budget > 0:
-            if fast is not None and queue._desc is not None:
-                flags = WRITE_OK if self.writeback and not (self.readonly or self._host_writethrough) else 0
-                r = fast.serve(queue, flags, budget)  # type: ignore[arg-type]
+            if fast is not None:
+                r = fast.serve(queue, self._fast_flags(), budget)  # type: ignore[arg-type]
                 budget -= r & 0xFFFF
                 if r & DONE:
                     return

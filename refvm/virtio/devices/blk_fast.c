@@ -60,7 +60,8 @@ struct bf_dev {
     struct bf_region *regions;
     uint64_t capacity; /* sectors */
     uint32_t blk_size;
-    uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops; /* cumulative; Python folds them into its stats */
+    uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops; /* since Python last folded them into its stats */
+    uint64_t served;                             /* requests completed here, ever (tests, benchmarks) */
 };
 
 struct bf_queue {
@@ -318,6 +319,7 @@ uint64_t bf_serve(struct bf_dev *dev, const struct bf_queue *q, uint32_t last, u
         used_idx = (used_idx + 1) & 0xFFFF;
         last = (last + 1) & 0xFFFF;
         served++;
+        dev->served++;
     }
     if (served)
         __atomic_store_n((uint16_t *)(q->used + 2), (uint16_t)used_idx, __ATOMIC_RELEASE); /* 2.7.8.2 */

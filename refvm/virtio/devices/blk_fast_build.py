@@ -39,6 +39,7 @@ struct bf_dev {
     uint64_t capacity;
     uint32_t blk_size;
     uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops;
+    uint64_t served;
 };
 struct bf_queue { uint8_t *desc, *avail, *used; uint32_t size; uint32_t limit; };
 uint64_t bf_serve(struct bf_dev *dev, const struct bf_queue *q, uint32_t last, uint32_t shadow, uint32_t used_idx,
