@@ -13,7 +13,9 @@ around `refvm.cli.main`) counts vCPU exits by kind and address per command, and 
 cProfile in every thread for the bench commands and prints the top functions. Those runs are slower and
 are never part of the timed figures.
 
-If refvm knows `REFVM_NO_FASTPATH` (ioeventfd/irqfd fast paths switched off), refvm is measured both ways.
+If refvm knows `REFVM_NO_FASTPATH` (ioeventfd/irqfd fast paths switched off), refvm is measured both ways;
+if it knows `REFVM_BLK_FASTPATH` (virtio-blk's compiled request path), also with that off (`refvm pyblk`:
+the Python device model), so the before/after of the compiled path comes from one run.
 
 Usage: python bench/virtio_blk.py [--n 1000] [--runs 5] [--qemu-kvm] [--profile]
 """
@@ -48,6 +50,7 @@ DISK_BYTES = 64 << 20
 SIZES = (4096, 65536)
 GOAL = 0.8
 FASTPATH_ENV = "REFVM_NO_FASTPATH"
+BLK_FASTPATH_ENV = "REFVM_BLK_FASTPATH"
 BENCH_LINE = re.compile(r"^bench: (\d+) reads of (\d+) bytes, tsc (\d+)$", re.M)
 LAUNCHER_FLAG = "--instrumented-refvm"
 
@@ -411,10 +414,11 @@ def print_top(stats: object, top: int, wall: float) -> None:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def refvm_knows_fastpath_switch() -> bool:
-    """True if refvm's source mentions REFVM_NO_FASTPATH (the ioeventfd/irqfd work adds it)."""
+def refvm_knows(switch: str = FASTPATH_ENV) -> bool:
+    """True if refvm's source mentions the environment switch (REFVM_NO_FASTPATH: the ioeventfd/irqfd work
+    adds it; REFVM_BLK_FASTPATH: virtio-blk's compiled path)."""
     for path in (REPO / "refvm").rglob("*.py"):
-        if FASTPATH_ENV in path.read_text(errors="replace"):
+        if switch in path.read_text(errors="replace"):
             return True
     return False
 
@@ -440,7 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         vmms.append(Vmm("qemu kvm", [QEMU, "-accel", "kvm"], boot_timeout=120))
     refvm = Vmm("refvm", refvm_argv)
     vmms.append(refvm)
-    fastpath = refvm_knows_fastpath_switch()
+    if refvm_knows(BLK_FASTPATH_ENV):
+        vmms.append(Vmm("refvm pyblk", refvm_argv, {BLK_FASTPATH_ENV: "0"}))
+    fastpath = refvm_knows()
     if fastpath:
         vmms.append(Vmm("refvm nofastpath", refvm_argv, {FASTPATH_ENV: "1"}))
     else:

@@ -1,6 +1,7 @@
 """End to end: the probe guest on refvm with virtio-blk and virtio-rng moves correct data, and the fast
 path's counters (QMP ``x-query-fastpath`` and ``REFVM_STATS=1`` at exit) show the notifications arrived
-through ioeventfds on the IoThread. With ``REFVM_NO_FASTPATH=1`` the same commands work on the slow path.
+through ioeventfds on the IoThread and virtio-blk's requests through its compiled path. With
+``REFVM_NO_FASTPATH=1`` the same commands work on the slow path, with ``REFVM_BLK_FASTPATH=0`` on blk's Python model.
 
 refvm is started through tests/fastpath_runner.py, which wires :func:`refvm.fastpath.attach` into the
 machine exactly as refvm/machine.py is meant to (and does nothing once the machine does it itself).
@@ -103,6 +104,7 @@ def test_probe_blk_rng_through_ioeventfds(tmp_path: Path) -> None:
         assert by_queue.get("virtio-blk-pci@02.0/q0", 0) >= 2  # the read and the write
         assert by_queue.get("virtio-rng-pci@03.0/q0", 0) >= 1
         assert stats["notify-threads"] == ["iothread"]
+        assert stats["blk-compiled-requests"] >= 2  # the read and the write took virtio-blk's compiled path
         con.send("exit 0\n")
         assert con.wait_exit(15) == 1  # isa-debug-exit: (0 << 1) | 1
         assert "refvm: fastpath: {'attaches': 1" in con.transcript
@@ -117,5 +119,15 @@ def test_probe_without_fastpath(tmp_path: Path) -> None:
         stats = qmp(sock, "x-query-fastpath")
         assert not stats["attached"] and stats["reason"] == "REFVM_NO_FASTPATH=1"
         assert stats["ioeventfd-notifies"] == 0
+    finally:
+        con.close()
+
+
+def test_probe_blk_on_the_python_model(tmp_path: Path) -> None:
+    """REFVM_BLK_FASTPATH=0: virtio-blk's Python model serves every request, with the same results."""
+    con, disk, sock = boot(tmp_path, {"REFVM_BLK_FASTPATH": "0"})
+    try:
+        run_probe_commands(con, disk)
+        assert qmp(sock, "x-query-fastpath")["blk-compiled-requests"] == 0
     finally:
         con.close()

@@ -9,7 +9,8 @@ attached to one VM and detached before that VM is closed::
     self.fastpath.detach()           # in Machine._teardown_vm, before vm.close() (vCPUs already stopped)
 
 Under ``-accel qtest`` nothing attaches (there is no VM); ``REFVM_NO_FASTPATH=1`` makes :func:`attach` a
-no-op for A/B measurements; ``REFVM_STATS=1`` prints the counters to stderr on every detach, and
+no-op for A/B measurements (virtio-blk's compiled request path is a separate switch, REFVM_BLK_FASTPATH=0);
+``REFVM_STATS=1`` prints the counters to stderr on every detach, and
 :func:`register_qmp` adds the ``x-query-fastpath`` QMP command that returns them.
 
 The fast path is an optimisation: if anything in it fails to set up, the error is logged and the machine
@@ -122,6 +123,11 @@ def register_qmp(server: Any, machine: Any) -> None:
         reply = stats_for(machine).as_dict()
         reply["attached"] = fp is not None and fp.enabled and fp.iothread is not None
         reply["reason"] = fp.reason if fp is not None else "not attached"
+        # virtio-blk's compiled request path (refvm/virtio/devices/blk_fast.py): requests it completed
+        pci = getattr(machine, "pci", None)
+        functions = pci.devices() if pci is not None else []
+        reply["blk-compiled-requests"] = sum(getattr(getattr(fn, "vdev", None), "fast_requests_served", 0)
+                                             for _slot, _func, fn in functions)
         return reply
 
     server.register("x-query-fastpath", query)
