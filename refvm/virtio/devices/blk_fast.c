@@ -270,8 +270,8 @@ static inline int need_event(uint16_t event, uint16_t new_idx, uint16_t old)
  *     served | done << 16 | irq << 17 | decided << 18 | avail_shadow << 19 | (avail_event + 1) << 35
  * `done`: the ring holds no more available requests (checked as Python's pop does, avail_event included)
  * or the budget is spent; otherwise the request at last_avail_idx + served is for Python. `decided`
- * (`done` with BF_DECIDE): the notification decision was taken, `irq` is it (the caller resets its
- * window as SplitQueue.needs_interrupt does). Both
+ * (`done` with BF_DECIDE, something pushed): the notification decision was taken, `irq` is it (the caller
+ * resets its window as SplitQueue.needs_interrupt does). Both
  * last_avail_idx and used idx advance by `served`; used idx is already published in guest memory. */
 uint64_t bf_serve(struct bf_dev *dev, const struct bf_queue *q, uint32_t last, uint32_t shadow, uint32_t used_idx,
                   int32_t avail_event, uint32_t flags, uint32_t budget, uint32_t signalled, uint32_t pushed)
@@ -324,9 +324,8 @@ uint64_t bf_serve(struct bf_dev *dev, const struct bf_queue *q, uint32_t last, u
     if (served)
         __atomic_store_n((uint16_t *)(q->used + 2), (uint16_t)used_idx, __ATOMIC_RELEASE); /* 2.7.8.2 */
     pushed += served;
-    if (done && flags & BF_DECIDE)
+    if (done && flags & BF_DECIDE && pushed) { /* nothing pushed: no decision, the window stays (as Python's) */
         decided = 1;
-    if (decided && pushed) {
         __atomic_thread_fence(__ATOMIC_SEQ_CST); /* used idx visible before the driver's fields are read */
         if (!(flags & BF_EVENT_IDX))
             irq = !(load16(q->avail) & VIRTQ_AVAIL_F_NO_INTERRUPT);

@@ -24,6 +24,7 @@ Off switches: the device property ``x-fastpath=off`` and ``REFVM_BLK_FASTPATH=0`
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -159,21 +160,24 @@ class CompiledRequests:
     _host_writethrough: bool
     _stats: dict[str, int]
     isr: int
+    lock: threading.RLock
     on_used_buffer: Callable[[int], None]
     #: BlkFastPath; None when it cannot apply or is off; False until the first notification makes it.
     _fast: BlkFastPath | None | bool
 
     @property
     def stats(self) -> dict[str, int]:
-        """Request counters (QEMU's blockstats names), the compiled path's included."""
+        """Request counters (QEMU's blockstats names), the compiled path's included (folded in under the
+        device lock: the C side counts while it runs with the GIL released, and the lock is held then)."""
         fast = self._fast
         if isinstance(fast, BlkFastPath):
-            rd_bytes, wr_bytes, rd_ops, wr_ops = fast.take_counters()
-            st = self._stats
-            st["rd_bytes"] += rd_bytes
-            st["wr_bytes"] += wr_bytes
-            st["rd_operations"] += rd_ops
-            st["wr_operations"] += wr_ops
+            with self.lock:
+                rd_bytes, wr_bytes, rd_ops, wr_ops = fast.take_counters()
+                st = self._stats
+                st["rd_bytes"] += rd_bytes
+                st["wr_bytes"] += wr_bytes
+                st["rd_operations"] += rd_ops
+                st["wr_operations"] += wr_ops
         return self._stats
 
     def _fast_for(self, queue: Virtqueue) -> BlkFastPath | None:
