@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,16 @@ pytestmark = pytest.mark.skipif(
 def test_fast_path_is_built_under_ci() -> None:
     """With CI=true the extension must build (gcc and the Python headers come from .ci/setup)."""
     assert blk_fast_build.load() is not None, blk_fast_build.load_error()
+
+
+def test_c_source_is_warning_free() -> None:
+    """The guest-facing C compiles without a warning under strict flags (conversions included)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    flags = ["-fsyntax-only", "-std=gnu11", "-Wall", "-Wextra", "-Wpedantic", "-Wconversion", "-Werror"]
+    done = subprocess.run([gcc, *flags, str(blk_fast_build.SOURCE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @dataclass
