@@ -405,3 +405,23 @@ def test_generated_streams_match_the_python_model(base_image: Path, stream: list
     served = fast.dev.fast_requests_served
     event(f"compiled path served {'0' if not served else '1-2' if served < 3 else '3+'}; "
           f"{'NEEDS_RESET' if fast.dev.error else 'no driver error'}")
+
+
+def test_a_dirty_log_started_during_a_call_loses_no_write(base_image: Path) -> None:
+    """A migration that starts logging while the C side runs (it marks nothing itself): the pages it wrote
+    must still be sent again, so every RAM page counts as dirty after that call."""
+    tw = make_twin(base_image, "fast", True, FEATS)
+    tw.dev.queue_notify(0)  # make the fast path (nothing available yet)
+    fast = tw.dev._fast
+    real = fast._serve
+
+    def serve_while_logging_starts(*args: object) -> int:
+        tw.mem.start_dirty_log()  # as if the migration thread started the log right now
+        return real(*args)
+
+    fast._serve = serve_while_logging_starts
+    run_stream(tw, [Batch([Req(B.T_IN, 1, 4096)])])
+    assert tw.dev.fast_requests_served == 1
+    data, used = layout(Req(B.T_IN, 1, 4096), 0)[1][0], tw.drv.used
+    dirty = tw.mem.take_dirty()
+    assert {data & ~0xFFF, used & ~0xFFF} <= dirty and len(dirty) == 2 * REGION // 4096

@@ -14,7 +14,8 @@ would do, checked at every notification (each can change at run time):
 * the backend names such a file (:meth:`refvm.block.raw.RawFile.vectored_file`: raw, no O_DIRECT, open);
 * a split ring (packed rings stay in Python);
 * the drive is in no throttle group (``block_set_io_throttle`` may add it to one at any time);
-* no migration dirty log is running (``GuestMemory.dirty_logging``: the C path marks nothing);
+* no migration dirty log is running (``GuestMemory.dirty_logging``: the C path marks nothing; a log that
+  starts during a call marks all of RAM once, so no write of that call is lost);
 * no deviation that changes a completion is on (``used-len-zero``);
 * writes only when they need no flush (writeback cache, not read-only): other writes go to Python.
 
@@ -129,7 +130,18 @@ class BlkFastPath:
         r = self._serve(self.dev, entry[0], q.last_avail_idx, q._avail_shadow, q.used_idx, q._avail_event, flags,
                         budget, q._signalled_used, q._pushed)
         q.served_outside(r & 0xFFFF, (r >> 19) & 0xFFFF, ((r >> 35) & 0x1FFFF) - 1, r & _DECIDED != 0)
+        if self._mem.dirty_logging:  # a migration started logging during the call (it was off before it)
+            self._mark_all_dirty()
         return r & 0x3FFFF
+
+    def _mark_all_dirty(self) -> None:
+        """The C side marks nothing and does not say where it wrote: when a migration's log started while it
+        ran, every RAM page counts as written (rare: at most once per migration start, and only in a race)."""
+        mem = self._mem
+        if mem.drop_view_marks:  # x-deviation=migration-drop-dirty
+            return
+        for region in mem.regions:
+            mem.mark_dirty(region.gpa, region.size)
 
     @property
     def requests_served(self) -> int:
