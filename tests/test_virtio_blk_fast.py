@@ -411,7 +411,6 @@ def test_a_dirty_log_started_during_a_call_loses_no_write(base_image: Path) -> N
     """A migration that starts logging while the C side runs (it marks nothing itself): the pages it wrote
     must still be sent again, so every RAM page counts as dirty after that call."""
     tw = make_twin(base_image, "fast", True, FEATS)
-    tw.dev.queue_notify(0)  # make the fast path (nothing available yet)
     fast = tw.dev._fast
     real = fast._serve
 
@@ -425,3 +424,27 @@ def test_a_dirty_log_started_during_a_call_loses_no_write(base_image: Path) -> N
     data, used = layout(Req(B.T_IN, 1, 4096), 0)[1][0], tw.drv.used
     dirty = tw.mem.take_dirty()
     assert {data & ~0xFFF, used & ~0xFFF} <= dirty and len(dirty) == 2 * REGION // 4096
+
+
+def test_resize_moves_the_compiled_path_s_end_of_disk(base_image: Path) -> None:
+    """block_resize: the C side's capacity follows the device's (5.2.4), growing and shrinking."""
+    mem = GuestMemory()
+    mem.add_ram(0, 2 * REGION)
+    drive = open_drive("d0", {"file": str(base_image / "base.img"), "format": "raw"}, clock=RealtimeClock())
+    dev = VirtioBlk.create(mem, {"drive": "d0", "queue-size": str(QSIZE)}, drives={"d0": drive})
+    tw = Twin(mem, base_image / "base.img", dev, SplitDriver(mem, QSIZE))
+    assert bring_up(dev, FEATS, configure=tw.drv.configure)
+
+    def read_status(sector: int) -> int:
+        run_stream(tw, [Batch([Req(B.T_IN, sector, 512)])])
+        return mem.read_u8([a + n - 1 for a, n, w in layout(Req(B.T_IN, sector, 512), 0) if w][-1])
+
+    assert read_status(CAP) == B.S_IOERR and dev.fast_requests_served == 0
+    drive.resize(2 * CAP * 512)
+    dev.capacity_changed()
+    assert read_status(CAP) == B.S_OK and dev.fast_requests_served == 1
+    drive.resize(CAP * 512 // 2)
+    dev.capacity_changed()
+    assert read_status(CAP // 2) == B.S_IOERR and dev.fast_requests_served == 1
+    assert read_status(CAP // 2 - 1) == B.S_OK and dev.fast_requests_served == 2
+    drive.close()

@@ -193,9 +193,6 @@ class VirtioBlk(CompiledRequests, ThrottledRequests, VirtioDevice):
         **virtio: bool,
     ) -> None:
         self.backend = backend
-        #: The compiled path (refvm/virtio/devices/blk_fast.py): made at the first notification; None if it
-        #: cannot apply or is off (``x-fastpath=off``, REFVM_BLK_FASTPATH=0); False until then.
-        self._fast: BlkFastPath | None | bool = False if fastpath else None
         self.readonly = bool(backend.readonly)
         self.serial = serial.encode()[:ID_BYTES]
         self.writeback = writeback
@@ -210,6 +207,9 @@ class VirtioBlk(CompiledRequests, ThrottledRequests, VirtioDevice):
         self.max_discard_sectors = max_discard_sectors
         self.max_write_zeroes_sectors = max_write_zeroes_sectors
         self.blk_size = logical_block_size
+        #: The compiled path (refvm/virtio/devices/blk_fast.py), built now if need be (before the guest runs, not
+        #: in its first request); None if it cannot apply or is off (``x-fastpath=off``, REFVM_BLK_FASTPATH=0).
+        self._fast = BlkFastPath.create(mem, backend, logical_block_size, self.capacity) if fastpath else None
         self.queue_max_sizes = (queue_size,) * num_queues
         feats = 0
         for b in (VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH,
@@ -348,7 +348,7 @@ class VirtioBlk(CompiledRequests, ThrottledRequests, VirtioDevice):
         with self.lock:
             self.capacity = self.backend.length() // SECTOR
             self.config[0:8] = self.capacity.to_bytes(8, "little")
-            if isinstance(self._fast, BlkFastPath):
+            if self._fast is not None:
                 self._fast.set_capacity(self.capacity)
             self.config_changed()
             return self.capacity

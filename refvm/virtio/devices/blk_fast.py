@@ -162,9 +162,6 @@ class CompiledRequests:
     VirtioDevice in the bases): when it applies, the notification's run through it, and the counters."""
 
     mem: GuestMemory
-    backend: object
-    blk_size: int
-    capacity: int
     throttle: Any
     deviations: Deviations
     writeback: bool
@@ -174,15 +171,15 @@ class CompiledRequests:
     isr: int
     lock: threading.RLock
     on_used_buffer: Callable[[int], None]
-    #: BlkFastPath; None when it cannot apply or is off; False until the first notification makes it.
-    _fast: BlkFastPath | None | bool
+    #: None when it cannot apply or is off.
+    _fast: BlkFastPath | None
 
     @property
     def stats(self) -> dict[str, int]:
         """Request counters (QEMU's blockstats names), the compiled path's included (folded in under the
         device lock: the C side counts while it runs with the GIL released, and the lock is held then)."""
         fast = self._fast
-        if isinstance(fast, BlkFastPath):
+        if fast is not None:
             with self.lock:
                 rd_bytes, wr_bytes, rd_ops, wr_ops = fast.take_counters()
                 st = self._stats
@@ -195,9 +192,7 @@ class CompiledRequests:
     def _fast_for(self, queue: Virtqueue) -> BlkFastPath | None:
         """The compiled path, if it may serve ``queue`` now (the conditions: this module's docstring)."""
         fast = self._fast
-        if fast is False:
-            fast = self._fast = BlkFastPath.create(self.mem, self.backend, self.blk_size, self.capacity)
-        if not isinstance(fast, BlkFastPath) or fast.file.closed or type(queue) is not SplitQueue:
+        if fast is None or fast.file.closed or type(queue) is not SplitQueue:
             return None
         throttle = self.throttle
         if self.mem.dirty_logging or (throttle is not None and throttle.group is not None):
@@ -217,7 +212,7 @@ class CompiledRequests:
     @property
     def fast_requests_served(self) -> int:
         """Requests the compiled path completed so far (0 without it)."""
-        return self._fast.requests_served if isinstance(self._fast, BlkFastPath) else 0
+        return self._fast.requests_served if self._fast is not None else 0
 
     def _run(self, q: Virtqueue) -> None:
         """A notification: the compiled path serves the whole batch and decides the interrupt when it can;
