@@ -42,6 +42,10 @@ switches the drive between writeback and write-through at run time (QEMU's
 In write-through the device calls ``flush()`` after each write and before completing it; the
 drive's cache policy decides whether that reaches the disk (``unsafe``: never).
 
+Split-ring IN/OUT requests on a raw image are served by a compiled path when it applies
+(:mod:`refvm.virtio.devices.blk_fast`, ``x-fastpath``); every request it does not take, and every
+request without it, is handled here, which stays the reference.
+
 IN/OUT requests go through the drive's :class:`~refvm.block.throttle_group.ThrottleGroupMember`
 (``submit(is_write, nbytes, start)``). Within the limits, ``start`` runs inside ``submit`` and the
 request completes synchronously, as without throttling. Over the limits the chain is kept and

@@ -1,10 +1,11 @@
 """Build and load virtio-blk's compiled fast path (``blk_fast.c``) with cffi in API (out-of-line) mode.
 
-The extension is compiled at first use into the user's cache (``$XDG_CACHE_HOME/refvm/ffi``, where the KVM
-cdef cache lives too), named by a hash of the C source, the cdef, cffi's version and the interpreter's ABI
-tag, so an edited source or another Python never loads a stale build. It is compiled in a private temporary
-directory and moved into place with one rename, so processes starting together never load a half-written
-file. Without a working compiler (or Python headers) :func:`load` returns None after one debug line and
+The extension is compiled at first use (the first VirtioBlk made in a process) into the user's cache
+(``$XDG_CACHE_HOME/refvm/ffi``, where the KVM cdef cache lives too), named by a hash of the C source, the
+cdef, cffi's version and the interpreter's ABI tag, so an edited source or another Python never loads a
+stale build. It is compiled in a private temporary directory and moved into place with one rename, so
+processes starting together never load a half-written file. Without a working compiler (or Python headers)
+:func:`load` returns None after one debug line and
 virtio-blk runs on the Python model, which is the reference anyway.
 """
 
