@@ -240,6 +240,8 @@ class MigrationJob:
             # within SWITCHOVER_SWITCH_INTERVAL after each writev (not up to 5 ms later, while this thread encodes).
             out.unbounded()
             sys.setswitchinterval(SWITCHOVER_SWITCH_INTERVAL)
+            if self._precopy is not None:
+                self._precopy.send_prepared()
             if self.options.cap("pause-before-switchover"):
                 self._set("pre-switchover")
                 while not self._continue.wait(0.05):

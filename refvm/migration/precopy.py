@@ -127,13 +127,20 @@ class PreCopy:
         gpa, _, base = next(b for b in self.bases if b[2] <= offset < b[2] + b[1])
         return (gpa + offset - base) >> PAGE_SHIFT
 
-    def finish(self) -> None:
-        """The guest is stopped and devices are saved: send every page still dirty as the RAM section's end: the
-        parts built before the stop, then the pages written since that were not in them, or were in them as
-        ZERO records.  The logs stay on until :meth:`close` (after the stream is flushed: turning KVM's log off
-        rewrites the memory slots, 1-7 ms here, which QEMU too does in its cleanup, not in the downtime)."""
+    def send_prepared(self) -> None:
+        """The guest has stopped: queue the parts built before the stop, first thing, so the channel is busy
+        while devices are saved.  A page a device writes meanwhile (a drained request) may go torn in them; the
+        device log has it, and :meth:`finish` sends it again, later in the stream, where it wins."""
         send_held(self.writer, self._prepared)
         self._prepared = []
+
+    def finish(self) -> None:
+        """Devices are saved: send every page still dirty as the RAM section's end: the parts built before the
+        stop (unless :meth:`send_prepared` did), then the pages written since that were not in them, or were in
+        them as ZERO records.  The logs stay on until :meth:`close` (after the stream is flushed: turning KVM's
+        log off rewrites the memory slots, 1-7 ms here, which QEMU too does in its cleanup, not in the
+        downtime)."""
+        self.send_prepared()
         new = self._sync()
         rest = (new - self._carry) | (new & self._zero_pfns)
         self.send(sorted(rest), last=True)
