@@ -17,6 +17,7 @@ from refvm.devices.fw_cfg import FwCfg, FwCfgDmaState, FwCfgState, Key
 from refvm.devices.irq import IrqLine
 from refvm.devices.pci.host import Conf1State
 from refvm.devices.pci.state import PciState
+from refvm.devices.reset import ResetControl, ResetControlState
 from refvm.devices.rtc import REG_B, REG_C, SECONDS, Rtc, RtcOptions, RtcState
 from refvm.devices.serial import COM1, Serial16550, SerialState
 from refvm.migration.state import BOOL, DeviceState, StateError
@@ -30,7 +31,8 @@ from refvm.virtio.state import QueueRegsState, QueueState, VirtioCoreState, Virt
 NS = 1_000_000_000
 BASE = COM1[0]
 BLK_SECTION = section_state("virtio-blk", BlkState)
-STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, QueueState, QueueRegsState,
+STATES: list[type[DeviceState]] = [SerialState, RtcState, PciState, Conf1State, ResetControlState, QueueState,
+                                   QueueRegsState,
                                    VirtioCoreState, VirtioPciState, BlkState, BLK_SECTION, BalloonState, ConsoleState,
                                    ConsolePortState, ControlMessageState, NetState, AcpiPmState, FwCfgState,
                                    FwCfgDmaState]
@@ -183,6 +185,23 @@ def _invalid_values(cls: type[DeviceState], f: dataclasses.Field) -> list[object
     if check is not None:
         bad += [v for v in range(256) if not check(v)][:2]
     return bad
+
+
+def test_reset_control_keeps_the_reset_kind_and_loading_requests_no_reset() -> None:
+    """A guest that chose a hard reset (SYS_RST) before the migration gets a hard reset after it; loading a value
+    with RST_CPU set is not a write, so it resets nothing."""
+    requests: list[str] = []
+    src = ResetControl(lambda: requests.append("src"))
+    src.write(0, 1, ResetControl.SYS_RST)
+    dst = ResetControl(lambda: requests.append("dst"))
+    dst.load(_through_stream([src.save()])[0])
+    assert dst.read(0, 1) == ResetControl.SYS_RST and requests == []
+    dst.write(0, 1, dst.read(0, 1) | ResetControl.RST_CPU)
+    assert dst.hard is True and requests == ["dst"]
+    dst.load(ResetControlState(ResetControl.RST_CPU | ResetControl.SYS_RST))
+    assert requests == ["dst"]
+    dst.reset()
+    assert dst.save() == ResetControlState()
 
 
 @pytest.mark.parametrize("cls", STATES, ids=lambda c: c.VMSD_NAME)

@@ -23,7 +23,8 @@ STRUCTS = [
     "kvm_msi", "kvm_ioeventfd", "kvm_irqfd", "kvm_dirty_log", "kvm_clear_dirty_log", "kvm_dirty_gfn", "kvm_enable_cap",
     "kvm_irq_routing_irqchip",
     "kvm_irq_routing_msi", "kvm_irq_routing_entry", "kvm_irq_routing", "kvm_debug_exit_arch", "kvm_run",
-    "kvm_msr_list", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_lapic_state", "kvm_vcpu_events", "kvm_mp_state",
+    "kvm_msr_list", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_debugregs", "kvm_lapic_state", "kvm_vcpu_events",
+    "kvm_mp_state",
     "kvm_pic_state", "kvm_ioapic_state", "kvm_irqchip", "kvm_pit_channel_state", "kvm_pit_state2", "kvm_clock_data",
 ]  # fmt: skip
 

@@ -99,16 +99,22 @@ def _pair(tmp: Path, incoming: str, *extra: str) -> Iterator[tuple]:
         dst.close(force=True)
 
 
-@pytest.mark.parametrize("incoming", ["uri", "defer"])
+@pytest.mark.parametrize("incoming", ["uri", "defer", "exec"])
 def test_running_guest_moves_with_its_memory_and_shell(tmp_path: Path, incoming: str) -> None:
-    """-incoming unix:PATH, or -incoming defer then QMP migrate-incoming (the VM is built before it listens)."""
-    with _pair(tmp_path, incoming) as (src, dst, qmp_src, qmp_dst, mig):
+    """-incoming unix:PATH, or -incoming defer then QMP migrate-incoming (the VM is built before it listens); or
+    through a file: the source to `exec:cat > FILE` (its RAM parts written to a pipe), the destination from
+    `exec:cat FILE` once the source is done."""
+    with _pair(tmp_path, "uri" if incoming == "uri" else "defer") as (src, dst, qmp_src, qmp_dst, mig):
         assert "bytes written" in _shell(src, "pattern fill " + " ".join(PATTERN))
         assert qmp_dst.cmd("query-status")["return"]["status"] == "inmigrate"
         if incoming == "defer":
             assert qmp_dst.cmd("migrate-incoming", uri=f"unix:{mig}") == {"return": {}}
-        assert qmp_src.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
+        stream = tmp_path / "stream"
+        uri = f"exec:cat > {stream}" if incoming == "exec" else f"unix:{mig}"
+        assert qmp_src.cmd("migrate", uri=uri) == {"return": {}}
         assert qmp_src.wait_migration()["status"] == "completed"
+        if incoming == "exec":
+            assert qmp_dst.cmd("migrate-incoming", uri=f"exec:cat {stream}") == {"return": {}}
         assert qmp_dst.wait_migration()["status"] == "completed", qmp_dst.cmd("query-migrate")
         assert qmp_src.cmd("query-status")["return"]["status"] == "postmigrate"
         assert qmp_dst.cmd("query-status")["return"] == {"status": "running", "singlestep": False, "running": True}

@@ -64,6 +64,8 @@ def test_state_moves_to_a_second_vm(kvm: Kvm, pair: tuple[Guest, Guest]) -> None
     regs.rbx, regs.r15 = 0x1122334455667788, 0xFEEDFACE
     src.cpu.set_regs(regs)
     src.cpu.set_msrs({MSR_SYSENTER_CS: 0x10})
+    src.cpu.set_debugregs({"dr0": 0x7000, "dr1": 0, "dr2": 0, "dr3": 0xFFFF_8000_0000_1000, "dr6": 0xFFFF0FF1,
+                           "dr7": 0x0000_0403})  # a breakpoint armed by the guest's debugger
     ev = view("struct kvm_vcpu_events", src.cpu.get_vcpu_events())
     ev.nmi.masked = 1
     src.cpu.set_vcpu_events(blob(ev))
@@ -90,6 +92,8 @@ def test_state_moves_to_a_second_vm(kvm: Kvm, pair: tuple[Guest, Guest]) -> None
     assert {k: v for k, v in dataclasses.asdict(again[0]).items() if k not in moving} == \
         {k: v for k, v in dataclasses.asdict(cpu_state).items() if k not in moving}
     assert again[0].msr_tsc >= cpu_state.msr_tsc
+    assert (again[0].dr3, again[0].dr7) == (0xFFFF_8000_0000_1000, 0x403)
+    assert again[0].tsc_khz == cpu_state.tsc_khz > 0
     assert again[1:5] == saved[1:5]  # LAPIC page, both PICs, IOAPIC
     assert again[5].ch2_count == saved[5].ch2_count and again[5].flags == saved[5].flags
     assert 5 * 10**12 <= again[6].clock < 5 * 10**12 + 10 * 10**9
@@ -104,6 +108,7 @@ BAD_FIELDS = [
     (CpuState, "rflags", 0, "field 'rflags': 0 is not with bit 1 set"),
     (CpuState, "fpu", b"\0" * 100, "field 'fpu': .* is not a kvm_fpu"),
     (CpuState, "msrs_present", 1 << 63, "field 'msrs_present'"),
+    (CpuState, "dr7", 1 << 32, "field 'dr7': 4294967296 is not a 32-bit value"),
     (CpuState, "nmi_pending", 2, "field 'nmi_pending': 2 is not a bool"),
     (ApicState, "regs", b"\0" * 1023, "section 'apic': field 'regs'"),
     (PicState, "irq_base", 0x23, "section 'i8259': field 'irq_base': 35 is not a multiple of 8"),
@@ -133,6 +138,24 @@ def test_state_kvm_refuses_is_one_line(kvm: Kvm, pair: tuple[Guest, Guest]) -> N
     state = dataclasses.replace(_devices(kvm, src)[0].save(), cr0=0x80000000)  # paging without protection
     with pytest.raises(StateError, match=r"section 'cpu' instance 0: KVM refused the state: KVM_SET_SREGS failed"):
         _devices(kvm, dst)[0].load(state)
+
+
+def test_a_tsc_frequency_kvm_cannot_give_is_a_warning_as_in_qemu(
+        kvm: Kvm, pair: tuple[Guest, Guest], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """A source whose TSC ran slower than this host's, with no TSC scaling here (kvm-pvm has none): QEMU warns and
+    the guest goes on at the host's frequency; so does refvm (the rest of the state loads)."""
+    from refvm.kvm import caps
+
+    if kvm.check_extension(caps.KVM_CAP_TSC_CONTROL):
+        pytest.skip("this host's KVM scales the TSC: any source frequency is taken")
+    src, dst = pair
+    saved = _devices(kvm, src)[0].save()
+    slower = dataclasses.replace(saved, tsc_khz=saved.tsc_khz // 2)
+    _devices(kvm, dst)[0].load(slower)
+    err = capsys.readouterr().err
+    assert f"warning: TSC frequency mismatch between VM ({saved.tsc_khz // 2} kHz) and host ({saved.tsc_khz} kHz)" \
+        ", and TSC scaling unavailable" in err
+    assert dst.cpu.get_regs().rip == saved.rip
 
 
 def _machine(accel: str, smp: int = 1) -> SimpleNamespace:

@@ -125,6 +125,7 @@ def test_ram_written_over_qtest_reads_back_on_destination(pair) -> None:
     assert dst.qmp.cmd("query-status")["return"]["status"] == "inmigrate"
     for addr, data in PATTERN:
         src.write(addr, data)
+    assert src.qt("outb 0xcf9 0x2") == "OK"  # the Reset Control Register: the next reset is a hard one
     src.qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
     assert src.qmp.cmd("migrate", uri=f"unix:{mig}") == {"return": {}}
     done = src.qmp.wait_status("completed")
@@ -133,6 +134,7 @@ def test_ram_written_over_qtest_reads_back_on_destination(pair) -> None:
     dst.qmp.wait_status("completed")
     for addr, data in PATTERN:
         assert dst.read(addr, len(data)) == data, hex(addr)
+    assert dst.qt("inb 0xcf9") == "OK 0x0002"  # (0 when not carried)
     assert src.qmp.cmd("query-status")["return"]["status"] == "postmigrate"
     assert dst.qmp.cmd("query-status")["return"]["status"] == "running"
     statuses = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]

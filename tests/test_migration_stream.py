@@ -182,19 +182,43 @@ def test_zero_run_is_the_records_of_its_zero_pages(offset: int, count: int) -> N
     assert encode_zero_run("pc.ram", offset, count) == encode_ram_pages(pages)
 
 
-def test_block_pages_encode_as_the_general_encoder_does() -> None:
-    """The switchover path's encoder (known zero flags, pages as views of one run) writes the same records."""
-    from refvm.migration.ram import encode_block_pages, encode_ram_pages
+class _Counts:
+    normal = duplicate = 0
 
-    run = bytes(TARGET_PAGE_SIZE) + b"\x5a" * TARGET_PAGE_SIZE + bytes(TARGET_PAGE_SIZE - 1) + b"\x01"
-    view = memoryview(run)
-    pages = [(0x10000 + i * TARGET_PAGE_SIZE, run[i * TARGET_PAGE_SIZE : (i + 1) * TARGET_PAGE_SIZE]) for i in range(3)]
-    known = [(off, view[i * TARGET_PAGE_SIZE : (i + 1) * TARGET_PAGE_SIZE], data == bytes(TARGET_PAGE_SIZE))
-             for i, (off, data) in enumerate(pages)]
-    assert [zero for _, _, zero in known] == [True, False, False]
-    assert encode_block_pages("pc.ram", known) == encode_ram_pages([("pc.ram", off, data) for off, data in pages])
-    with pytest.raises(ValueError, match="aligned"):
-        encode_block_pages("pc.ram", [(0x10001, view[:TARGET_PAGE_SIZE], False)])
+
+@pytest.mark.parametrize("most", [256, 3])  # parts of up to 256 pages / runs split across parts of 3
+def test_gather_parts_are_the_records_of_the_page_by_page_encoder(most: int) -> None:
+    """Pre-copy's gather lists (pages as views of guest RAM, headers packed per run) make exactly the records the
+    page-by-page encoder makes: zero pages (also one whose first word is zero but not the rest) and blocks."""
+    from refvm.migration.ram_parts import RamParts
+
+    page = TARGET_PAGE_SIZE
+    run = bytearray(8 * page)
+    run[1 * page] = 0x5A                 # page 1: first byte set
+    run[3 * page + page - 1] = 0x01      # page 3: first word zero, last byte set (not a zero page)
+    run[4 * page + 8] = 0x02             # page 4: second word set
+    run[6 * page:7 * page] = b"\xff" * page
+    pages = [("pc.ram", 0x10000 + i * page, bytes(run[i * page:(i + 1) * page])) for i in range(8)]
+    out = io.BytesIO()
+    w = StreamWriter(out)
+    w.ram_start({"pc.ram": 1 << 20})
+    start = len(out.getvalue())
+    counts = _Counts()
+    parts = RamParts(w, "pc.ram", counts, most)
+    parts.add_run(0x10000, memoryview(run)[:5 * page])
+    parts.add_run(0x10000 + 5 * page, memoryview(run)[5 * page:])
+    parts.flush(last=True)
+    assert (counts.normal, counts.duplicate) == (4, 4)
+
+    want = io.BytesIO()
+    ref = StreamWriter(want)
+    ref.ram_start({"pc.ram": 1 << 20})
+    chunks = [pages[i:i + most] for i in range(0, 8, most)]
+    for chunk in chunks[:-1]:
+        ref.ram_part(chunk)
+    ref.ram_part(chunks[-1], last=True)
+    assert out.getvalue()[start:] == want.getvalue()[start:]
+    assert w.bytes_written == len(out.getvalue())
 
 
 @pytest.mark.parametrize("room", [1 << 20, 4096])  # the whole stream fits the prefaulted buffer / overflows it

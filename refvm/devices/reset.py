@@ -16,8 +16,11 @@ Each device calls ``on_reset()``; the machine decides what a reset means.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["KbdReset", "ResetPort92", "ResetControl", "I8042_STATUS_IDLE"]
+from refvm.migration.state import U8, DeviceState, sfield
+
+__all__ = ["KbdReset", "ResetPort92", "ResetControl", "ResetControlState", "I8042_STATUS_IDLE"]
 
 OnReset = Callable[[], None]
 
@@ -75,6 +78,17 @@ class ResetPort92:
         self.value = 0
 
 
+@dataclass
+class ResetControlState(DeviceState):
+    """The Reset Control Register as the guest last wrote it: its System Reset bit says whether the next RST_CPU
+    write asks for a hard or a soft reset, so a guest that chose before a migration gets that reset after it
+    (QEMU carries it as PIIX3's "rcr")."""
+
+    VMSD_NAME = "piix3-rcr"
+
+    value: int = sfield(U8, 0)
+
+
 class ResetControl:
     """Reset Control Register (0xCF9)."""
 
@@ -100,6 +114,12 @@ class ResetControl:
             self.on_reset()
 
     def reset(self) -> None:
-        """Device reset: the register returns to 0 (the machine calls this after on_reset). It has no State
-        class (it is not among the migrated sections yet), so there is nothing to ``load``."""
-        self.value = 0
+        """Device reset: the register returns to 0 (the machine calls this after on_reset)."""
+        self.load(ResetControlState())
+
+    def save(self) -> ResetControlState:
+        return ResetControlState(self.value).validate()
+
+    def load(self, state: ResetControlState) -> None:
+        """The value only: loading is not a write, so it requests no reset even with RST_CPU set."""
+        self.value = state.value

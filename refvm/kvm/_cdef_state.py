@@ -30,6 +30,14 @@ struct kvm_xcrs {
     uint64_t padding[16];
 };
 
+struct kvm_debugregs {
+    uint64_t db[4];
+    uint64_t dr6;
+    uint64_t dr7;
+    uint64_t flags;
+    uint64_t reserved[9];
+};
+
 struct kvm_lapic_state {
     char regs[1024];
 };

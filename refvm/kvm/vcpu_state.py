@@ -1,4 +1,5 @@
-"""The vCPU state ioctls beyond registers: XSAVE, XCRs, local APIC, pending events, MP state.
+"""The vCPU state ioctls beyond registers: XSAVE, XCRs, local APIC, pending events, MP state, debug registers,
+TSC frequency.
 
 Mixed into ``Vcpu``. What a save/restore (migration, snapshot) of a vCPU needs besides ``get_regs``,
 ``get_sregs``, ``get_fpu`` and ``get_msrs`` (see ``Kvm.msr_index_list`` for which MSRs exist).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from . import ioctls as I
 from ._ffi import ffi
-from ._sys import ioctl_ptr
+from ._sys import ioctl_int, ioctl_ptr
 from .state import blob_accessors, view
 
 #: Local APIC register offsets in ``struct kvm_lapic_state`` (the xAPIC MMIO page layout).
@@ -56,3 +57,25 @@ class VcpuStateMixin:
     def set_mp_state(self, state: int) -> None:
         ioctl_ptr(self._fd, I.KVM_SET_MP_STATE, ffi.new("struct kvm_mp_state *", {"mp_state": state}),
                   f"mp_state {state}")  # fmt: skip
+
+    def get_debugregs(self) -> dict[str, int]:
+        """KVM_GET_DEBUGREGS: DR0-DR3 (breakpoint addresses), DR6 (status) and DR7 (control)."""
+        c = view("struct kvm_debugregs")
+        ioctl_ptr(self._fd, I.KVM_GET_DEBUGREGS, c)
+        return {**{f"dr{i}": int(c.db[i]) for i in range(4)}, "dr6": int(c.dr6), "dr7": int(c.dr7)}
+
+    def set_debugregs(self, regs: dict[str, int]) -> None:
+        """KVM_SET_DEBUGREGS (KVM refuses a DR6 or DR7 with any of bits 63:32 set: EINVAL)."""
+        c = view("struct kvm_debugregs")
+        for i in range(4):
+            c.db[i] = regs[f"dr{i}"]
+        c.dr6, c.dr7 = regs["dr6"], regs["dr7"]
+        ioctl_ptr(self._fd, I.KVM_SET_DEBUGREGS, c, f"dr6 {regs['dr6']:#x} dr7 {regs['dr7']:#x}")
+
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ: the guest's TSC frequency in kHz."""
+        return ioctl_int(self._fd, I.KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz: int) -> None:
+        """KVM_SET_TSC_KHZ: scale the guest's TSC to ``khz`` (needs TSC scaling in the host, KVM_CAP_TSC_CONTROL)."""
+        ioctl_int(self._fd, I.KVM_SET_TSC_KHZ, khz, f"{khz} kHz")

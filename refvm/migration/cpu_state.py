@@ -1,4 +1,5 @@
-"""A KVM vCPU's state as data: the "cpu" section (registers, FPU/XSAVE, XCR0, MSRs, pending events, MP state)
+"""A KVM vCPU's state as data: the "cpu" section (registers, FPU/XSAVE, XCR0, MSRs, pending events, MP state,
+debug registers DR0-3/DR6/DR7, TSC frequency)
 and the "apic" section (the in-kernel local APIC's register page), one of each per vCPU, instance id = vCPU index
 (QEMU's names for the same sections).
 
@@ -16,6 +17,7 @@ registers (EFER and the APIC base before MSRs and the LAPIC), MSRs, then the LAP
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 from refvm.migration.state import BOOL, U8, U16, U32, U64, DeviceState, Kind, StateError, buffer, sfield
@@ -62,6 +64,8 @@ EVENTS = (
 #: KVM_MP_STATE_RUNNABLE .. KVM_MP_STATE_SIPI_RECEIVED: the x86 ones.
 MP_STATES = range(5)
 FPU_SIZE, XSAVE_SIZE, LAPIC_SIZE = 416, 4096, 1024
+DR6_RESET, DR7_RESET = 0xFFFF0FF0, 0x400  # the debug status and control registers after reset (SDM vol. 3 17.2)
+DEBUGREGS = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 
 
 def state_class(name: str, vmsd_name: str, fields: list[tuple[str, Any]], doc: str) -> type[DeviceState]:
@@ -90,10 +94,15 @@ def _cpu_fields() -> list[tuple[str, Any]]:
     out += [(f"msr_{name}", sfield(U64, 0)) for name, _ in MSRS]
     out += [(name, sfield(kind, False if kind is BOOL else 0)) for name, kind, _ in EVENTS]
     out.append(("mp_state", sfield(U32, 0, lambda v: v in MP_STATES, "an x86 KVM_MP_STATE (0..4)")))
+    out += [(f"dr{i}", sfield(U64, 0)) for i in range(4)]
+    out += [(name, sfield(U64, default, lambda v: v < 1 << 32, "a 32-bit value (KVM refuses bits 63:32)"))
+            for name, default in (("dr6", DR6_RESET), ("dr7", DR7_RESET))]
+    out.append(("tsc_khz", sfield(U32, 0)))  # 0: not saved (a KVM without KVM_CAP_GET_TSC_KHZ)
     return out
 
 
-CpuState = state_class("CpuState", "cpu", _cpu_fields(), "One vCPU: registers, FPU, XCR0, MSRs, events, MP state.")
+CpuState = state_class("CpuState", "cpu", _cpu_fields(),
+                       "One vCPU: registers, FPU, XCR0, MSRs, events, MP state, debug registers, TSC frequency.")
 ApicState = state_class("ApicState", "apic", [("regs", sfield(buffer(LAPIC_SIZE), bytes(LAPIC_SIZE),
                                                lambda v: len(v) == LAPIC_SIZE, f"{LAPIC_SIZE} bytes"))],
                         "The in-kernel local APIC of one vCPU: its register page (kvm_lapic_state).")
@@ -152,7 +161,33 @@ class KvmCpu:
             raw = int(_get_path(events, path))
             values[name] = bool(raw) if kind is BOOL else raw
         values["mp_state"] = vcpu.get_mp_state()
+        values.update(vcpu.get_debugregs())
+        values["tsc_khz"] = self._tsc_khz()
         return CpuState(**values).validate()
+
+    def _tsc_khz(self) -> int:
+        """The vCPU's TSC frequency, 0 where KVM cannot say (QEMU's env->tsc_khz)."""
+        from refvm.kvm import KvmError
+
+        try:
+            return self.vcpu.get_tsc_khz()
+        except KvmError:
+            return 0
+
+    def _set_tsc_khz(self, khz: int) -> None:
+        """Give the vCPU the source's TSC frequency before its TSC is written.  As QEMU (kvm_arch_set_tsc_khz,
+        whose failure kvm_arch_put_registers ignores): where the frequencies differ and KVM cannot scale, a
+        warning, and the guest goes on at the host's frequency."""
+        from refvm.kvm import KvmError
+
+        here = self._tsc_khz()
+        if not khz or khz == here:
+            return
+        try:
+            self.vcpu.set_tsc_khz(khz)
+        except KvmError:
+            print(f"refvm: warning: TSC frequency mismatch between VM ({khz} kHz) and host ({here} kHz), "
+                  "and TSC scaling unavailable", file=sys.stderr)
 
     def _save_msrs(self) -> dict[str, int]:
         """The carried MSRs this KVM lists; one that will not read is left out (its bit stays clear)."""
@@ -178,6 +213,7 @@ class KvmCpu:
         from refvm.kvm import DTable, KvmError, Regs, Segment, Sregs
 
         vcpu = self.vcpu
+        self._set_tsc_khz(state.tsc_khz)
         try:
             vcpu.set_regs(Regs(**{r: getattr(state, r) for r in REG_NAMES}))
             if len(state.fpu) == XSAVE_SIZE:
@@ -201,7 +237,7 @@ class KvmCpu:
             raise refused("cpu", vcpu.id, err) from None
 
     def load_late(self, state: Any) -> None:
-        """Pending events and MP state, which KVM takes after the LAPIC page (QEMU's order)."""
+        """Pending events, MP state and debug registers, which KVM takes after the LAPIC page (QEMU's order)."""
         from refvm.kvm import KvmError
         from refvm.kvm import ioctls as I
         from refvm.kvm.state import blob, view
@@ -216,6 +252,7 @@ class KvmCpu:
         try:
             self.vcpu.set_vcpu_events(blob(events))
             self.vcpu.set_mp_state(state.mp_state)
+            self.vcpu.set_debugregs({name: getattr(state, name) for name in DEBUGREGS})
         except (KvmError, ValueError) as err:
             raise refused("cpu", self.vcpu.id, err) from None
 

@@ -12,6 +12,7 @@ then writes the pages, loads the devices and takes the source's run state.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from refvm.migration.wire import TARGET_PAGE_SIZE, StreamError
 RAM_BLOCK = "pc.ram"  # all guest RAM regions, concatenated in address order, as one block (QEMU's name)
 PAGES_PER_PART = 256
 MACHINE_TYPE = "pc-i440fx-7.2"
+SWITCHOVER_SWITCH_INTERVAL = 0.0005  # s; Python's default, 5 ms, is the length of a whole switchover here
 ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
 #: Statuses in which an outgoing migration is under way (QEMU's migration_is_running()).
 RUNNING_STATUSES = ("setup", "active", "pre-switchover", "device", "cancelling")
@@ -207,6 +209,7 @@ class MigrationJob:
         assert channel is not None
         was = ""
         out = QueuedWriter(channel.stream)  # encoding overlaps the socket's writes
+        switch_interval = sys.getswitchinterval()
         try:
             writer = StreamWriter(out)
             writer.header(MACHINE_TYPE)
@@ -233,6 +236,12 @@ class MigrationJob:
                 digests = self._send_ram(writer, [])
             warm.join()
             was = self._stop_guest()
+            # From the stop on, every remaining record is queued at once, and the writing thread gets the GIL back
+            # within SWITCHOVER_SWITCH_INTERVAL after each writev (not up to 5 ms later, while this thread encodes).
+            out.unbounded()
+            sys.setswitchinterval(SWITCHOVER_SWITCH_INTERVAL)
+            if self._precopy is not None:
+                self._precopy.send_prepared()
             if self.options.cap("pause-before-switchover"):
                 self._set("pre-switchover")
                 while not self._continue.wait(0.05):
@@ -243,17 +252,22 @@ class MigrationJob:
             # guest memory, and those pages must go too.
             states: list[tuple[str, int, DeviceState]] = [
                 (name, 0, dev.save()) for name, dev in _devices(machine).items()]
-            states += kvm_sections.save_sections(machine)  # vCPUs, irqchip, PIT, clock
             if self._precopy is not None:
                 self._precopy.finish()
             else:
                 self._sync()
                 self._send_ram(writer, digests)
-            for name, instance, state in states:
-                writer.device(name, instance, state.VERSION, state.encode(), state.describe())
+            # KVM's state is read after the last pages are queued (it writes no guest memory): its ioctls and
+            # the encoding below overlap the channel's writes of those pages.
+            states += kvm_sections.save_sections(machine)  # vCPUs, irqchip, PIT, clock
             glob = GlobalState(was.encode())
-            writer.device(GLOBALSTATE, 0, glob.VERSION, glob.encode(), glob.describe())
+            sections = [(name, instance, state.VERSION, state.encode(), state.describe())
+                        for name, instance, state in [*states, (GLOBALSTATE, 0, glob)]]
+            writer.devices(sections)
             writer.finish()
+            ended = time.monotonic()  # QEMU's end of downtime and total time: the last byte flushed, before close
+            if self._precopy is not None:
+                self._precopy.close()
             self.transferred = writer.bytes_written
             if channel.close() != 0:
                 raise OSError("the migration command failed")
@@ -261,9 +275,10 @@ class MigrationJob:
             self._fail(err, was)
             return
         finally:
+            sys.setswitchinterval(switch_interval)
             out.stop()
-        self.downtime_ms = _ms(self.stopped_at)
-        self.total_ms = _ms(self.started)
+        self.downtime_ms = int((ended - self.stopped_at) * 1000)
+        self.total_ms = int((ended - self.started) * 1000)
         machine.set_run_state("postmigrate")
         self._set("completed")
 

@@ -10,12 +10,15 @@ between them: :meth:`PreCopy.iterate` (guest running) and :meth:`PreCopy.finish`
 """
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 from refvm.migration import resident
 from refvm.migration.dirty_log import KvmDirtyLog, slots_of
+from refvm.migration.ram_parts import RamParts, send_held
 from refvm.migration.stream import StreamWriter
 from refvm.migration.wire import TARGET_PAGE_SIZE
 
@@ -23,8 +26,7 @@ MAX_PASSES = 10  # iterations after the first full copy, at most (QEMU has no ca
 #                  the link would otherwise never converge, and refvm has no auto-converge throttling)
 STALLED_PASSES = 2  # passes in a row that did not shrink the dirty set by 10% before the guest is stopped anyway
 PAGES_PER_PART = 256
-ZERO_PAGE = bytes(TARGET_PAGE_SIZE)
-ZERO_RUN = bytes(PAGES_PER_PART * TARGET_PAGE_SIZE)
+PAGE_SHIFT = TARGET_PAGE_SIZE.bit_length() - 1
 
 
 def usable(machine: Any) -> bool:
@@ -48,12 +50,19 @@ class PreCopy:
         self.remaining = 0  # dirty pages known at the last sync (query-migrate's remaining)
         self._logging = False
         self.first_pass_done = False
-        self._carry: set[int] = set()
+        self._carry: set[int] = set()  # frame numbers left for switchover
+        self._prepared: list[tuple[list[bytes | memoryview], int]] = []  # their parts, built before the stop
+        self._zero_pfns: set[int] = set()  # those of them sent as ZERO records
         self._rate = 0.0  # bytes/s of the last pass, while it was sending (not held back by max-bandwidth)
         self._held = 0.0  # seconds the passes so far waited for max-bandwidth
 
     def _sync(self) -> set[int]:
-        dirty = set(self.log.sync()) | self.memory.take_dirty()
+        """Page frame numbers (gpa >> 12) written since the last sync, from both logs.  Numbers, not addresses,
+        in the set: an int hashes to itself, and addresses (multiples of 4096) all fall in the same few slots of
+        a set's table, which made each sync and union ~6x slower."""
+        shift = repeat(PAGE_SHIFT)
+        dirty = set(map(operator.rshift, self.log.sync(), shift))
+        dirty.update(map(operator.rshift, self.memory.take_dirty(), shift))
         self.job._sync()
         self.remaining = len(dirty)
         return dirty
@@ -80,6 +89,7 @@ class PreCopy:
             stalled = stalled + 1 if previous and len(dirty) * 10 >= previous * 9 else 0
             if len(dirty) <= self._pages_within_downtime() or stalled >= STALLED_PASSES:
                 self._carry = dirty
+                self._prepare()
                 return
             previous, started, before, held = len(dirty), time.monotonic(), self.writer.bytes_written, self._held
             self.send(sorted(dirty), throttle=True)
@@ -99,96 +109,116 @@ class PreCopy:
             rate = min(rate, limit)
         return int(rate * self.job.options.param("downtime-limit") / 1000 / TARGET_PAGE_SIZE)
 
+    def _prepare(self) -> None:
+        """Build the parts of the pages left for switchover now, while the guest still runs, so that at the stop
+        they are only queued: a part holds views of guest RAM, whose bytes the channel reads when it writes them
+        (after the stop), so only the ZERO records depend on what the pages held here; a page sent as ZERO and
+        written again before the stop is sent again (finish).  Measured: ~5 ms of encoding for 16 MiB moved out
+        of the downtime."""
+        parts = RamParts(self.writer, self.block, self.job, PAGES_PER_PART, held=self._prepared)
+        for offset, _, view in self._runs(sorted(self._carry)):
+            assert view is not None
+            parts.add_run(offset, view)
+        parts.flush()
+        self._zero_pfns = {self._pfn_at(offset) for offset in parts.zero_offsets}
+
+    def _pfn_at(self, offset: int) -> int:
+        """The frame number of the page at ``offset`` in the RAM block."""
+        gpa, _, base = next(b for b in self.bases if b[2] <= offset < b[2] + b[1])
+        return (gpa + offset - base) >> PAGE_SHIFT
+
+    def send_prepared(self) -> None:
+        """The guest has stopped: queue the parts built before the stop, first thing, so the channel is busy
+        while devices are saved.  A page a device writes meanwhile (a drained request) may go torn in them; the
+        device log has it, and :meth:`finish` sends it again, later in the stream, where it wins."""
+        send_held(self.writer, self._prepared)
+        self._prepared = []
+
     def finish(self) -> None:
-        """The guest is stopped and devices are saved: send every page still dirty as the RAM section's end."""
-        rest = self._carry | self._sync()
+        """Devices are saved: send every page still dirty as the RAM section's end: the parts built before the
+        stop (unless :meth:`send_prepared` did), then the pages written since that were not in them, or were in
+        them as ZERO records.  The logs stay on until :meth:`close` (after the stream is flushed: turning KVM's
+        log off rewrites the memory slots, 1-7 ms here, which QEMU too does in its cleanup, not in the
+        downtime)."""
+        self.send_prepared()
+        new = self._sync()
+        rest = (new - self._carry) | (new & self._zero_pfns)
         self.send(sorted(rest), last=True)
         self.remaining = 0
-        self.close()
 
     def close(self) -> None:
-        """Stop both dirty logs (also on failure or cancel)."""
+        """Stop both dirty logs (also on failure or cancel), and drop prepared parts (their views pin guest RAM)."""
+        self._prepared = []
         if self._logging:
             self._logging = False
             self.log.stop()
             self.memory.stop_dirty_log()
 
-    def _first_runs(self) -> Iterator[tuple[int, int, bytes | None]]:
+    def _first_runs(self) -> Iterator[tuple[int, int, memoryview | None]]:
         """The first pass: every page, PAGES_PER_PART at a time; a chunk that pagemap says was never touched comes
-        as known zeroes (None) without being read (reading it would fault in the zero page, page by page)."""
+        as known zeroes (None) without being looked at (reading it would fault in the zero page, page by page)."""
         most = PAGES_PER_PART * TARGET_PAGE_SIZE
         for (gpa, size, base), region in zip(self.bases, self.memory.regions, strict=True):
             touched = resident.touched_chunks(region.host_address, size, PAGES_PER_PART)
             for index, start in enumerate(range(0, size, most)):
                 length = min(most, size - start)
                 if touched is None or touched[index]:
-                    yield base + start, length, self._read(gpa + start, length)
+                    yield base + start, length, self._view(gpa + start, length)
                 else:
                     if self.job._cancel.is_set():
                         raise OSError("cancelled")
                     yield base + start, length, None
 
-    def _runs(self, gpas: Iterable[int]) -> Iterator[tuple[int, int, bytes | None]]:
-        """(offset in the block, length, bytes) for ascending ``gpas``: runs of adjacent pages in one region, read
-        with one bounds check and one copy each (up to PAGES_PER_PART pages), not page by page; stops at a
-        cancel."""
-        run_gpa = run_off = run_len = region_end = 0
+    def _runs(self, pfns: list[int]) -> Iterator[tuple[int, int, memoryview | None]]:
+        """(offset in the block, length, view of the pages) for ascending page frame numbers: runs of adjacent
+        pages in one
+        region (up to PAGES_PER_PART pages), each one view with one bounds check, not page by page; stops at a
+        cancel.  The runs' ends are found by C loops (map over the differences, list.index for each break): at
+        switchover a Python statement per page costs more than the kernel's copy of it."""
         most = PAGES_PER_PART * TARGET_PAGE_SIZE
-        for gpa in gpas:
-            if gpa == run_gpa + run_len and run_len and run_len < most and gpa < region_end:
-                run_len += TARGET_PAGE_SIZE
-                continue
-            if run_len:
-                yield run_off, run_len, self._read(run_gpa, run_len)
-            region = next((b for b in self.bases if b[0] <= gpa < b[0] + b[1]), None)
-            if region is None:
-                run_len = 0
-                continue
-            region_end = region[0] + region[1]
-            run_gpa, run_off, run_len = gpa, gpa - region[0] + region[2], TARGET_PAGE_SIZE
-        if run_len:
-            yield run_off, run_len, self._read(run_gpa, run_len)
+        apart = list(map((1).__ne__, map(operator.sub, pfns[1:], pfns[:-1])))
+        apart.append(True)  # the last page ends the last run
+        start = 0
+        while start < len(pfns):
+            end = apart.index(True, start) + 1  # pfns[start:end] are adjacent
+            gpa, stop = pfns[start] << PAGE_SHIFT, (pfns[end - 1] + 1) << PAGE_SHIFT
+            start = end
+            while gpa < stop:
+                region = next((b for b in self.bases if b[0] <= gpa < b[0] + b[1]), None)
+                if region is None:  # not RAM (nothing registers such a page; skipped as before)
+                    gpa += TARGET_PAGE_SIZE
+                    continue
+                length = min(stop, region[0] + region[1]) - gpa
+                for at in range(0, length, most):
+                    n = min(most, length - at)
+                    yield gpa + at - region[0] + region[2], n, self._view(gpa + at, n)
+                gpa += length
 
-    def _read(self, gpa: int, length: int) -> bytes:
+    def _view(self, gpa: int, length: int) -> memoryview:
         if self.job._cancel.is_set():
             raise OSError("cancelled")
-        return self.memory.read(gpa, length)
+        return self.memory.view(gpa, length)
 
-    def send(self, gpas: Iterable[int], last: bool = False, throttle: bool = False) -> None:
-        """Pages by guest-physical address, ascending, PAGES_PER_PART to a section part (`last`: the end)."""
-        self._send_runs(self._runs(gpas), last, throttle)
+    def send(self, pfns: list[int], last: bool = False, throttle: bool = False) -> None:
+        """Pages by frame number (gpa >> 12), ascending, PAGES_PER_PART to a section part (`last`: the end)."""
+        self._send_runs(self._runs(pfns), last, throttle)
 
-    def _send_runs(self, runs: Iterable[tuple[int, int, bytes | None]], last: bool = False,
+    def _send_runs(self, runs: Iterable[tuple[int, int, memoryview | None]], last: bool = False,
                    throttle: bool = False) -> None:
         """Runs of adjacent pages (None: known zeroes); a run of zero pages goes as a part of its own without
-        looking at each page (one memcmp for the run)."""
+        looking at each page, the others as gather lists (ram_parts.RamParts)."""
         job, writer = self.job, self.writer
-        batch: list[tuple[int, bytes | memoryview, bool]] = []
+        parts = RamParts(writer, self.block, job, PAGES_PER_PART)
         pass_start, pass_bytes = time.monotonic(), writer.bytes_written
-        for offset, length, data in runs:
-            if data is None or data == ZERO_RUN[:length]:  # one memcmp for up to PAGES_PER_PART pages
-                if batch:
-                    writer.ram_block_part(self.block, batch)
-                    batch = []
-                writer.ram_zero_run(self.block, offset, length // TARGET_PAGE_SIZE)
-                job.duplicate += length // TARGET_PAGE_SIZE
+        for offset, length, view in runs:
+            if view is None:
+                parts.zero_run(offset, length // TARGET_PAGE_SIZE)
             else:
-                view = memoryview(data)  # pages as slices of the run: the part's join is their one copy
-                for at in range(0, length, TARGET_PAGE_SIZE):
-                    zero = data.startswith(ZERO_PAGE, at)  # a memcmp in place (== on a view goes byte by byte)
-                    batch.append((offset + at, view[at : at + TARGET_PAGE_SIZE], zero))
-                    if zero:
-                        job.duplicate += 1
-                    else:
-                        job.normal += 1
-                    if len(batch) == PAGES_PER_PART:
-                        writer.ram_block_part(self.block, batch)
-                        batch = []
+                parts.add_run(offset, view)
             job.transferred = writer.bytes_written
             if throttle:
                 waited = time.monotonic()
                 job._throttle(writer.bytes_written - pass_bytes, pass_start)
                 self._held += time.monotonic() - waited
-        if batch or last:
-            writer.ram_block_part(self.block, batch, last=last)
-            job.transferred = writer.bytes_written
+        parts.flush(last=last)
+        job.transferred = writer.bytes_written

@@ -72,28 +72,6 @@ def encode_ram_pages(pages: Iterable[tuple[str, int, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def encode_block_pages(block: str, pages: Iterable[tuple[int, bytes | memoryview, bool]]) -> bytes:
-    """A part/end payload of (offset, page, is_zero) in one block, then EOS: what encode_ram_pages makes of them,
-    for a caller that already knows which pages are zero (one memcmp in place per page) and passes pages as
-    slices of a run without copying them first (the join is the one copy).  Used for the pass at switchover,
-    where every page costs downtime."""
-    pack = _BE64.pack
-    out: list[bytes | memoryview] = []
-    head = pack_idstr(block)
-    for offset, data, zero in pages:
-        if offset % TARGET_PAGE_SIZE or len(data) != TARGET_PAGE_SIZE:
-            raise ValueError(f"page {block}@{offset:#x} must be one aligned {TARGET_PAGE_SIZE}-byte page")
-        flags = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
-        if head:
-            out += (pack(offset | flags), head)
-            head = b""
-        else:
-            out.append(pack(offset | flags | RAM_SAVE_FLAG_CONTINUE))
-        out.append(b"\x00" if zero else data)
-    out.append(pack(RAM_SAVE_FLAG_EOS))
-    return b"".join(out)
-
-
 def encode_zero_run(block: str, offset: int, count: int) -> bytes:
     """A part/end payload of ``count`` ZERO records for the adjacent pages from ``offset`` in ``block``, then EOS:
     what encode_ram_pages makes of them, packed in one call instead of page by page (a pass over idle RAM)."""

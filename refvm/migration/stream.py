@@ -12,6 +12,7 @@ payloads are decoded afterwards by refvm/migration/state.py.
 """
 from __future__ import annotations
 
+import io
 import json
 import mmap
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from typing import Any, BinaryIO
 from refvm.migration.ram import (
     RamDecoder,
     RamImage,
-    encode_block_pages,
     encode_ram_pages,
     encode_ram_start,
     encode_zero_run,
@@ -118,10 +118,18 @@ class StreamWriter:
         """One batch of pages; `last` makes it the section end sent at switchover."""
         self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, encode_ram_pages(pages))
 
-    def ram_block_part(self, block: str, pages: list[tuple[int, bytes | memoryview, bool]], last: bool = False) -> None:
-        """One batch of (offset, page, is_zero) in one block (ram.encode_block_pages); `last`: the section end."""
-        payload = encode_block_pages(block, pages)
-        self._record(SECTION_END if last else SECTION_PART, RAM_IDSTR, 0, RAM_VERSION, payload)
+    def ram_gather_part(self, items: list[bytes | memoryview], nbytes: int, last: bool = False) -> None:
+        """One part (``last``: the section end) whose payload is ``items``, ``nbytes`` in all (ram_parts.py):
+        handed on as one gather list where the output takes one (no copy of the pages here), else joined."""
+        sid = self.section_id(RAM_IDSTR, 0)
+        items.insert(0, bytes([SECTION_END if last else SECTION_PART]) + be32(sid))
+        items.append(bytes([SECTION_FOOTER]) + be32(sid))
+        gather = getattr(self.out, "write_gather", None)
+        if gather is not None:
+            gather(items)
+        else:
+            self.out.write(b"".join(items))
+        self.bytes_written += nbytes + 10
 
     def ram_zero_run(self, block: str, offset: int, count: int) -> None:
         """One part of ``count`` adjacent zero pages (the same records ram_part writes for them)."""
@@ -135,6 +143,19 @@ class StreamWriter:
                 "fields": []}
         desc.update(description or {})
         self.vmdesc_devices.append(desc)
+
+    def devices(self, sections: list[tuple[str, int, int, bytes, dict[str, Any] | None]]) -> None:
+        """Full device sections (idstr, instance, version, payload, description) as :meth:`device` writes them,
+        joined into one write: at switchover each write waits its turn behind the last RAM parts."""
+        out, self.out = self.out, io.BytesIO()
+        try:
+            for section in sections:
+                self.device(*section)
+            joined = self.out.getvalue()  # type: ignore[attr-defined]
+        finally:
+            self.out = out
+        self.bytes_written -= len(joined)
+        self._put(joined)
 
     def finish(self, page_size: int = 4096) -> None:
         """EOF, then the vmdesc JSON record."""
