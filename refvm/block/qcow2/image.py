@@ -18,12 +18,14 @@ from refvm.block.qcow2.header import (
     COMPAT_LAZY_REFCOUNTS,
     INCOMPAT_CORRUPT,
     INCOMPAT_DIRTY,
+    OFFSET_MASK,
     Header,
     min_l1_entries,
     parse_header,
 )
 from refvm.block.qcow2.hostfile import HostFile
 from refvm.block.qcow2.l2 import (
+    COMPRESSED,
     COMPRESSED_KIND,
     COPIED,
     NORMAL,
@@ -38,12 +40,11 @@ from refvm.block.qcow2.l2 import (
     read_compressed,
 )
 from refvm.block.qcow2.refcount import Refcounts
-from refvm.block.vectored import preadv_full, read_into, write_from
+from refvm.block.vectored import IOV_MAX, preadv_full, read_into, write_from
 
 __all__ = ["Qcow2Image", "MAX_CHAIN"]
 
 MAX_CHAIN = 64  # deepest backing chain refvm follows
-_MAX_GROUP = 512  # clusters allocated and written in one go
 _UNALLOCATED = Mapping(UNALLOCATED)
 
 
@@ -147,6 +148,28 @@ class Qcow2Image:
         entry = table[(guest >> self.cb) & (self.l2_entries - 1)]
         return decode_l2(self.path, entry, guest, self.cb, self.h.version, self.f.size)
 
+    def _host_run(self, table: list[int], guest: int, n: int) -> int:
+        """Host offset of the cluster of ``guest`` if it and the ``n - 1`` clusters after it (one L2 table) are
+        standard clusters back to back on the host with the same flags, else -1.
+
+        Only the first and last entries are decoded (every check of :func:`decode_l2`): the ones between equal
+        ``first + k * cluster_size`` (one list compare in C), so they carry the first's flags and lie between
+        two offsets that are inside the file.
+        """
+        i0 = (guest >> self.cb) & (self.l2_entries - 1)
+        e0 = table[i0]
+        if not e0 & OFFSET_MASK or e0 & (COMPRESSED | ZERO):
+            return -1  # unallocated, zero or compressed: not a run of data (decoded below where it matters)
+        first = self._map(table, guest)
+        if first.kind != NORMAL:
+            return -1
+        if n > 1:
+            cs = self.cs
+            if table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
+                return -1
+            self._map(table, guest + (n - 1) * cs)  # the last one: inside the file
+        return first.offset
+
     def _contiguous_host(self, offset: int, length: int) -> int | None:
         """Host offset of ``[offset, +length)`` if it is one run of standard clusters in one L2 table, else None."""
         if not length or (offset >> self.l1_shift) != ((offset + length - 1) >> self.l1_shift):
@@ -154,28 +177,19 @@ class Qcow2Image:
         l2off = self._l2_offset(offset >> self.l1_shift)
         if not l2off:
             return None
-        table = self.l2.get(l2off)
-        first = self._map(table, offset)
-        if first.kind != NORMAL:
-            return None
-        host0 = first.offset - (offset & ~(self.cs - 1))
-        pos = (offset | (self.cs - 1)) + 1
-        while pos < offset + length:
-            m = self._map(table, pos)
-            if m.kind != NORMAL or m.offset - pos != host0:
-                return None
-            pos += self.cs
-        return host0 + offset
+        n = ((offset + length - 1) >> self.cb) - (offset >> self.cb) + 1
+        host = self._host_run(self.l2.get(l2off), offset, n)
+        return None if host < 0 else host + (offset & (self.cs - 1))
 
     def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
         """Read into ``bufs`` (guest RAM views): one ``preadv`` when the range is host-contiguous, else one copy."""
         length = sum(len(b) for b in bufs)
         self._check_range(offset, length)
         host = self._contiguous_host(offset, length)
-        if host is not None:
-            preadv_full(self.f.fd, bufs, host)
-            return
-        read_into(self, offset, bufs)
+        if host is None:
+            read_into(self, offset, bufs)
+        elif len(bufs) > IOV_MAX or os.preadv(self.f.fd, bufs, host) != length:
+            preadv_full(self.f.fd, bufs, host)  # split at IOV_MAX, a short read resumed (past EOF: zeroes)
 
     def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
         """Write ``bufs`` (guest RAM views); several are joined once (the allocator wants one buffer)."""
@@ -281,8 +295,9 @@ class Qcow2Image:
                 table = self.l2.get(l2off)
                 p = pos & ~(self.cs - 1)
                 i0 = (p >> self.cb) & (self.l2_entries - 1)
-                if not any(table[i0 : i0 + ((chunk_end - p + self.cs - 1) >> self.cb)]):
-                    p = chunk_end  # all unallocated: nothing shared to look up
+                n = (chunk_end - p + self.cs - 1) >> self.cb
+                if not any(table[i0 : i0 + n]) or (table[i0] & COPIED and self._host_run(table, p, n) >= 0):
+                    p = chunk_end  # all unallocated, or one owned run: nothing shared to look up
                 while p < chunk_end:
                     m = self._map(table, p)
                     if m.kind == NORMAL and not m.copied:
@@ -304,7 +319,7 @@ class Qcow2Image:
         self._check_writable()
         view = memoryview(data).cast("B")
         self._check_range(offset, view.nbytes)
-        if not view.nbytes:
+        if not view.nbytes or self._write_simple(offset, view):
             return
         self._validate(offset, view.nbytes)
         pos, end = offset, offset + view.nbytes
@@ -315,6 +330,34 @@ class Qcow2Image:
             pos = chunk_end
 
     pwrite = write
+
+    def _write_simple(self, offset: int, view: memoryview) -> bool:
+        """The two shapes sequential guest writes take, each with one data write and no per-cluster work:
+        whole unallocated clusters in an L2 table this image owns (one allocation at the end of the file, one
+        ``pwrite`` of data, one of L2 entries), or clusters this image owns back to back on the host (one
+        ``pwrite`` in place). False, having changed nothing, for anything else (the general path)."""
+        end = offset + view.nbytes
+        l1i = offset >> self.l1_shift
+        if (end - 1) >> self.l1_shift != l1i or l1i >= len(self.l1) or not self.l1[l1i] & COPIED:
+            return False  # spans L2 tables, or the table is missing or not known to be this image's alone
+        l2off = self._l2_offset(l1i)
+        table = self.l2.get(l2off)
+        i0 = (offset >> self.cb) & (self.l2_entries - 1)
+        n = ((end - 1) >> self.cb) - (offset >> self.cb) + 1
+        if any(table[i0 : i0 + n]):
+            if not table[i0] & COPIED or self._host_run(table, offset, n) < 0:
+                return False
+            self.f.pwrite((table[i0] & OFFSET_MASK) + (offset & (self.cs - 1)), view)
+            return True
+        if (offset | end) & (self.cs - 1):
+            return False  # a partial cluster needs copy-on-write
+        host = self.rc.alloc_in_block(n)
+        if host < 0:
+            return False
+        self.f.pwrite(host, view)
+        table[i0 : i0 + n] = range(host | COPIED, (host + n * self.cs) | COPIED, self.cs)
+        self.l2.store(l2off, table, i0, i0 + n)
+        return True
 
     def _l2_for_write(self, l1i: int) -> tuple[int, list[int]]:
         """The L2 table of ``l1i``, allocated (zeroed, then linked) if missing, flagged COPIED."""
@@ -334,65 +377,95 @@ class Qcow2Image:
         self.l1[l1i] = entry
 
     def _write_chunk(self, view: memoryview, base: int, pos: int, end: int, l1i: int) -> None:
+        """Write guest ``[pos, end)`` (inside L2 table ``l1i``) from ``view`` (guest offset ``base``).
+
+        Clusters are handled in runs, never one by one: a run of clusters written in place (already owned by
+        this image) is one ``pwrite``; a run that needs new clusters gets them from one allocation (one
+        refcount write) and one ``pwritev`` (the partial first and last clusters with their old data).
+        Then the changed L2 entries are written with one ``pwrite``, and only then are the old clusters freed.
+        """
         l2off, table = self._l2_for_write(l1i)
-        mask = self.cs - 1
-        group: list[tuple[int, Mapping, int, int]] = []
-        changed: list[int] = []
+        cb, mask = self.cb, self.cs - 1
+        i0 = (pos >> cb) & (self.l2_entries - 1)
+        n = ((end - 1) >> cb) - (pos >> cb) + 1
         to_free: list[Mapping] = []
-        unallocated = _UNALLOCATED
-        while pos < end:
-            idx = (pos >> self.cb) & (self.l2_entries - 1)
-            m = unallocated if not table[idx] else self._map(table, pos)  # a zero entry needs no decoding
-            nxt = min(end, (pos | mask) + 1)
-            if m.kind == NORMAL and (m.copied or self.rc.get(m.offset >> self.cb) == 1):
-                if group:
-                    self._alloc_group(view, base, table, group, changed, to_free)
-                    group = []
-                self.f.pwrite(m.offset + (pos & mask), view[pos - base : nxt - base])
-                if not m.copied:
-                    table[idx] |= COPIED
-                    changed.append(idx)
+        entries = table[i0 : i0 + n]
+        if not any(entries):  # all unallocated (a fresh region): one new run
+            self._alloc_run(view, base, table, i0, pos, end, [_UNALLOCATED] * n if pos & mask or end & mask else [])
+            self.l2.store(l2off, table, i0, i0 + n)
+            return
+        if entries[0] & COPIED and self._host_run(table, pos, n) >= 0:  # owned and contiguous: overwrite in place
+            host = (entries[0] & OFFSET_MASK) + (pos & mask)
+            self.f.pwrite(host, view[pos - base : end - base])
+            return
+        changed_lo, changed_hi = n, -1
+        for kind, k0, k1, maps in self._runs(table, pos, end):
+            gs = max(pos, (pos & ~mask) + (k0 << cb))
+            ge = min(end, (pos & ~mask) + (k1 << cb))
+            if kind:  # in place: host-contiguous clusters this image owns
+                self.f.pwrite(maps[0].offset + (gs & mask), view[gs - base : ge - base])
+                flagged = [k for k in range(k0, k1) if not maps[k - k0].copied]
+                for k in flagged:
+                    table[i0 + k] |= COPIED
+                if flagged:
+                    changed_lo, changed_hi = min(changed_lo, flagged[0]), max(changed_hi, flagged[-1])
             else:
-                group.append((idx, m, pos, nxt))
-                if len(group) >= _MAX_GROUP:
-                    self._alloc_group(view, base, table, group, changed, to_free)
-                    group = []
-            pos = nxt
-        if group:
-            self._alloc_group(view, base, table, group, changed, to_free)
-        if changed:  # data is on disk: now the entries, then the old clusters' references go
-            self.l2.store(l2off, table, min(changed), max(changed) + 1)
+                self._alloc_run(view, base, table, i0 + k0, gs, ge, maps)
+                to_free += [m for m in maps if m.kind in (NORMAL, ZERO_ALLOC, COMPRESSED_KIND)]
+                changed_lo, changed_hi = min(changed_lo, k0), max(changed_hi, k1 - 1)
+        if changed_hi >= 0:  # data is on disk: now the entries, then the old clusters' references go
+            self.l2.store(l2off, table, i0 + changed_lo, i0 + changed_hi + 1)
         for m in to_free:
             self._release(m)
 
-    def _alloc_group(
-        self,
-        view: memoryview,
-        base: int,
-        table: list[int],
-        group: list[tuple[int, Mapping, int, int]],
-        changed: list[int],
-        to_free: list[Mapping],
+    def _runs(self, table: list[int], pos: int, end: int) -> list[tuple[bool, int, int, list[Mapping]]]:
+        """Split guest ``[pos, end)`` into runs: (in place?, first and end cluster index relative to ``pos``'s
+        cluster, the clusters' mappings). In-place runs are host-contiguous."""
+        cb, mask = self.cb, self.cs - 1
+        i0 = (pos >> cb) & (self.l2_entries - 1)
+        runs: list[tuple[bool, int, int, list[Mapping]]] = []
+        guest = pos & ~mask
+        for k in range((((end - 1) >> cb) - (pos >> cb)) + 1):
+            m = _UNALLOCATED if not table[i0 + k] else self._map(table, guest + (k << cb))
+            inplace = m.kind == NORMAL and (m.copied or self.rc.get(m.offset >> cb) == 1)
+            if runs and runs[-1][0] == inplace:
+                prev = runs[-1][3]
+                if not inplace or prev[-1].offset + self.cs == m.offset:
+                    prev.append(m)
+                    runs[-1] = (inplace, runs[-1][1], k + 1, prev)
+                    continue
+            runs.append((inplace, k, k + 1, [m]))
+        return runs
+
+    def _alloc_run(
+        self, view: memoryview, base: int, table: list[int], idx: int, pos: int, end: int, maps: list[Mapping]
     ) -> None:
-        """New clusters for ``group`` (consecutive guest clusters): refcounts, then data (with COW of partial
-        clusters); the entries are updated in ``table`` and written by the caller."""
-        host = self.rc.alloc(len(group))
+        """New host clusters for guest ``[pos, end)`` (consecutive clusters from L2 index ``idx``): refcounts,
+        then the data in one ``pwritev`` (a partial first or last cluster is completed with what it held,
+        from ``maps``, the clusters' old mappings); the entries are updated in ``table``, written by the caller."""
+        cs, mask = self.cs, self.cs - 1
+        count = ((end - 1) >> self.cb) - (pos >> self.cb) + 1
+        host = self.rc.alloc(count)
         pieces: list[bytes | bytearray | memoryview] = []
-        for _idx, m, gs, ge in group:
-            cstart = gs & ~(self.cs - 1)
-            if gs == cstart and ge - cstart == self.cs:
-                pieces.append(view[gs - base : ge - base])
-            else:
-                buf = bytearray(self._cow_source(m, cstart))
-                buf[gs - cstart : ge - cstart] = view[gs - base : ge - base]
+        first = pos & ~mask
+        mid = pos
+        if pos & mask or end - first < cs:  # the first cluster is partial: it keeps its old bytes around the data
+            stop = min(end, first + cs)
+            buf = bytearray(self._cow_source(maps[0], first))
+            buf[pos - first : stop - first] = view[pos - base : stop - base]
+            pieces.append(buf)
+            mid = first + cs
+        if mid < end:
+            last = (end - 1) & ~mask
+            tail = end & mask != 0
+            if (last if tail else end) > mid:
+                pieces.append(view[mid - base : (last if tail else end) - base])
+            if tail:
+                buf = bytearray(self._cow_source(maps[-1], last))
+                buf[: end - last] = view[last - base : end - base]
                 pieces.append(buf)
-        for i in range(0, len(pieces), 512):
-            self.f.pwritev(host + i * self.cs, pieces[i : i + 512])
-        for k, (idx, m, _gs, _ge) in enumerate(group):
-            table[idx] = (host + k * self.cs) | COPIED
-            changed.append(idx)
-            if m.kind in (NORMAL, ZERO_ALLOC, COMPRESSED_KIND):
-                to_free.append(m)
+        self.f.pwritev(host, pieces)
+        table[idx : idx + count] = range(host | COPIED, (host + count * cs) | COPIED, cs)
 
     def _cow_source(self, m: Mapping, cstart: int) -> bytes:
         """What a partially written cluster holds before the write."""
