@@ -41,7 +41,7 @@ from refvm.block.qcow2.l2 import (
 )
 from refvm.block.qcow2.refcount import Refcounts
 from refvm.block.qcow2.writes import Qcow2Writes
-from refvm.block.vectored import IOV_MAX, preadv_full, read_into, write_from
+from refvm.block.vectored import IOV_MAX, preadv_full, read_into
 
 __all__ = ["Qcow2Image", "MAX_CHAIN"]
 
@@ -152,23 +152,26 @@ class Qcow2Image(Qcow2Writes):
         """Host offset of the cluster of ``guest`` if it and the ``n - 1`` clusters after it (one L2 table) are
         standard clusters back to back on the host with the same flags, else -1.
 
-        Only the first and last entries are decoded (every check of :func:`decode_l2`): the ones between equal
-        ``first + k * cluster_size`` (one list compare in C), so they carry the first's flags and lie between
-        two offsets that are inside the file.
+        The entries are compared at once with ``first + k * cluster_size`` (one list compare in C), and only
+        the last is decoded with every check of :func:`decode_l2`: the run shares the flag and reserved bits
+        of its last entry (adding whole clusters to an offset that stays inside the file changes no other bit),
+        and every offset in it lies below the last one's.
         """
         i0 = (guest >> self.cb) & (self.l2_entries - 1)
         e0 = table[i0]
         if not e0 & OFFSET_MASK or e0 & (COMPRESSED | ZERO):
-            return -1  # unallocated, zero or compressed: not a run of data (decoded below where it matters)
-        first = self._map(table, guest)
-        if first.kind != NORMAL:
+            return -1  # unallocated, zero or compressed: not a run of data (decoded where it is used)
+        if n == 1:
+            return self._map(table, guest).offset
+        cs = self.cs
+        if table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
             return -1
-        if n > 1:
-            cs = self.cs
-            if table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
-                return -1
-            self._map(table, guest + (n - 1) * cs)  # the last one: inside the file
-        return first.offset
+        try:
+            self._map(table, guest + (n - 1) * cs)
+        except BlockError:
+            self._map(table, guest)  # a flaw the whole run shares is reported for its first cluster
+            raise
+        return e0 & OFFSET_MASK
 
     def _contiguous_host(self, offset: int, length: int) -> int | None:
         """Host offset of ``[offset, +length)`` if it is one run of standard clusters in one L2 table, else None."""
@@ -183,17 +186,13 @@ class Qcow2Image(Qcow2Writes):
 
     def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
         """Read into ``bufs`` (guest RAM views): one ``preadv`` when the range is host-contiguous, else one copy."""
-        length = sum(len(b) for b in bufs)
+        length = len(bufs[0]) if len(bufs) == 1 else sum(map(len, bufs))
         self._check_range(offset, length)
         host = self._contiguous_host(offset, length)
         if host is None:
             read_into(self, offset, bufs)
         elif len(bufs) > IOV_MAX or os.preadv(self.f.fd, bufs, host) != length:
             preadv_full(self.f.fd, bufs, host)  # split at IOV_MAX, a short read resumed (past EOF: zeroes)
-
-    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
-        """Write ``bufs`` (guest RAM views); several are joined once (the allocator wants one buffer)."""
-        write_from(self, offset, bufs)
 
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)

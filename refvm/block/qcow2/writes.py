@@ -12,6 +12,7 @@ entries that point to it, old references dropped last -- a crash can leak a clus
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from refvm.block.driver import BlockDriver, BlockError
@@ -89,7 +90,7 @@ class Qcow2Writes:
         self._check_writable()
         view = memoryview(data).cast("B")
         self._check_range(offset, view.nbytes)
-        if not view.nbytes or self._write_simple(offset, view):
+        if not view.nbytes or self._write_simple(offset, (view,), view.nbytes):
             return
         self._validate(offset, view.nbytes)
         pos, end = offset, offset + view.nbytes
@@ -101,12 +102,24 @@ class Qcow2Writes:
 
     pwrite = write
 
-    def _write_simple(self, offset: int, view: memoryview) -> bool:
+    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        """Write ``bufs`` (guest RAM views): the sequential shapes straight from them (one ``pwritev``), any
+        other request from the buffers joined once (the general path wants one buffer)."""
+        if len(bufs) == 1:
+            self.write(offset, bufs[0])
+            return
+        self._check_writable()
+        length = sum(map(len, bufs))
+        self._check_range(offset, length)
+        if length and not self._write_simple(offset, bufs, length):
+            self.write(offset, b"".join(bufs))
+
+    def _write_simple(self, offset: int, bufs: Sequence[memoryview], length: int) -> bool:
         """The two shapes sequential guest writes take, each with one data write and no per-cluster work:
         whole unallocated clusters in an L2 table this image owns (one allocation at the end of the file, one
-        ``pwrite`` of data, one of L2 entries), or clusters this image owns back to back on the host (one
-        ``pwrite`` in place). False, having changed nothing, for anything else (the general path)."""
-        end = offset + view.nbytes
+        ``pwritev`` of data, one ``pwrite`` of L2 entries), or clusters this image owns back to back on the host
+        (one ``pwritev`` in place). False, having changed nothing, for anything else (the general path)."""
+        end = offset + length
         l1i = offset >> self.l1_shift
         if (end - 1) >> self.l1_shift != l1i or l1i >= len(self.l1) or not self.l1[l1i] & COPIED:
             return False  # spans L2 tables, or the table is missing or not known to be this image's alone
@@ -117,14 +130,14 @@ class Qcow2Writes:
         if any(table[i0 : i0 + n]):
             if not table[i0] & COPIED or self._host_run(table, offset, n) < 0:
                 return False
-            self.f.pwrite((table[i0] & OFFSET_MASK) + (offset & (self.cs - 1)), view)
+            self.f.pwritev((table[i0] & OFFSET_MASK) + (offset & (self.cs - 1)), bufs)
             return True
         if (offset | end) & (self.cs - 1):
             return False  # a partial cluster needs copy-on-write
         host = self.rc.alloc_in_block(n)
         if host < 0:
             return False
-        self.f.pwrite(host, view)
+        self.f.pwritev(host, bufs)
         table[i0 : i0 + n] = range(host | COPIED, (host + n * self.cs) | COPIED, self.cs)
         self.l2.store(l2off, table, i0, i0 + n)
         return True
