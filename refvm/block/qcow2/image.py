@@ -38,6 +38,7 @@ from refvm.block.qcow2.l2 import (
     check_l1_entry,
     decode_l2,
     read_compressed,
+    standard_entry_ok,
 )
 from refvm.block.qcow2.refcount import Refcounts
 from refvm.block.qcow2.writes import Qcow2Writes
@@ -153,24 +154,21 @@ class Qcow2Image(Qcow2Writes):
         standard clusters back to back on the host with the same flags, else -1.
 
         The entries are compared at once with ``first + k * cluster_size`` (one list compare in C), and only
-        the last is decoded with every check of :func:`decode_l2`: the run shares the flag and reserved bits
-        of its last entry (adding whole clusters to an offset that stays inside the file changes no other bit),
-        and every offset in it lies below the last one's.
+        the last is checked as :func:`decode_l2` would: the run shares the flag and reserved bits of its last
+        entry (adding whole clusters to an offset that stays inside the file changes no other bit), and every
+        offset in it lies below the last one's.
         """
         i0 = (guest >> self.cb) & (self.l2_entries - 1)
         e0 = table[i0]
         if not e0 & OFFSET_MASK or e0 & (COMPRESSED | ZERO):
             return -1  # unallocated, zero or compressed: not a run of data (decoded where it is used)
-        if n == 1:
-            return self._map(table, guest).offset
         cs = self.cs
-        if table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
+        if n > 1 and table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
             return -1
-        try:
-            self._map(table, guest + (n - 1) * cs)
-        except BlockError:
-            self._map(table, guest)  # a flaw the whole run shares is reported for its first cluster
-            raise
+        if not standard_entry_ok(e0 + (n - 1) * cs, cs, self.f.size):
+            self._map(table, guest)  # raises: a flaw the whole run shares is reported for its first cluster
+            self._map(table, guest + (n - 1) * cs)  # raises: the last lies past the end of the file
+            return -1  # (not reached) the general path decodes entry by entry
         return e0 & OFFSET_MASK
 
     def _contiguous_host(self, offset: int, length: int) -> int | None:

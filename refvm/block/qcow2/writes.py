@@ -6,7 +6,10 @@ end of the file (one refcount update), its data in one ``pwritev`` (a partial fi
 with what it held: zeroes, the backing file, a compressed or shared cluster), and the changed L2 entries in
 one ``pwrite``; only then are old clusters released. Sequential guest writes take a leaner path still
 (:meth:`Qcow2Writes._write_simple`). Ordering (lazy refcounts off): refcounts before data, data before the L2
-entries that point to it, old references dropped last -- a crash can leak a cluster, never corrupt one.
+entries that point to it, old references dropped last -- a crash of refvm can leak a cluster, never corrupt
+one. These writes go to the host page cache with no sync between them (only a guest flush syncs), so after a
+host power loss the kernel may have stored them in another order; QEMU, which keeps L2 and refcount updates in
+a metadata cache, syncs between the two when it writes that cache back. refvm does not (yet): known gap.
 """
 
 from __future__ import annotations
