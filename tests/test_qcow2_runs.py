@@ -183,6 +183,23 @@ def test_sequential_writes_and_reads_are_one_system_call_each(tmp_path: Path, sy
     assert_qemu_agrees(img, chunk * 2 + bytes(14 * MIB))
 
 
+def test_a_mixed_request_allocates_once(tmp_path: Path, syscalls: list) -> None:
+    """New, owned, new, owned, new clusters in one write: one refcount write for the three new clusters, one
+    data write per run, one write of the five L2 entries."""
+    img = tmp_path / "m.qcow2"
+    cs = 65536
+    create_qcow2(str(img), 16 * cs)
+    model = bytearray(16 * cs)
+    rnd = random.Random(6)
+    with Qcow2Image(str(img)) as q:
+        _write(q, model, cs, rnd.randbytes(cs))
+        _write(q, model, 3 * cs, rnd.randbytes(cs))
+        syscalls.clear()
+        _write(q, model, 0, rnd.randbytes(5 * cs))
+        assert sorted(n for _, n in syscalls) == [3 * 2, 5 * 8, *[cs] * 5]
+    assert_qemu_agrees(img, model)
+
+
 def test_scattered_guest_buffers_are_written_without_a_join(tmp_path: Path, syscalls: list) -> None:
     """A virtio-blk write names several guest buffers: the sequential shapes write them with one pwritev each;
     any other shape still lands right."""

@@ -1,15 +1,16 @@
 """The qcow2 write path: a request checked in full, then written in cluster runs.
 
 A request is split into runs of clusters, never handled one cluster at a time: a run this image owns back to
-back on the host is one ``pwrite`` in place; a run that needs new clusters gets them from one allocation at the
-end of the file (one refcount update), its data in one ``pwritev`` (a partial first or last cluster completed
-with what it held: zeroes, the backing file, a compressed or shared cluster), and the changed L2 entries in
-one ``pwrite``; only then are old clusters released. Sequential guest writes take a leaner path still
-(:meth:`Qcow2Writes._write_simple`). Ordering (lazy refcounts off): refcounts before data, data before the L2
-entries that point to it, old references dropped last -- a crash of refvm can leak a cluster, never corrupt
-one. These writes go to the host page cache with no sync between them (only a guest flush syncs), so after a
-host power loss the kernel may have stored them in another order; QEMU, which keeps L2 and refcount updates in
-a metadata cache, syncs between the two when it writes that cache back. refvm does not (yet): known gap.
+back on the host is one ``pwrite`` in place; the runs that need new clusters get them from one allocation at the
+end of the file (one refcount update per request and L2 table), each run's data in one ``pwritev`` (a partial
+first or last cluster completed with what it held: zeroes, the backing file, a compressed or shared cluster),
+and the changed L2 entries in one ``pwrite``; only then are old clusters released. Sequential guest writes take
+a leaner path still (:meth:`Qcow2Writes._write_simple`). Ordering (lazy refcounts off): refcounts before data,
+data before the L2 entries that point to it, old references dropped last -- a crash of refvm can leak a cluster,
+never corrupt one. These writes go to the host page cache with no sync between them (only a guest flush syncs),
+so after a host power loss the kernel may have stored them in another order; QEMU, which keeps L2 and refcount
+updates in a metadata cache, syncs between the two when it writes that cache back. refvm does not (yet): known
+gap.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ class Qcow2Writes:
         """Write guest ``[pos, end)`` (inside L2 table ``l1i``) from ``view`` (guest offset ``base``).
 
         Clusters are handled in runs, never one by one: a run of clusters written in place (already owned by
-        this image) is one ``pwrite``; a run that needs new clusters gets them from one allocation (one
-        refcount write) and one ``pwritev`` (the partial first and last clusters with their old data).
+        this image) is one ``pwrite``; the runs that need new clusters get them from one allocation (one
+        refcount write) and one ``pwritev`` each (the partial first and last clusters with their old data).
         Then the changed L2 entries are written with one ``pwrite``, and only then are the old clusters freed.
         """
         l2off, table = self._l2_for_write(l1i)
@@ -177,7 +178,8 @@ class Qcow2Writes:
         to_free: list[Mapping] = []
         entries = table[i0 : i0 + n]
         if not any(entries):  # all unallocated (a fresh region): one new run
-            self._alloc_run(view, base, table, i0, pos, end, [_UNALLOCATED] * n if pos & mask or end & mask else [])
+            maps = [_UNALLOCATED] * n if pos & mask or end & mask else []
+            self._alloc_run(view, base, table, i0, pos, end, maps, self.rc.alloc(n))
             self.l2.store(l2off, table, i0, i0 + n)
             return
         if entries[0] & COPIED and self._host_run(table, pos, n) >= 0:  # owned and contiguous: overwrite in place
@@ -185,7 +187,10 @@ class Qcow2Writes:
             self.f.pwrite(host, view[pos - base : end - base])
             return
         changed_lo, changed_hi = n, -1
-        for kind, k0, k1, maps in self._runs(table, pos, end):
+        runs = self._runs(table, pos, end)
+        new = sum(k1 - k0 for inplace, k0, k1, _ in runs if not inplace)
+        host = self.rc.alloc(new) if new else 0  # the request's new clusters: one allocation, one refcount write
+        for kind, k0, k1, maps in runs:
             gs = max(pos, (pos & ~mask) + (k0 << cb))
             ge = min(end, (pos & ~mask) + (k1 << cb))
             if kind:  # in place: host-contiguous clusters this image owns
@@ -196,7 +201,8 @@ class Qcow2Writes:
                 if flagged:
                     changed_lo, changed_hi = min(changed_lo, flagged[0]), max(changed_hi, flagged[-1])
             else:
-                self._alloc_run(view, base, table, i0 + k0, gs, ge, maps)
+                self._alloc_run(view, base, table, i0 + k0, gs, ge, maps, host)
+                host += (k1 - k0) * self.cs
                 to_free += [m for m in maps if m.kind in (NORMAL, ZERO_ALLOC, COMPRESSED_KIND)]
                 changed_lo, changed_hi = min(changed_lo, k0), max(changed_hi, k1 - 1)
         if changed_hi >= 0:  # data is on disk: now the entries, then the old clusters' references go
@@ -224,14 +230,22 @@ class Qcow2Writes:
         return runs
 
     def _alloc_run(
-        self, view: memoryview, base: int, table: list[int], idx: int, pos: int, end: int, maps: list[Mapping]
+        self,
+        view: memoryview,
+        base: int,
+        table: list[int],
+        idx: int,
+        pos: int,
+        end: int,
+        maps: list[Mapping],
+        host: int,
     ) -> None:
-        """New host clusters for guest ``[pos, end)`` (consecutive clusters from L2 index ``idx``): refcounts,
-        then the data in one ``pwritev`` (a partial first or last cluster is completed with what it held,
-        from ``maps``, the clusters' old mappings); the entries are updated in ``table``, written by the caller."""
+        """Guest ``[pos, end)`` (consecutive clusters from L2 index ``idx``) into the new clusters at ``host``
+        (allocated, refcounts written): the data in one ``pwritev`` (a partial first or last cluster is completed
+        with what it held, from ``maps``, the clusters' old mappings); the entries are updated in ``table``,
+        written by the caller."""
         cs, mask = self.cs, self.cs - 1
         count = ((end - 1) >> self.cb) - (pos >> self.cb) + 1
-        host = self.rc.alloc(count)
         pieces: list[bytes | bytearray | memoryview] = []
         first = pos & ~mask
         mid = pos
