@@ -73,8 +73,14 @@ def test_fuzz_qcow2_corruptions(templates: dict[int, bytes], tmp_path: Path) -> 
 
     @FUZZ
     @given(bits=st.sampled_from(sorted(templates)), corruptions=st.lists(corruption, min_size=1, max_size=4),
-           write_at=st.integers(0, SIZE - 1), write_len=st.integers(1, 3 * CLUSTER))
-    def target(bits: int, corruptions: list[tuple[str, int, int, int]], write_at: int, write_len: int) -> None:
+           write_at=st.integers(0, SIZE - 1), write_len=st.integers(1, 3 * CLUSTER), aligned=st.booleans(),
+           split=st.integers(0, 3 * CLUSTER))
+    def target(
+        bits: int, corruptions: list[tuple[str, int, int, int]], write_at: int, write_len: int, aligned: bool,
+        split: int,
+    ) -> None:
+        if aligned:  # whole clusters: the sequential write path (allocation at EOF, or in place)
+            write_at, write_len = write_at & ~(CLUSTER - 1), -(-write_len // CLUSTER) * CLUSTER
         with example():
             data = bytearray(templates[bits])
             for region, off, width, value in corruptions:
@@ -92,7 +98,11 @@ def test_fuzz_qcow2_corruptions(templates: dict[int, bytes], tmp_path: Path) -> 
                 return
             try:
                 img.read(0, SIZE)
-                img.write(write_at, os.urandom(min(write_len, SIZE - write_at)))
+                chunk = memoryview(os.urandom(min(write_len, SIZE - write_at)))
+                if 0 < split < len(chunk):  # two guest buffers, as virtio-blk passes them
+                    img.pwritev_from(write_at, [chunk[:split], chunk[split:]])
+                else:
+                    img.write(write_at, chunk)
                 img.read(0, SIZE)
             except BlockError:
                 pass

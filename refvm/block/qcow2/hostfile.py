@@ -9,6 +9,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Sequence
+
+from refvm.block.vectored import pwritev_full
 
 __all__ = ["HostFile"]
 
@@ -43,13 +46,14 @@ class HostFile:
             done += os.pwrite(self.fd, view[done:], offset + done)
         self.size = max(self.size, offset + view.nbytes)
 
-    def pwritev(self, offset: int, buffers: list[bytes | bytearray | memoryview]) -> None:
-        total = sum(memoryview(b).nbytes for b in buffers)
-        n = os.pwritev(self.fd, buffers, offset)
-        if n < total:  # rare: finish the rest one buffer at a time
-            flat = b"".join(bytes(b) for b in buffers)
-            self.pwrite(offset + n, flat[n:])
-        self.size = max(self.size, offset + total)
+    def pwritev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """All of ``buffers`` back to back at ``offset``: one ``pwritev`` (split at IOV_MAX, short writes resumed)."""
+        if len(buffers) == 1:
+            self.pwrite(offset, buffers[0])
+            return
+        views = [memoryview(b).cast("B") for b in buffers]
+        pwritev_full(self.fd, views, offset)
+        self.size = max(self.size, offset + sum(map(len, views)))
 
     def punch_hole(self, offset: int, length: int) -> None:
         """Give freed clusters back to the host file system (best effort: a failure only costs space)."""

@@ -18,12 +18,14 @@ from refvm.block.qcow2.header import (
     COMPAT_LAZY_REFCOUNTS,
     INCOMPAT_CORRUPT,
     INCOMPAT_DIRTY,
+    OFFSET_MASK,
     Header,
     min_l1_entries,
     parse_header,
 )
 from refvm.block.qcow2.hostfile import HostFile
 from refvm.block.qcow2.l2 import (
+    COMPRESSED,
     COMPRESSED_KIND,
     COPIED,
     NORMAL,
@@ -36,18 +38,18 @@ from refvm.block.qcow2.l2 import (
     check_l1_entry,
     decode_l2,
     read_compressed,
+    standard_entry_ok,
 )
 from refvm.block.qcow2.refcount import Refcounts
-from refvm.block.vectored import preadv_full, read_into, write_from
+from refvm.block.qcow2.writes import Qcow2Writes
+from refvm.block.vectored import IOV_MAX, preadv_full, read_into
 
 __all__ = ["Qcow2Image", "MAX_CHAIN"]
 
 MAX_CHAIN = 64  # deepest backing chain refvm follows
-_MAX_GROUP = 512  # clusters allocated and written in one go
-_UNALLOCATED = Mapping(UNALLOCATED)
 
 
-class Qcow2Image:
+class Qcow2Image(Qcow2Writes):
     """A qcow2 image (version 2 or 3, refcount widths 1-64 bits) implementing :class:`BlockDriver`."""
 
     format_name = "qcow2"
@@ -147,6 +149,28 @@ class Qcow2Image:
         entry = table[(guest >> self.cb) & (self.l2_entries - 1)]
         return decode_l2(self.path, entry, guest, self.cb, self.h.version, self.f.size)
 
+    def _host_run(self, table: list[int], guest: int, n: int) -> int:
+        """Host offset of the cluster of ``guest`` if it and the ``n - 1`` clusters after it (one L2 table) are
+        standard clusters back to back on the host with the same flags, else -1.
+
+        The entries are compared at once with ``first + k * cluster_size`` (one list compare in C), and only
+        the last is checked as :func:`decode_l2` would: the run shares the flag and reserved bits of its last
+        entry (adding whole clusters to an offset that stays inside the file changes no other bit), and every
+        offset in it lies below the last one's.
+        """
+        i0 = (guest >> self.cb) & (self.l2_entries - 1)
+        e0 = table[i0]
+        if not e0 & OFFSET_MASK or e0 & (COMPRESSED | ZERO):
+            return -1  # unallocated, zero or compressed: not a run of data (decoded where it is used)
+        cs = self.cs
+        if n > 1 and table[i0 : i0 + n] != list(range(e0, e0 + n * cs, cs)):
+            return -1
+        if not standard_entry_ok(e0 + (n - 1) * cs, cs, self.f.size):
+            self._map(table, guest)  # raises: a flaw the whole run shares is reported for its first cluster
+            self._map(table, guest + (n - 1) * cs)  # raises: the last lies past the end of the file
+            return -1  # (not reached) the general path decodes entry by entry
+        return e0 & OFFSET_MASK
+
     def _contiguous_host(self, offset: int, length: int) -> int | None:
         """Host offset of ``[offset, +length)`` if it is one run of standard clusters in one L2 table, else None."""
         if not length or (offset >> self.l1_shift) != ((offset + length - 1) >> self.l1_shift):
@@ -154,32 +178,19 @@ class Qcow2Image:
         l2off = self._l2_offset(offset >> self.l1_shift)
         if not l2off:
             return None
-        table = self.l2.get(l2off)
-        first = self._map(table, offset)
-        if first.kind != NORMAL:
-            return None
-        host0 = first.offset - (offset & ~(self.cs - 1))
-        pos = (offset | (self.cs - 1)) + 1
-        while pos < offset + length:
-            m = self._map(table, pos)
-            if m.kind != NORMAL or m.offset - pos != host0:
-                return None
-            pos += self.cs
-        return host0 + offset
+        n = ((offset + length - 1) >> self.cb) - (offset >> self.cb) + 1
+        host = self._host_run(self.l2.get(l2off), offset, n)
+        return None if host < 0 else host + (offset & (self.cs - 1))
 
     def preadv_into(self, offset: int, bufs: Sequence[memoryview]) -> None:
         """Read into ``bufs`` (guest RAM views): one ``preadv`` when the range is host-contiguous, else one copy."""
-        length = sum(len(b) for b in bufs)
+        length = len(bufs[0]) if len(bufs) == 1 else sum(map(len, bufs))
         self._check_range(offset, length)
         host = self._contiguous_host(offset, length)
-        if host is not None:
-            preadv_full(self.f.fd, bufs, host)
-            return
-        read_into(self, offset, bufs)
-
-    def pwritev_from(self, offset: int, bufs: Sequence[memoryview]) -> None:
-        """Write ``bufs`` (guest RAM views); several are joined once (the allocator wants one buffer)."""
-        write_from(self, offset, bufs)
+        if host is None:
+            read_into(self, offset, bufs)
+        elif len(bufs) > IOV_MAX or os.preadv(self.f.fd, bufs, host) != length:
+            preadv_full(self.f.fd, bufs, host)  # split at IOV_MAX, a short read resumed (past EOF: zeroes)
 
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
@@ -265,158 +276,6 @@ class Qcow2Image:
 
     def writev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         self.write(offset, b"".join(bytes(b) for b in buffers))
-
-    # -- writes -------------------------------------------------------------------------------------------
-
-    def _validate(self, offset: int, length: int) -> None:
-        """Decode every entry a request touches, and check the clusters it may allocate are free."""
-        pos, end, clusters = offset, offset + length, 0
-        while pos < end:
-            l1i = pos >> self.l1_shift
-            chunk_end = min(end, (l1i + 1) << self.l1_shift)
-            l2off = self._l2_offset(l1i)
-            if l2off:
-                if not self.l1[l1i] & COPIED and self.rc.get(l2off >> self.cb) != 1:
-                    raise BlockError(self.path, f"L2 table at 0x{l2off:x} is shared (refcount != 1); refusing to write")
-                table = self.l2.get(l2off)
-                p = pos & ~(self.cs - 1)
-                i0 = (p >> self.cb) & (self.l2_entries - 1)
-                if not any(table[i0 : i0 + ((chunk_end - p + self.cs - 1) >> self.cb)]):
-                    p = chunk_end  # all unallocated: nothing shared to look up
-                while p < chunk_end:
-                    m = self._map(table, p)
-                    if m.kind == NORMAL and not m.copied:
-                        self.rc.get(m.offset >> self.cb)
-                    p += self.cs
-            clusters += ((chunk_end - 1) >> self.cb) - (pos >> self.cb) + 2
-            pos = chunk_end
-        start = self.rc.end
-        for idx in () if self.rc.all_free(start, clusters + 2) else range(start, start + clusters + 2):
-            rc = self.rc.get(idx)
-            if rc == self.rc.max:
-                self.rc.check_increment(idx, rc)
-            if rc:
-                raise BlockError(
-                    self.path, f"cluster {idx} past the end of the file has refcount {rc}: refcounts are corrupt"
-                )
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._check_writable()
-        view = memoryview(data).cast("B")
-        self._check_range(offset, view.nbytes)
-        if not view.nbytes:
-            return
-        self._validate(offset, view.nbytes)
-        pos, end = offset, offset + view.nbytes
-        while pos < end:
-            l1i = pos >> self.l1_shift
-            chunk_end = min(end, (l1i + 1) << self.l1_shift)
-            self._write_chunk(view, offset, pos, chunk_end, l1i)
-            pos = chunk_end
-
-    pwrite = write
-
-    def _l2_for_write(self, l1i: int) -> tuple[int, list[int]]:
-        """The L2 table of ``l1i``, allocated (zeroed, then linked) if missing, flagged COPIED."""
-        l2off = self._l2_offset(l1i)
-        if l2off == 0:
-            l2off = self.rc.alloc(1)
-            table = [0] * self.l2_entries
-            self.l2.put_new(l2off, table)
-            self._set_l1(l1i, l2off | COPIED)
-            return l2off, table
-        if not self.l1[l1i] & COPIED:
-            self._set_l1(l1i, l2off | COPIED)  # refcount 1 checked by _validate
-        return l2off, self.l2.get(l2off)
-
-    def _set_l1(self, l1i: int, entry: int) -> None:
-        self.f.pwrite(self.h.l1_table_offset + l1i * 8, struct.pack(">Q", entry))
-        self.l1[l1i] = entry
-
-    def _write_chunk(self, view: memoryview, base: int, pos: int, end: int, l1i: int) -> None:
-        l2off, table = self._l2_for_write(l1i)
-        mask = self.cs - 1
-        group: list[tuple[int, Mapping, int, int]] = []
-        changed: list[int] = []
-        to_free: list[Mapping] = []
-        unallocated = _UNALLOCATED
-        while pos < end:
-            idx = (pos >> self.cb) & (self.l2_entries - 1)
-            m = unallocated if not table[idx] else self._map(table, pos)  # a zero entry needs no decoding
-            nxt = min(end, (pos | mask) + 1)
-            if m.kind == NORMAL and (m.copied or self.rc.get(m.offset >> self.cb) == 1):
-                if group:
-                    self._alloc_group(view, base, table, group, changed, to_free)
-                    group = []
-                self.f.pwrite(m.offset + (pos & mask), view[pos - base : nxt - base])
-                if not m.copied:
-                    table[idx] |= COPIED
-                    changed.append(idx)
-            else:
-                group.append((idx, m, pos, nxt))
-                if len(group) >= _MAX_GROUP:
-                    self._alloc_group(view, base, table, group, changed, to_free)
-                    group = []
-            pos = nxt
-        if group:
-            self._alloc_group(view, base, table, group, changed, to_free)
-        if changed:  # data is on disk: now the entries, then the old clusters' references go
-            self.l2.store(l2off, table, min(changed), max(changed) + 1)
-        for m in to_free:
-            self._release(m)
-
-    def _alloc_group(
-        self,
-        view: memoryview,
-        base: int,
-        table: list[int],
-        group: list[tuple[int, Mapping, int, int]],
-        changed: list[int],
-        to_free: list[Mapping],
-    ) -> None:
-        """New clusters for ``group`` (consecutive guest clusters): refcounts, then data (with COW of partial
-        clusters); the entries are updated in ``table`` and written by the caller."""
-        host = self.rc.alloc(len(group))
-        pieces: list[bytes | bytearray | memoryview] = []
-        for _idx, m, gs, ge in group:
-            cstart = gs & ~(self.cs - 1)
-            if gs == cstart and ge - cstart == self.cs:
-                pieces.append(view[gs - base : ge - base])
-            else:
-                buf = bytearray(self._cow_source(m, cstart))
-                buf[gs - cstart : ge - cstart] = view[gs - base : ge - base]
-                pieces.append(buf)
-        for i in range(0, len(pieces), 512):
-            self.f.pwritev(host + i * self.cs, pieces[i : i + 512])
-        for k, (idx, m, _gs, _ge) in enumerate(group):
-            table[idx] = (host + k * self.cs) | COPIED
-            changed.append(idx)
-            if m.kind in (NORMAL, ZERO_ALLOC, COMPRESSED_KIND):
-                to_free.append(m)
-
-    def _cow_source(self, m: Mapping, cstart: int) -> bytes:
-        """What a partially written cluster holds before the write."""
-        if m.kind == NORMAL:
-            return self.f.pread(m.offset, self.cs)
-        if m.kind == COMPRESSED_KIND:
-            return self._inflate(m, cstart)
-        if m.kind == UNALLOCATED and self.backing is not None:
-            out = bytearray(self.cs)
-            self._read_backing(out, cstart, cstart, min(cstart + self.cs, self.h.size))
-            return bytes(out)
-        return bytes(self.cs)
-
-    def _release(self, m: Mapping) -> None:
-        """Drop the reference an L2 entry held (after the entry itself was rewritten)."""
-        if m.kind == COMPRESSED_KIND:
-            first = m.offset & ~511
-            last = (m.offset + m.size - 1) // self.cs
-            self.rc.free(first & ~(self.cs - 1), last - first // self.cs + 1)
-            if self._zcache and self._zcache[0] == m.offset:
-                self._zcache = None
-            return
-        for idx in self.rc.free(m.offset, 1):
-            self.f.punch_hole(idx * self.cs, self.cs)
 
     # -- discard / write_zeroes / truncate ----------------------------------------------------------------
 

@@ -272,6 +272,25 @@ class Refcounts:
 
     # -- allocation ---------------------------------------------------------------------------------------
 
+    def alloc_in_block(self, count: int) -> int:
+        """The common case of :meth:`alloc`, with no per-cluster work: ``count`` free clusters at the end of the
+        file whose refcounts sit in one existing block of byte-sized entries get refcount 1 (one slice store,
+        one ``pwrite``). Returns their host offset, or -1 having changed nothing when the case does not apply
+        (the caller then takes :meth:`alloc`, which checks and reports every problem)."""
+        start = self.end
+        ti, i = divmod(start, self.per_block)
+        if self.order < 3 or i + count > self.per_block or (start + count) * self.cs > 1 << 56:
+            return -1
+        block = self._load(ti)
+        width = self.bits >> 3
+        first, stop = i * width, (i + count) * width
+        if block is None or block.count(0, first, stop) != stop - first:
+            return -1
+        self.end = start + count
+        block[first:stop] = (1).to_bytes(width, "big") * count
+        self.f.pwrite(self.table[ti] + first, memoryview(block)[first:stop])
+        return start * self.cs
+
     def alloc(self, count: int) -> int:
         """Allocate ``count`` contiguous clusters at the end of the file; returns the host offset.
 
