@@ -45,7 +45,11 @@ PROP_TYPES = {
     "iobase": "uint32", "irq": "uint32", "index": "uint32", "iosize": "uint32", "wakeup": "bool",
     "num-queues": "uint16", "queue-size": "uint16", "max_ports": "uint32", "nr": "uint32", "mq": "bool",
     "rx_queue_size": "uint16", "tx_queue_size": "uint16", "deflate-on-oom": "bool", "bootindex": "int32",
+    "x-fastpath": "bool",
 }  # fmt: skip
+#: Properties refvm has and QEMU does not: experimental ("x-") switches of refvm's own implementation, listed by
+#: device-list-properties like QEMU lists its own x- properties, so a management tool can discover them.
+REFVM_EXTENSION_PROPS = frozenset({"x-fastpath"})
 MAX_POLL_INTERVAL = (1 << 32) - 1
 
 
