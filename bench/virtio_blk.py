@@ -48,7 +48,7 @@ from conformance.drivers.guests import probe_elf  # noqa: E402
 QEMU = "qemu-system-x86_64"
 DISK_BYTES = 64 << 20
 SIZES = (4096, 65536)
-GOAL = 0.8
+GOAL = 1.0  # issue 15: refvm at least at QEMU TCG's rate at 4 KiB and 64 KiB (an earlier issue asked 0.8)
 FASTPATH_ENV = "REFVM_NO_FASTPATH"
 BLK_FASTPATH_ENV = "REFVM_BLK_FASTPATH"
 BENCH_LINE = re.compile(r"^bench: (\d+) reads of (\d+) bytes, tsc (\d+)$", re.M)
