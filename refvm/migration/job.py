@@ -58,6 +58,16 @@ def _regions(machine: Any) -> list[tuple[int, int]]:
     return [(r.gpa, r.size) for r in machine.memory.regions]
 
 
+def _flush_drives(machine: Any) -> None:
+    """As QEMU's vm_stop (bdrv_flush_all): every drive's writes and cached metadata reach the image file before
+    the switchover, so a destination opening the same file (shared storage) reads what the guest wrote. Called
+    after the device saves, whose quiesce performs the last throttled requests; the devices are frozen then."""
+    backends = getattr(machine, "backends", None)
+    for drive in (getattr(backends, "drives", None) or {}).values():
+        if not getattr(drive, "closed", False):
+            drive.flush()
+
+
 def _ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
@@ -252,6 +262,7 @@ class MigrationJob:
             # guest memory, and those pages must go too.
             states: list[tuple[str, int, DeviceState]] = [
                 (name, 0, dev.save()) for name, dev in _devices(machine).items()]
+            _flush_drives(machine)
             if self._precopy is not None:
                 self._precopy.finish()
             else:
