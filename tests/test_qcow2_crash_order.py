@@ -157,6 +157,9 @@ def _reftable_growth(run: Run, rnd: random.Random) -> None:
     while run.q.h.refcount_table_offset == start:
         run.write(pos, rnd.randbytes(8192))
         pos += 8192
+    for _ in range(6):  # and past at least one more refcount block (64 clusters)
+        run.write(pos, rnd.randbytes(8192))
+        pos += 8192
     run.flush()
     run.write(100, rnd.randbytes(1000))
     run.truncate(len(run.model) // 2 + 16384)

@@ -139,14 +139,16 @@ class Qcow2Image(Qcow2Writes):
         """Write the changed L1/L2 entries out, ordered so that a host power loss at any moment leaves at
         most leaked clusters, never an entry pointing to a cluster whose refcount (or contents) is not on disk.
 
-        sync (data, refcount blocks and new L2 tables durable) -> changed L2 entries -> sync (so the L2 tables
-        an L1 entry names are durable) -> changed L1 entries. The caller syncs after if it needs durability."""
+        sync (data, refcounts and new L2 tables durable) -> changed L2 entries and changed L1 entries. No sync
+        is needed between the two: an L1 entry only ever names a table that was written whole when it was
+        allocated (``put_new``, before the sync above), so if the L1 entry lands without the L2 entries, it
+        points to a valid (older) table: data written since is lost, nothing is corrupt. The caller syncs
+        after if it needs durability (a guest flush does)."""
         if self.readonly or not (self.l2.dirty or self._l1_dirty):
             return
         self.f.barrier()
         self.l2.write_dirty()
         if self._l1_dirty:
-            self.f.barrier()
             self._write_l1_dirty()
 
     def _write_l1_dirty(self) -> None:

@@ -8,8 +8,8 @@ and the changed L2 entries recorded in the L2 cache; only then are old clusters 
 writes take a leaner path still (:meth:`Qcow2Writes._write_simple`).
 
 Ordering (lazy refcounts off), as the disk sees it even after a host power loss: refcounts and data are
-written at once, but L2 and L1 entries only by the image's ordered write-back (``writeback``: sync, L2
-entries, sync, L1 entries), run at a guest flush, at close, on evicting a dirty L2 table, and before any
+written at once, but L2 and L1 entries only by the image's ordered write-back (``writeback``: a sync, then
+the L2 and L1 entries), run at a guest flush, at close, on evicting a dirty L2 table, and before any
 refcount drops (a freed cluster's old entry is durable-gone first). So no entry on disk ever points to a
 cluster whose refcount or contents are not: a crash of refvm or of the host can leak clusters, never corrupt
 the image.
