@@ -404,8 +404,8 @@ class Qcow2Image(Qcow2Writes):
         self.f.barrier()  # the new table (and its refcounts) durable before the header points to it
         self.f.pwrite(36, struct.pack(">IQ", entries, new))
         self.h.l1_size, self.h.l1_table_offset, self.l1 = entries, new, table
+        self.f.barrier()  # the header durable before the old table's refcount drops (or the new size lands)
         if old_n:
-            self.f.barrier()  # the header durable before the old table's refcount drops
             self.rc.free(old_off, -(-old_n * 8 // self.cs))
 
     # -- the rest -----------------------------------------------------------------------------------------
