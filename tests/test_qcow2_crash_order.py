@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,8 +28,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from qcow2_crash import CrashState, RecordingFile, crash_states  # noqa: E402
 
 from refvm.block.cache import CACHE_MODES, CachePolicyBackend  # noqa: E402
+from refvm.block.drive import open_drive  # noqa: E402
 from refvm.block.qcow2 import Qcow2Image, check_image, create_qcow2  # noqa: E402
 from refvm.block.qcow2 import image as image_module  # noqa: E402
+from refvm.clock import VirtualClock  # noqa: E402
+from refvm.migration.job import _flush_drives, _refresh_drives  # noqa: E402
 
 CS = 512
 SECTOR = 512
@@ -289,3 +293,27 @@ def test_cache_unsafe_writes_metadata_back_without_syncs(tmp_path: Path, monkeyp
             assert other.read(40000, 3000) == b"\xab" * 3000
     finally:
         policy.close()
+
+
+def test_migration_on_shared_storage_writes_back_then_rereads(tmp_path: Path) -> None:
+    """Source and destination open the same image; the switchover flushes the source's drives (write-back)
+    and the destination reads the metadata again before it runs: it sees the source's writes, and its own
+    allocations land past the source's (no cluster referenced twice)."""
+    img = tmp_path / "shared.qcow2"
+    create_qcow2(str(img), 1 << 20, cluster_size=CS)
+    clock = VirtualClock()
+    src = open_drive("d0", {"file": str(img), "format": "qcow2"}, clock=clock)
+    dst = open_drive("d0", {"file": str(img), "format": "qcow2"}, clock=clock)  # -incoming: opened at start
+    try:
+        src.pwrite(5000, b"\x11" * 70000)
+        _flush_drives(SimpleNamespace(backends=SimpleNamespace(drives={"d0": src})))
+        _refresh_drives(SimpleNamespace(backends=SimpleNamespace(drives={"d0": dst})))
+        assert dst.pread(5000, 70000) == b"\x11" * 70000
+        dst.pwrite(200000, b"\x22" * 9000)
+        dst.flush()
+    finally:
+        dst.close()
+        src.driver.f.close()  # the source stops using the image (its cache is stale now)
+    assert check_image(str(img)).corruptions == 0
+    with Qcow2Image(str(img), readonly=True) as q:
+        assert q.read(5000, 70000) == b"\x11" * 70000 and q.read(200000, 9000) == b"\x22" * 9000

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from refvm.block.driver import BlockError
 from refvm.migration import kvm_sections, precopy
 from refvm.migration.channel import Channel, FdLookup, Listener, connect, prefaulted, read_all
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
@@ -66,6 +67,16 @@ def _flush_drives(machine: Any) -> None:
     for drive in (getattr(backends, "drives", None) or {}).values():
         if not getattr(drive, "closed", False):
             drive.flush()
+
+
+def _refresh_drives(machine: Any) -> None:
+    """Destination: drop what each image read at open and read it again (QEMU activates its images at the end
+    of an incoming migration), since a source on shared storage wrote the file since then."""
+    backends = getattr(machine, "backends", None)
+    for drive in (getattr(backends, "drives", None) or {}).values():
+        refresh = getattr(getattr(drive, "driver", None), "invalidate_cache", None)
+        if refresh is not None and not getattr(drive, "closed", False):
+            refresh()
 
 
 def _ms(since: float) -> int:
@@ -392,8 +403,9 @@ class MigrationJob:
             if len(data) > limit:
                 raise StreamError(f"migration stream: stream: field 'length': more than {limit} bytes")
             runstate = self._load(read_stream(data))
+            _refresh_drives(machine)
             self.transferred = len(data)
-        except (OSError, StreamError) as err:
+        except (OSError, StreamError, BlockError) as err:
             self._set("failed", str(err))
             machine.request_error(f"load of migration failed: {err}")
             return

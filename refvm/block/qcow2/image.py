@@ -69,6 +69,7 @@ class Qcow2Image(Qcow2Writes):
             self.f = HostFile(path, readonly)
         except OSError as exc:
             raise BlockError(path, f"Could not open: {exc.strerror or exc}") from None
+        self._real, self._chain = real, _chain
         try:
             self._open(real, _chain)
         except BaseException:
@@ -150,6 +151,17 @@ class Qcow2Image(Qcow2Writes):
         self.l2.write_dirty()
         if self._l1_dirty:
             self._write_l1_dirty()
+
+    def invalidate_cache(self) -> None:
+        """Read every piece of metadata again (QEMU's bdrv_invalidate_cache at the end of an incoming
+        migration): another process -- the migration source, on shared storage -- may have written the file
+        since this image was opened, and wrote its metadata back before the switchover."""
+        self.writeback()
+        if self.backing is not None:
+            self.backing.close()
+            self.backing = None
+        self.f.size = os.fstat(self.f.fd).st_size
+        self._open(self._real, self._chain)
 
     def _write_l1_dirty(self) -> None:
         """One ``pwrite`` of the L1 entries from the first to the last changed one (the ones between are
