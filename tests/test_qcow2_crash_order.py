@@ -37,7 +37,7 @@ from refvm.migration.job import _flush_drives, _refresh_drives  # noqa: E402
 CS = 512
 SECTOR = 512
 QEMU_IMG = shutil.which("qemu-img")
-QEMU_SAMPLES = 4  # crash states per workload also checked by qemu-img check
+QEMU_SAMPLES = 10  # crash states per workload also checked by qemu-img check
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 Ordering rule that keeps the image consistent at every instant (lazy refcounts off): a cluster's refcount is
 raised *before* anything points to it, and lowered only *after* the last pointer to it is gone. A crash in
-between can leak a cluster, never corrupt one. Every update is checked (overflow, underflow, a "free"
-cluster that is not free) before the first byte of it is written, so a refused update changes nothing.
+between can leak a cluster, never corrupt one. Against a host power loss, which may keep any subset of the writes
+since the last sync, a new refcount block is synced before the table names it and a new table before the header
+does (``HostFile.barrier``); L2/L1 entries wait for the image's write-back. Every update is checked (overflow,
+underflow, a "free" cluster that is not free) before the first byte of it is written, so a refused update changes
+nothing.
 """
 
 from __future__ import annotations
