@@ -15,8 +15,9 @@ What each side does is the same: a fresh image made by the same code, 1 MiB requ
 end, one at a time (queue depth 1), host page cache on and no flush (``-t unsafe`` is cache.writeback=on,
 direct=off, no-flush=on; refvm opens the file buffered and never flushes), open and close not timed. refvm
 reads with ``preadv_into`` into one reused buffer -- the path virtio-blk takes into guest RAM -- as qemu-img
-bench reads into one reused buffer. Where they differ, refvm pays more: it writes each request's refcount and
-L2 updates at once, where QEMU keeps them in its metadata cache until close (untimed). rand-read on the
+bench reads into one reused buffer. Where they differ, refvm pays more: it writes each request's refcount
+update at once, where QEMU keeps it in its metadata cache until close (untimed); both keep L2 entries for the
+write-back at close (untimed). rand-read on the
 qemu-img bench side walks a fixed stride (``-S``), not the random offsets refvm and qemu-io use.
 The load average is printed beside the result: the host is shared, and the ratios drift with it. The image is
 1 GiB by default because qemu-img bench prints its time in whole milliseconds: a 256 MiB read pass takes

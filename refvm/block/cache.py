@@ -25,7 +25,9 @@ conformance suite compares open flags and the pwrite -> fdatasync syscall order 
 
 ``no-flush`` (``unsafe``) makes every flush a no-op -- guest FLUSH requests *and* the write-through
 flush after a write when the guest cleared WCE -- because QEMU's ``bdrv_co_flush`` returns before any
-sync syscall when BDRV_O_NO_FLUSH is set, whoever asked for the flush.
+sync syscall when BDRV_O_NO_FLUSH is set, whoever asked for the flush. A qcow2 driver still writes its
+cached L1/L2 entries out at such a flush (``writeback``), with its ordering syncs skipped, so the file
+holds the metadata as QEMU's would after its metadata cache write-back.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class CachePolicyBackend:
         if getattr(driver, "pwritev_from", None) is not None:
             self.pwritev_from = driver.pwritev_from  # type: ignore[method-assign]
         self._count_lock = threading.Lock()
+        set_unsafe = getattr(driver, "set_cache_unsafe", None)
+        if set_unsafe is not None and not self.readonly:
+            set_unsafe(mode.no_flush)  # qcow2: its metadata write-back skips its ordering syncs too
 
     def length(self) -> int:
         return self.driver.length()
@@ -152,7 +157,12 @@ class CachePolicyBackend:
         """Make completed writes stable -- unless the mode is ``no-flush`` (then no syscall at all)."""
         with self._count_lock:
             self.flushes_requested += 1
-        if self.mode.no_flush or self.readonly:
+        if self.readonly:
+            return
+        if self.mode.no_flush:
+            writeback = getattr(self.driver, "writeback", None)
+            if writeback is not None:
+                writeback()  # qcow2: cached metadata still reaches the file (no sync: set_cache_unsafe)
             return
         self.driver.flush()
         with self._count_lock:

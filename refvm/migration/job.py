@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from refvm.block.driver import BlockError
 from refvm.migration import kvm_sections, precopy
 from refvm.migration.channel import Channel, FdLookup, Listener, connect, prefaulted, read_all
 from refvm.migration.globalstate import IDSTR as GLOBALSTATE
@@ -56,6 +57,26 @@ def thaw_devices(machine: Any) -> None:
 
 def _regions(machine: Any) -> list[tuple[int, int]]:
     return [(r.gpa, r.size) for r in machine.memory.regions]
+
+
+def _flush_drives(machine: Any) -> None:
+    """As QEMU's vm_stop (bdrv_flush_all): every drive's writes and cached metadata reach the image file before
+    the switchover, so a destination opening the same file (shared storage) reads what the guest wrote. Called
+    after the device saves, whose quiesce performs the last throttled requests; the devices are frozen then."""
+    backends = getattr(machine, "backends", None)
+    for drive in (getattr(backends, "drives", None) or {}).values():
+        if not getattr(drive, "closed", False):
+            drive.flush()
+
+
+def _refresh_drives(machine: Any) -> None:
+    """Destination: drop what each image read at open and read it again (QEMU activates its images at the end
+    of an incoming migration), since a source on shared storage wrote the file since then."""
+    backends = getattr(machine, "backends", None)
+    for drive in (getattr(backends, "drives", None) or {}).values():
+        refresh = getattr(getattr(drive, "driver", None), "invalidate_cache", None)
+        if refresh is not None and not getattr(drive, "closed", False):
+            refresh()
 
 
 def _ms(since: float) -> int:
@@ -252,6 +273,7 @@ class MigrationJob:
             # guest memory, and those pages must go too.
             states: list[tuple[str, int, DeviceState]] = [
                 (name, 0, dev.save()) for name, dev in _devices(machine).items()]
+            _flush_drives(machine)
             if self._precopy is not None:
                 self._precopy.finish()
             else:
@@ -381,8 +403,9 @@ class MigrationJob:
             if len(data) > limit:
                 raise StreamError(f"migration stream: stream: field 'length': more than {limit} bytes")
             runstate = self._load(read_stream(data))
+            _refresh_drives(machine)
             self.transferred = len(data)
-        except (OSError, StreamError) as err:
+        except (OSError, StreamError, BlockError) as err:
             self._set("failed", str(err))
             machine.request_error(f"load of migration failed: {err}")
             return

@@ -69,6 +69,7 @@ class Qcow2Image(Qcow2Writes):
             self.f = HostFile(path, readonly)
         except OSError as exc:
             raise BlockError(path, f"Could not open: {exc.strerror or exc}") from None
+        self._real, self._chain = real, _chain
         try:
             self._open(real, _chain)
         except BaseException:
@@ -99,7 +100,8 @@ class Qcow2Image(Qcow2Writes):
         self.rc = Refcounts(
             f, self.cb, h.refcount_order, h.refcount_table_offset, h.refcount_table_clusters, self._refcount_table_moved
         )
-        self.l2 = L2Cache(f, self.cs)
+        self.l2 = L2Cache(f, self.cs, on_dirty_evict=self.writeback)
+        self._l1_dirty: set[int] = set()  # L1 entries changed in memory, written by writeback()
         self._zcache: tuple[int, bytes] | None = None
         if h.backing_file:
             self._open_backing(h, real, chain)
@@ -124,8 +126,54 @@ class Qcow2Image(Qcow2Writes):
     # -- header updates ---------------------------------------------------------------------------------
 
     def _refcount_table_moved(self, offset: int, clusters: int) -> None:
+        """The header points to a new refcount table (which :class:`Refcounts` made durable first)."""
         self.f.pwrite(48, struct.pack(">QI", offset, clusters))
         self.h.refcount_table_offset, self.h.refcount_table_clusters = offset, clusters
+
+    # -- metadata write-back (crash ordering) -------------------------------------------------------------
+
+    def set_cache_unsafe(self, unsafe: bool) -> None:
+        """cache=unsafe: write-back still writes the metadata out, but with no syncs (nothing is ordered)."""
+        self.f.no_flush = unsafe
+
+    def writeback(self) -> None:
+        """Write the changed L1/L2 entries out, ordered so that a host power loss at any moment leaves at
+        most leaked clusters, never an entry pointing to a cluster whose refcount (or contents) is not on disk.
+
+        sync (data, refcounts and new L2 tables durable) -> changed L2 entries and changed L1 entries. No sync
+        is needed between the two: an L1 entry only ever names a table that was written whole when it was
+        allocated (``put_new``, before the sync above), so if the L1 entry lands without the L2 entries, it
+        points to a valid (older) table: data written since is lost, nothing is corrupt. The caller syncs
+        after if it needs durability (a guest flush does)."""
+        if self.readonly or not (self.l2.dirty or self._l1_dirty):
+            return
+        self.f.barrier()
+        self.l2.write_dirty()
+        if self._l1_dirty:
+            self._write_l1_dirty()
+
+    def invalidate_cache(self) -> None:
+        """Read every piece of metadata again (QEMU's bdrv_invalidate_cache at the end of an incoming
+        migration): another process -- the migration source, on shared storage -- may have written the file
+        since this image was opened, and wrote its metadata back before the switchover."""
+        self.writeback()
+        if self.backing is not None:
+            self.backing.close()
+            self.backing = None
+        self.f.size = os.fstat(self.f.fd).st_size
+        self._open(self._real, self._chain)
+
+    def _write_l1_dirty(self) -> None:
+        """One ``pwrite`` of the L1 entries from the first to the last changed one (the ones between are
+        what the file already holds)."""
+        lo, hi = min(self._l1_dirty), max(self._l1_dirty) + 1
+        self._l1_dirty.clear()
+        self.f.pwrite(self.h.l1_table_offset + lo * 8, struct.pack(f">{hi - lo}Q", *self.l1[lo:hi]))
+
+    def _before_free(self) -> None:
+        """A cluster's refcount may drop only once no entry on disk points to it: write back, then sync."""
+        self.writeback()
+        self.f.barrier()
 
     # -- the BlockDriver interface ------------------------------------------------------------------------
 
@@ -332,6 +380,8 @@ class Qcow2Image(Qcow2Writes):
                 if m.kind in (NORMAL, ZERO_ALLOC, COMPRESSED_KIND):
                     freed.append(m)
             self.l2.store(l2off, table, first, first + count)
+            if freed:
+                self._before_free()
             for m in freed:
                 self._release(m)
             pos = chunk_end
@@ -341,6 +391,7 @@ class Qcow2Image(Qcow2Writes):
         if length < 0:
             raise BlockError(self.path, "negative size")
         old = self.h.size
+        self.writeback()
         if length < old:
             lo = -(-length // self.cs) * self.cs
             if lo < old:
@@ -350,25 +401,31 @@ class Qcow2Image(Qcow2Writes):
             self._grow_l1(need)
         self.f.pwrite(24, struct.pack(">Q", length))
         self.h.size = length
+        self.writeback()
 
     def _grow_l1(self, entries: int) -> None:
         clusters = -(-entries * 8 // self.cs)
         entries = clusters * self.cs // 8
         if entries * 8 > 32 << 20:
             raise BlockError(self.path, "L1 table would exceed its maximum size")
+        self.writeback()  # the copy below must hold only entries whose L2 tables are durable
         new = self.rc.alloc(clusters)
         table = self.l1 + [0] * (entries - len(self.l1))
         self.f.pwrite(new, struct.pack(f">{entries}Q", *table))
         old_off, old_n = self.h.l1_table_offset, len(self.l1)
+        self.f.barrier()  # the new table (and its refcounts) durable before the header points to it
         self.f.pwrite(36, struct.pack(">IQ", entries, new))
         self.h.l1_size, self.h.l1_table_offset, self.l1 = entries, new, table
+        self.f.barrier()  # the header durable before the old table's refcount drops (or the new size lands)
         if old_n:
             self.rc.free(old_off, -(-old_n * 8 // self.cs))
 
     # -- the rest -----------------------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Guest FLUSH: the ordered metadata write-back, then everything durable."""
         if not self.readonly:
+            self.writeback()
             self.f.sync()
 
     def info(self) -> dict[str, Any]:
@@ -405,7 +462,11 @@ class Qcow2Image(Qcow2Writes):
             self.backing.close()
             self.backing = None
         if getattr(self, "f", None) is not None and self.f.fd >= 0:
-            self.f.close()
+            try:
+                if getattr(self, "l2", None) is not None:
+                    self.writeback()  # as QEMU, metadata reaches the file at close (a sync only where ordered)
+            finally:
+                self.f.close()
 
     def __enter__(self) -> Qcow2Image:
         return self

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 from refvm.block.driver import BlockError
@@ -129,34 +130,78 @@ def read_compressed(f: HostFile, m: Mapping, cluster_size: int, guest: int) -> b
 
 
 class L2Cache:
-    """A small LRU of L2 tables, decoded to lists of entries; writes go through to the file at once."""
+    """A small LRU of L2 tables, decoded to lists of entries, with write-back of changed entries.
 
-    def __init__(self, f: HostFile, cluster_size: int, capacity: int = 32) -> None:
+    :meth:`store` only records which entries of a table changed: the owner writes them out later, in order
+    (:meth:`write_dirty`, called from the image's write-back after a sync that made the data and refcounts
+    the entries point to durable). So after a host power loss no L2 entry on disk can point to a cluster
+    whose refcount never reached the disk. A dirty table is never dropped silently: evicting one first asks
+    the owner (``on_dirty_evict``) for a full ordered write-back.
+    """
+
+    def __init__(
+        self, f: HostFile, cluster_size: int, capacity: int = 32, on_dirty_evict: Callable[[], None] | None = None
+    ) -> None:
         self.f = f
         self.cs = cluster_size
         self.capacity = capacity
         self._tables: OrderedDict[int, list[int]] = OrderedDict()
+        #: table offset -> [first, last) range of entries changed in memory and not yet written
+        self._dirty: dict[int, tuple[int, int]] = {}
+        self._on_dirty_evict = on_dirty_evict
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
 
     def get(self, offset: int) -> list[int]:
         table = self._tables.get(offset)
         if table is None:
             raw = self.f.pread(offset, self.cs)
             table = list(struct.unpack(f">{self.cs // 8}Q", raw))
-            self._tables[offset] = table
-            if len(self._tables) > self.capacity:
-                self._tables.popitem(last=False)
+            self._insert(offset, table)
         else:
             self._tables.move_to_end(offset)
         return table
 
-    def put_new(self, offset: int, table: list[int]) -> None:
-        """Write a whole new table and cache it."""
-        self.f.pwrite(offset, struct.pack(f">{len(table)}Q", *table))
+    def _insert(self, offset: int, table: list[int]) -> None:
         self._tables[offset] = table
+        self._tables.move_to_end(offset)
+        while len(self._tables) > self.capacity:
+            victim = next(iter(self._tables))
+            if victim in self._dirty:
+                self._write_back_all()
+            self._tables.pop(victim)
+
+    def _write_back_all(self) -> None:
+        if self._on_dirty_evict is not None:
+            self._on_dirty_evict()  # the owner's ordered write-back (sync first), which calls write_dirty
+        self.write_dirty()  # no owner: at least never lose the entries
+
+    def put_new(self, offset: int, table: list[int]) -> None:
+        """Write a whole new table at once and cache it.
+
+        No ordering needed: nothing references the table until its L1 entry is written, and the image defers
+        that write until after a sync (its write-back), which makes this table durable first."""
+        self.f.pwrite(offset, struct.pack(f">{len(table)}Q", *table))
+        self._insert(offset, table)
 
     def store(self, offset: int, table: list[int], first: int, last: int) -> None:
-        """Write entries [first, last) of a cached table back to the file."""
-        self.f.pwrite(offset + first * 8, struct.pack(f">{last - first}Q", *table[first:last]))
+        """Entries [first, last) of ``table`` changed: remember them for the next write-back."""
+        lo, hi = self._dirty.get(offset, (first, last))
+        self._dirty[offset] = (min(lo, first), max(hi, last))
+        if self._tables.get(offset) is not table:
+            self._insert(offset, table)  # evicted meanwhile (clean then): cache the caller's copy again
+
+    def write_dirty(self) -> bool:
+        """Write every changed range (one ``pwrite`` per table); True if there was any. No sync here."""
+        dirty, self._dirty = self._dirty, {}
+        for offset, (first, last) in dirty.items():
+            table = self._tables[offset]
+            self.f.pwrite(offset + first * 8, struct.pack(f">{last - first}Q", *table[first:last]))
+        return bool(dirty)
 
     def drop(self, offset: int) -> None:
+        if offset in self._dirty:
+            self._write_back_all()
         self._tables.pop(offset, None)

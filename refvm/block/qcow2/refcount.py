@@ -2,8 +2,11 @@
 
 Ordering rule that keeps the image consistent at every instant (lazy refcounts off): a cluster's refcount is
 raised *before* anything points to it, and lowered only *after* the last pointer to it is gone. A crash in
-between can leak a cluster, never corrupt one. Every update is checked (overflow, underflow, a "free"
-cluster that is not free) before the first byte of it is written, so a refused update changes nothing.
+between can leak a cluster, never corrupt one. Against a host power loss, which may keep any subset of the writes
+since the last sync, a new refcount block is synced before the table names it and a new table before the header
+does (``HostFile.barrier``); L2/L1 entries wait for the image's write-back. Every update is checked (overflow,
+underflow, a "free" cluster that is not free) before the first byte of it is written, so a refused update changes
+nothing.
 """
 
 from __future__ import annotations
@@ -221,6 +224,7 @@ class Refcounts:
         if not self_described:
             self.update(idx, 1, +1)  # refcount before use
         off = idx * self.cs
+        self.f.barrier()  # the block durable before the table names it (else it could read as all zeroes)
         self.f.pwrite(self.table_offset + ti * 8, struct.pack(">Q", off))
         self.table[ti] = off
         self._blocks[off] = block
@@ -266,8 +270,10 @@ class Refcounts:
                 self.update(idx, 1, +1)
         self.f.pwrite(start * self.cs, struct.pack(f">{entries}Q", *table))
         old_off, old_clusters = self.table_offset, self.table_clusters
+        self.f.barrier()  # the new table and blocks durable before the header points to them
         self._on_table_moved(start * self.cs, clusters)  # the header now points to the new table
         self.table, self.table_offset, self.table_clusters = table, start * self.cs, clusters
+        self.f.barrier()  # the header durable before the old table's refcount drops
         self.update(old_off // self.cs, old_clusters, -1)
 
     # -- allocation ---------------------------------------------------------------------------------------

@@ -4,18 +4,19 @@ A request is split into runs of clusters, never handled one cluster at a time: a
 back on the host is one ``pwrite`` in place; the runs that need new clusters get them from one allocation at the
 end of the file (one refcount update per request and L2 table), each run's data in one ``pwritev`` (a partial
 first or last cluster completed with what it held: zeroes, the backing file, a compressed or shared cluster),
-and the changed L2 entries in one ``pwrite``; only then are old clusters released. Sequential guest writes take
-a leaner path still (:meth:`Qcow2Writes._write_simple`). Ordering (lazy refcounts off): refcounts before data,
-data before the L2 entries that point to it, old references dropped last -- a crash of refvm can leak a cluster,
-never corrupt one. These writes go to the host page cache with no sync between them (only a guest flush syncs),
-so after a host power loss the kernel may have stored them in another order; QEMU, which keeps L2 and refcount
-updates in a metadata cache, syncs between the two when it writes that cache back. refvm does not (yet): known
-gap.
+and the changed L2 entries recorded in the L2 cache; only then are old clusters released. Sequential guest
+writes take a leaner path still (:meth:`Qcow2Writes._write_simple`).
+
+Ordering (lazy refcounts off), as the disk sees it even after a host power loss: refcounts and data are
+written at once, but L2 and L1 entries only by the image's ordered write-back (``writeback``: a sync, then
+the L2 and L1 entries), run at a guest flush, at close, on evicting a dirty L2 table, and before any
+refcount drops (a freed cluster's old entry is durable-gone first). So no entry on disk ever points to a
+cluster whose refcount or contents are not: a crash of refvm or of the host can leak clusters, never corrupt
+the image.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ class Qcow2Writes:
     f: HostFile
     backing: BlockDriver | None
     _zcache: tuple[int, bytes] | None
+    _l1_dirty: set[int]
 
     if TYPE_CHECKING:
 
@@ -56,6 +58,7 @@ class Qcow2Writes:
         def _host_run(self, table: list[int], guest: int, n: int) -> int: ...
         def _inflate(self, m: Mapping, guest: int) -> bytes: ...
         def _read_backing(self, out: bytearray, base: int, pos: int, end: int) -> None: ...
+        def _before_free(self) -> None: ...
 
     def _validate(self, offset: int, length: int) -> None:
         """Decode every entry a request touches, and check the clusters it may allocate are free."""
@@ -160,8 +163,10 @@ class Qcow2Writes:
         return l2off, self.l2.get(l2off)
 
     def _set_l1(self, l1i: int, entry: int) -> None:
-        self.f.pwrite(self.h.l1_table_offset + l1i * 8, struct.pack(">Q", entry))
+        """Change an L1 entry in memory (reads use it at once); :meth:`writeback` writes it out after a sync,
+        so the L2 table it names is durable before it is."""
         self.l1[l1i] = entry
+        self._l1_dirty.add(l1i)
 
     def _write_chunk(self, view: memoryview, base: int, pos: int, end: int, l1i: int) -> None:
         """Write guest ``[pos, end)`` (inside L2 table ``l1i``) from ``view`` (guest offset ``base``).
@@ -207,6 +212,8 @@ class Qcow2Writes:
                 changed_lo, changed_hi = min(changed_lo, k0), max(changed_hi, k1 - 1)
         if changed_hi >= 0:  # data is on disk: now the entries, then the old clusters' references go
             self.l2.store(l2off, table, i0 + changed_lo, i0 + changed_hi + 1)
+        if to_free:
+            self._before_free()
         for m in to_free:
             self._release(m)
 
