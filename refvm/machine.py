@@ -395,14 +395,24 @@ class Machine:
     def name(self) -> str:
         return self.config.name
 
-    def pause(self) -> None:
-        """QMP `stop` (the monitor emits STOP itself, as it does for every command it runs)."""
+    def pause(self, flush: bool = True) -> None:
+        """QMP `stop` (the monitor emits STOP itself, as it does for every command it runs); as QEMU's vm_stop,
+        every drive is flushed once the vCPUs are paused (``flush=False``: the caller flushes later itself)."""
         with self._state_lock:
             if self._state != "running":
                 return
             for runner in self._runners:
                 runner.pause()
             self._state = "paused"
+        if flush:  # outside the state lock: it takes the devices' locks
+            self.flush_drives()
+
+    def flush_drives(self) -> None:
+        """Every open drive's completed writes (and qcow2's cached metadata) into its image file."""
+        from refvm.block.flush_all import flush_drives
+
+        if self.backends is not None:
+            flush_drives(self.backends.drives, self.devices.fronts())
 
     def resume(self) -> None:
         """QMP `cont`: start the vCPUs after -S, or release them after `stop`."""

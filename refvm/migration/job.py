@@ -63,10 +63,9 @@ def _flush_drives(machine: Any) -> None:
     """As QEMU's vm_stop (bdrv_flush_all): every drive's writes and cached metadata reach the image file before
     the switchover, so a destination opening the same file (shared storage) reads what the guest wrote. Called
     after the device saves, whose quiesce performs the last throttled requests; the devices are frozen then."""
-    backends = getattr(machine, "backends", None)
-    for drive in (getattr(backends, "drives", None) or {}).values():
-        if not getattr(drive, "closed", False):
-            drive.flush()
+    flush = getattr(machine, "flush_drives", None)
+    if flush is not None:
+        flush()
 
 
 def _refresh_drives(machine: Any) -> None:
@@ -218,7 +217,7 @@ class MigrationJob:
         """Stop for switchover (STOP if it ran, run state finish-migrate); returns the state it had."""
         machine = self.machine
         was = machine.status()
-        machine.pause()
+        machine.pause(flush=False)  # the drives are flushed after the device saves (_flush_drives)
         machine.set_run_state("finish-migrate")
         if was == "running":
             machine.emit_event("STOP")
