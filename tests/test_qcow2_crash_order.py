@@ -33,7 +33,7 @@ from refvm.block.flush_all import flush_drives  # noqa: E402
 from refvm.block.qcow2 import Qcow2Image, check_image, create_qcow2  # noqa: E402
 from refvm.block.qcow2 import image as image_module  # noqa: E402
 from refvm.clock import VirtualClock  # noqa: E402
-from refvm.migration.job import _flush_drives, _refresh_drives  # noqa: E402
+from refvm.migration.job import _refresh_drives  # noqa: E402
 
 CS = 512
 SECTOR = 512
@@ -307,7 +307,7 @@ def test_migration_on_shared_storage_writes_back_then_rereads(tmp_path: Path) ->
     dst = open_drive("d0", {"file": str(img), "format": "qcow2"}, clock=clock)  # -incoming: opened at start
     try:
         src.pwrite(5000, b"\x11" * 70000)
-        _flush_drives(SimpleNamespace(flush_drives=lambda: flush_drives({"d0": src}, [])))
+        flush_drives({"d0": src}, [])  # the source's switchover (Machine.flush_drives)
         _refresh_drives(SimpleNamespace(backends=SimpleNamespace(drives={"d0": dst})))
         assert dst.pread(5000, 70000) == b"\x11" * 70000
         dst.pwrite(200000, b"\x22" * 9000)

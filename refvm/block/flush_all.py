@@ -31,18 +31,15 @@ def _device_locks(fronts: Iterable[Any]) -> dict[int, Any]:
     return locks
 
 
-def flush_drives(drives: dict[str, Any], fronts: Iterable[Any]) -> list[str]:
-    """Flush each open drive (by ``-drive`` id) under its device's lock; returns the ids that failed."""
+def flush_drives(drives: dict[str, Any], fronts: Iterable[Any]) -> None:
+    """Flush each open drive (by ``-drive`` id) under its device's lock."""
     locks = _device_locks(fronts)
-    failed = []
     for ident, drive in drives.items():
-        if getattr(drive, "closed", False) or getattr(drive, "flush", None) is None:
+        if drive.closed:
             continue
         lock = locks.get(id(drive))
         try:
             with lock if lock is not None else contextlib.nullcontext():
                 drive.flush()
         except (OSError, BlockError) as err:
-            failed.append(ident)
             print(f"refvm: drive {ident}: flush at stop failed: {err}", file=sys.stderr)
-    return failed

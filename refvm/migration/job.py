@@ -59,15 +59,6 @@ def _regions(machine: Any) -> list[tuple[int, int]]:
     return [(r.gpa, r.size) for r in machine.memory.regions]
 
 
-def _flush_drives(machine: Any) -> None:
-    """As QEMU's vm_stop (bdrv_flush_all): every drive's writes and cached metadata reach the image file before
-    the switchover, so a destination opening the same file (shared storage) reads what the guest wrote. Called
-    after the device saves, whose quiesce performs the last throttled requests; the devices are frozen then."""
-    flush = getattr(machine, "flush_drives", None)
-    if flush is not None:
-        flush()
-
-
 def _refresh_drives(machine: Any) -> None:
     """Destination: drop what each image read at open and read it again (QEMU activates its images at the end
     of an incoming migration), since a source on shared storage wrote the file since then."""
@@ -217,7 +208,7 @@ class MigrationJob:
         """Stop for switchover (STOP if it ran, run state finish-migrate); returns the state it had."""
         machine = self.machine
         was = machine.status()
-        machine.pause(flush=False)  # the drives are flushed after the device saves (_flush_drives)
+        machine.pause(flush=False)  # the drives are flushed once, after the device saves
         machine.set_run_state("finish-migrate")
         if was == "running":
             machine.emit_event("STOP")
@@ -272,7 +263,10 @@ class MigrationJob:
             # guest memory, and those pages must go too.
             states: list[tuple[str, int, DeviceState]] = [
                 (name, 0, dev.save()) for name, dev in _devices(machine).items()]
-            _flush_drives(machine)
+            # As QEMU's vm_stop: what the guest wrote (a qcow2's cached metadata too) is in the image file
+            # before the switchover, for a destination on shared storage. After the saves, whose quiesce
+            # performs the last throttled requests; the devices are frozen now.
+            machine.flush_drives()
             if self._precopy is not None:
                 self._precopy.finish()
             else:
